@@ -1,0 +1,53 @@
+# Two commands do all the set-up: `make demo` and `make test`. Both create .venv if missing and
+# install the project with its pinned dependencies (constraints.txt is the lock file).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test check lint typecheck pytest lock clean bench-features bench-registry \
+        bench-training bench-serving bench-experiments bench-recsys
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# Core dependencies: what the demo needs.
+$(VENV)/.stamp-core: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install -q -c constraints.txt -e .
+	touch $@
+
+# Everything `make test` needs: core + TensorFlow + test tools.
+$(VENV)/.stamp-all: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install -q -c constraints.txt -e '.[tensorflow,dev]'
+	touch $@ $(VENV)/.stamp-core
+
+demo: $(VENV)/.stamp-core
+	$(BIN)/python examples/demo.py $(DEMO_ARGS)
+
+test: $(VENV)/.stamp-all check pytest
+
+check: lint typecheck
+
+lint: $(VENV)/.stamp-all
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+typecheck: $(VENV)/.stamp-all
+	$(BIN)/mypy src/
+
+pytest: $(VENV)/.stamp-all
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Regenerate the lock file from the current venv.
+lock:
+	$(PIP) freeze --exclude-editable | grep -v '^flywheel' > constraints.txt
+
+bench-features bench-registry bench-training bench-serving bench-experiments bench-recsys: $(VENV)/.stamp-all
+	@set -e; for f in benchmarks/$(subst bench-,,$@)_*.py; do \
+	  if [ -f "$$f" ]; then echo "== $$f"; $(BIN)/python "$$f"; else echo "no benchmark matches $$f"; exit 1; fi; \
+	done
+
+clean:
+	rm -rf $(VENV) .bench .mypy_cache .ruff_cache build src/*.egg-info

@@ -1,0 +1,125 @@
+"""Building the one ASGI app that ``flywheel up`` serves."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from pydantic import BaseModel
+
+import flywheel
+from flywheel.api._errors import install_error_handlers
+from flywheel.api._health import health_report
+from flywheel.api._middleware import BodyLimitMiddleware, MetricsMiddleware
+from flywheel.config import CONFIG_ENV_VAR
+from flywheel.project import Project, current_project
+
+# System name -> "module:attribute" of its APIRouter. One line per system, imported lazily so
+# that ``flywheel up`` pays only for the systems it serves.
+SYSTEM_ROUTERS: dict[str, str] = {}
+
+# System name -> "module:attribute" of ``(project) -> async context manager``, run for the app's
+# lifetime (the in-process scheduler, stream processors, endpoint reconcilers, ...).
+SYSTEM_SERVICES: dict[str, str] = {}
+
+ServiceFactory = Callable[[Project], contextlib.AbstractAsyncContextManager[Any]]
+
+
+def _load(dotted: str) -> Any:
+    module, _, attr = dotted.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+class StoreHealth(BaseModel):
+    ok: bool
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+    project: str
+    version: str
+    stores: dict[str, StoreHealth]
+
+
+def _core_router() -> APIRouter:
+    router = APIRouter(tags=["core"])
+
+    @router.get(
+        "/healthz",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "A store is unreachable."}},
+    )
+    def healthz(project: Project = Depends(current_project)) -> JSONResponse:
+        """The status of every configured store; 503 when any is down."""
+        report = health_report(project)
+        report["version"] = flywheel.__version__
+        status = 200 if report["status"] == "ok" else 503
+        return JSONResponse(report, status_code=status)
+
+    @router.get("/metrics", response_class=Response)
+    def metrics() -> Response:
+        """Prometheus text exposition (all processes when PROMETHEUS_MULTIPROC_DIR is set)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            data = generate_latest(registry)
+        else:
+            data = generate_latest(REGISTRY)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def create_app(project: Project, systems: Iterable[str] | None = None) -> FastAPI:
+    """The FastAPI app for ``project``.
+
+    Args:
+        project: the project to serve.
+        systems: the systems whose routers and services to mount (default: all registered).
+    """
+    chosen = list(SYSTEM_ROUTERS) if systems is None else list(systems)
+    unknown = [s for s in chosen if s not in SYSTEM_ROUTERS and s not in SYSTEM_SERVICES]
+    if unknown:
+        raise ValueError(f"unknown systems {unknown}; known: {sorted(SYSTEM_ROUTERS)}")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            for name in chosen:
+                if name in SYSTEM_SERVICES:
+                    factory: ServiceFactory = _load(SYSTEM_SERVICES[name])
+                    await stack.enter_async_context(factory(project))
+            yield
+        project.close()
+
+    app = FastAPI(
+        title="Flywheel",
+        version=flywheel.__version__,
+        description="Features, training, registry, serving, experiments and recommendations.",
+        lifespan=lifespan,
+    )
+    app.state.project = project
+    install_error_handlers(app)
+    app.include_router(_core_router())
+    for name in chosen:
+        if name in SYSTEM_ROUTERS:
+            app.include_router(_load(SYSTEM_ROUTERS[name]))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=project.config.server.max_body_bytes)
+    app.add_middleware(MetricsMiddleware)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (several workers): the project in $FLYWHEEL_CONFIG."""
+    project = Project.open(os.environ.get(CONFIG_ENV_VAR))
+    project.prepare()
+    return create_app(project)

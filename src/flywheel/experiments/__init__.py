@@ -1,0 +1,1 @@
+"""A/B tests and bandits (not built yet; see issue 7)."""

@@ -1,0 +1,1 @@
+"""The feature store (not built yet; see issue 3)."""

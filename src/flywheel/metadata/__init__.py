@@ -1,0 +1,9 @@
+"""The metadata store: one SQLAlchemy engine (SQLite or PostgreSQL) and its Alembic migrations.
+
+Each system owns its tables and adds them through its own migration branch, listed in
+``MIGRATION_BRANCHES``; ``Database.upgrade()`` brings every branch to its head.
+"""
+
+from flywheel.metadata._database import MIGRATION_BRANCHES, Database, create_engine
+
+__all__ = ["MIGRATION_BRANCHES", "Database", "create_engine"]

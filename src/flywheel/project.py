@@ -1,0 +1,69 @@
+"""A project: its config plus the shared stores opened from it, lazily and once.
+
+Systems take a ``Project`` (or the pieces they need from it) instead of reading config
+themselves; the HTTP layer keeps one on ``app.state.project`` and hands it to routes through
+the ``current_project`` dependency.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import Request
+
+from flywheel.artifacts import ArtifactStore, open_artifact_store
+from flywheel.config import FlywheelConfig, load_config
+from flywheel.metadata import Database
+
+
+class Project:
+    """One Flywheel project. Opening it touches nothing; ``db`` and ``artifacts`` open on use."""
+
+    def __init__(self, config: FlywheelConfig) -> None:
+        self.config = config
+        self._db: Database | None = None
+        self._artifacts: ArtifactStore | None = None
+
+    @classmethod
+    def open(cls, path: str | Path | None = None) -> Project:
+        """Load ``flywheel.yaml`` (see ``load_config``) and wrap it."""
+        return cls(load_config(path))
+
+    @property
+    def root(self) -> Path:
+        return self.config.root
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            self._db = Database(self.config.metadata_url)
+        return self._db
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        if self._artifacts is None:
+            self._artifacts = open_artifact_store(self.config.artifacts_url)
+        return self._artifacts
+
+    def prepare(self) -> None:
+        """Create the local folders and bring the metadata schema up to date."""
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.config.offline_store_path.mkdir(parents=True, exist_ok=True)
+        self.db.upgrade()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.dispose()
+            self._db = None
+
+    def __repr__(self) -> str:
+        return f"Project({self.config.project!r}, root={str(self.root)!r})"
+
+
+def current_project(request: Request) -> Project:
+    """FastAPI dependency: the project the app serves."""
+    project: Project = request.app.state.project
+    return project
+
+
+__all__ = ["Project", "current_project"]

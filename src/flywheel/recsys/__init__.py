@@ -1,0 +1,1 @@
+"""The real-time recommender (not built yet; see issue 8)."""

@@ -1,0 +1,1 @@
+"""The model registry (not built yet; see issue 4)."""

@@ -1,0 +1,1 @@
+"""Model serving (not built yet; see issue 6)."""

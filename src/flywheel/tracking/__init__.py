@@ -1,0 +1,1 @@
+"""Experiment tracking (not built yet; see issue 4)."""

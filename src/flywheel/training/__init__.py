@@ -1,0 +1,1 @@
+"""Distributed training (not built yet; see issue 5)."""

@@ -1,0 +1,1 @@
+"""The web dashboard (not built yet; see issue 9)."""
