@@ -14,7 +14,7 @@ from flywheel.project import Project
 def test_fresh_database_migrates_to_every_head(any_project: Project) -> None:
     db = any_project.db
     assert db.current_revisions() == db.head_revisions()
-    assert "core_0001" in db.current_revisions()
+    assert "core_0002" in db.current_revisions()
     with db.read() as conn:
         names = sa.inspect(conn).get_table_names()
     assert "auth_tokens" in names
