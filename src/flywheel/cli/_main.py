@@ -12,10 +12,10 @@ import click
 import typer
 
 import flywheel
+from flywheel.cli._context import ConfigOption, open_project
 from flywheel.cli._output import console, print_error
-from flywheel.config import CONFIG_ENV_VAR, CONFIG_FILENAME, DEFAULT_CONFIG_TEXT, load_config
+from flywheel.config import CONFIG_ENV_VAR, CONFIG_FILENAME, DEFAULT_CONFIG_TEXT
 from flywheel.errors import FlywheelError
-from flywheel.project import Project
 
 app = typer.Typer(
     name="flywheel",
@@ -42,22 +42,6 @@ SYSTEM_GROUPS: dict[str, str] = {
 }
 for _name, _module in SYSTEM_GROUPS.items():
     app.add_typer(importlib.import_module(_module).app, name=_name)
-
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help=f"flywheel.yaml to use (default: ${CONFIG_ENV_VAR}, then ./ upward)."
-    ),
-]
-
-
-def open_project(config: Path | None = None, *, prepare: bool = True) -> Project:
-    """The project for a command: ``--config``, else ``$FLYWHEEL_CONFIG``, else found upward."""
-    project = Project(load_config(config))
-    if prepare:
-        project.prepare()
-    return project
 
 
 @app.command()
