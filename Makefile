@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test check lint typecheck pytest lock clean bench-features bench-registry \
+.PHONY: demo test ui check lint typecheck pytest lock clean bench-features bench-registry \
         bench-training bench-serving bench-experiments bench-recsys
 
 $(BIN)/python:
@@ -23,10 +23,22 @@ $(VENV)/.stamp-all: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) install -q -c constraints.txt -e '.[tensorflow,dev]'
 	touch $@ $(VENV)/.stamp-core
 
-demo: $(VENV)/.stamp-core
+# The dashboard's browser libraries, from the npm registry, served by Flywheel itself.
+UI_DIR    := src/flywheel/ui
+UI_VENDOR := $(UI_DIR)/static/vendor/.stamp
+$(UI_VENDOR): $(UI_DIR)/frontend/package.json $(UI_DIR)/frontend/package-lock.json
+	cd $(UI_DIR)/frontend && npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(UI_DIR)/static/vendor
+	cp $(UI_DIR)/frontend/node_modules/uplot/dist/uPlot.iife.min.js \
+	   $(UI_DIR)/frontend/node_modules/uplot/dist/uPlot.min.css $(UI_DIR)/static/vendor/
+	touch $@
+
+ui: $(UI_VENDOR)
+
+demo: $(VENV)/.stamp-core $(UI_VENDOR)
 	$(BIN)/python examples/demo.py $(DEMO_ARGS)
 
-test: $(VENV)/.stamp-all check pytest
+test: $(VENV)/.stamp-all $(UI_VENDOR) check pytest
 
 check: lint typecheck
 
@@ -37,7 +49,7 @@ lint: $(VENV)/.stamp-all
 typecheck: $(VENV)/.stamp-all
 	$(BIN)/mypy src/
 
-pytest: $(VENV)/.stamp-all
+pytest: $(VENV)/.stamp-all $(UI_VENDOR)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Regenerate the lock file from the current venv.
@@ -50,4 +62,5 @@ bench-features bench-registry bench-training bench-serving bench-experiments ben
 	done
 
 clean:
-	rm -rf $(VENV) .bench .mypy_cache .ruff_cache build src/*.egg-info
+	rm -rf $(VENV) .bench .mypy_cache .ruff_cache build src/*.egg-info \
+	  $(UI_DIR)/static/vendor $(UI_DIR)/frontend/node_modules

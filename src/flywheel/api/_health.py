@@ -21,14 +21,14 @@ def _first_line(exc: BaseException) -> str:
 def probe_metadata(project: Project) -> tuple[bool, str]:
     try:
         project.db.ping()
-        current = project.db.current_revisions()
+        pending = project.db.pending_revisions()
         heads = project.db.head_revisions()
     except FlywheelError as exc:
         return False, str(exc)
     except Exception as exc:
         return False, _first_line(exc)
-    if current != heads:
-        return False, "schema is behind; run `flywheel db upgrade`"
+    if pending:
+        return False, f"schema is behind ({', '.join(sorted(pending))}); run `flywheel db upgrade`"
     return True, f"{project.db.dialect}, schema at {len(heads)} head(s)"
 
 

@@ -182,8 +182,11 @@ def db_status(config: ConfigOption = None) -> None:
     console.print(f"database: {project.db!r}")
     console.print(f"current:  {sorted(current) or 'empty'}")
     console.print(f"shipped:  {sorted(heads)}")
-    if current != heads:
-        console.print("behind: run `flywheel db upgrade`")
+    pending = project.db.pending_revisions()
+    if pending:
+        console.print(f"pending:  {sorted(pending)}; run `flywheel db upgrade`")
+    else:
+        console.print("up to date")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,6 +28,11 @@ from flywheel.errors import ConfigError, ServiceUnavailable
 # ``depends_on="core_0001"``.
 MIGRATION_BRANCHES: dict[str, tuple[str, str]] = {
     "core": ("flywheel.metadata", "_alembic/versions"),
+    "features": ("flywheel.features", "_migrations"),
+    "tracking": ("flywheel.tracking", "_migrations"),
+    "registry": ("flywheel.registry", "_migrations"),
+    "training": ("flywheel.training", "_migrations"),
+    "serving": ("flywheel.serving", "_migrations"),
 }
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -97,6 +102,7 @@ class Database:
             if self.dialect == "sqlite"
             else self.engine
         )
+        self._script_directory: Any = None
 
     @property
     def dialect(self) -> str:
@@ -159,12 +165,34 @@ class Database:
         with self.engine.connect() as conn:
             return set(MigrationContext.configure(conn).get_current_heads())
 
+    def _script(self) -> Any:
+        """Alembic's view of the shipped migrations (parsed once; they cannot change at runtime)."""
+        if self._script_directory is None:
+            from alembic.script import ScriptDirectory
+
+            with self.engine.connect() as conn:
+                self._script_directory = ScriptDirectory.from_config(self._alembic_config(conn))
+        return self._script_directory
+
     def head_revisions(self) -> set[str]:
         """The newest revision of every branch that this version of Flywheel ships."""
-        from alembic.script import ScriptDirectory
+        return set(self._script().get_heads())
 
-        with self.engine.connect() as conn:
-            return set(ScriptDirectory.from_config(self._alembic_config(conn)).get_heads())
+    def pending_revisions(self) -> set[str]:
+        """Shipped heads not yet applied (empty when the schema is up to date).
+
+        Alembic stores only the leaves of what was applied: a revision that another branch
+        ``depends_on`` is implied, not listed, so compare against everything the current
+        revisions reach (down revisions and dependencies), not against the rows themselves.
+        """
+        current = self.current_revisions()
+        script = self._script()
+        applied = (
+            {r.revision for r in script.iterate_revisions(tuple(current), "base")}
+            if current
+            else set()
+        )
+        return set(script.get_heads()) - applied
 
     @contextlib.contextmanager
     def _migration_lock(self) -> Iterator[None]:

@@ -1,0 +1,71 @@
+"""Routes of the dashboard: one HTML page per system that exists, plus its static files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+import flywheel
+from flywheel.errors import NotFoundError
+
+_HERE = Path(__file__).resolve().parent
+STATIC_DIR = _HERE / "static"
+VENDOR_FILES = ("uPlot.iife.min.js", "uPlot.min.css")
+
+# (path, nav title, template). A page is listed only once the system it shows exists.
+PAGES: list[tuple[str, str, str]] = [
+    ("overview", "Overview", "overview.html"),
+]
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+_templates = Environment(
+    loader=FileSystemLoader(_HERE / "templates"),
+    autoescape=select_autoescape(["html"]),
+    auto_reload=False,
+)
+
+
+def vendor_missing() -> list[str]:
+    """Vendored browser files that are not built yet (``make`` builds them with npm)."""
+    return [f for f in VENDOR_FILES if not (STATIC_DIR / "vendor" / f).is_file()]
+
+
+def _render(request: Request, template: str, active: str) -> HTMLResponse:
+    html = _templates.get_template(template).render(
+        pages=PAGES,
+        active=active,
+        project=request.app.state.project.config.project,
+        version=flywheel.__version__,
+        missing_assets=vendor_missing(),
+    )
+    return HTMLResponse(html)
+
+
+@router.get("")
+@router.get("/")
+def index() -> RedirectResponse:
+    return RedirectResponse("/ui/overview")
+
+
+@router.get("/static/{path:path}")
+def static(path: str) -> FileResponse:
+    """A file under ``static/``; names that leave the folder are refused."""
+    target = (STATIC_DIR / path).resolve()
+    if STATIC_DIR not in target.parents or not target.is_file():
+        raise NotFoundError(f"no static file {path!r}")
+    return FileResponse(target, headers={"Cache-Control": "max-age=300"})
+
+
+def _page_route(slug: str, template: str) -> None:
+    def page(request: Request) -> HTMLResponse:
+        return _render(request, template, slug)
+
+    page.__name__ = f"page_{slug}"
+    router.add_api_route(f"/{slug}", page, methods=["GET"], response_class=HTMLResponse)
+
+
+for _slug, _title, _template in PAGES:
+    _page_route(_slug, _template)
