@@ -33,6 +33,7 @@ MIGRATION_BRANCHES: dict[str, tuple[str, str]] = {
     "registry": ("flywheel.registry", "_migrations"),
     "training": ("flywheel.training", "_migrations"),
     "serving": ("flywheel.serving", "_migrations"),
+    "experiments": ("flywheel.experiments", "_migrations"),
 }
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000

@@ -1,0 +1,194 @@
+"""Point-in-time joins against a brute-force pandas reference."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flywheel.errors import ConflictError
+from flywheel.features import (
+    Entity,
+    FeatureService,
+    FeatureStore,
+    FeatureStoreError,
+    FeatureView,
+    Field,
+    ParquetSource,
+)
+from flywheel.lineage import Node, upstream
+from flywheel.project import Project
+from tests.features.conftest import T0, user_entity, user_stats_view, write_user_stats
+
+minutes = st.integers(min_value=0, max_value=40)
+feature_row = st.tuples(st.integers(0, 2), minutes, st.integers(0, 1))  # user, minute, file
+entity_row = st.tuples(st.integers(0, 3), minutes)  # user 3 never has data
+
+
+def brute_force(
+    rows: list[tuple[int, int, int]], entity_rows: list[tuple[int, int]], ttl: int | None
+) -> list[int | None]:
+    """For each entity row: the id of the row to use, by the definition, or None."""
+    out: list[int | None] = []
+    for user, t in entity_rows:
+        best: tuple[int, int, int] | None = None  # (minute, file, position) -> id
+        best_id = None
+        for rid, (u, m, f) in enumerate(rows):
+            if u != user or m > t:
+                continue
+            pos = (m, f, rid)
+            if best is None or pos > best:
+                best, best_id = pos, rid
+        if best is not None and ttl is not None and best[0] < t - ttl:
+            best_id = None
+        out.append(best_id)
+    return out
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    rows=st.lists(feature_row, max_size=25),
+    entity_rows=st.lists(entity_row, min_size=1, max_size=12),
+    ttl=st.one_of(st.none(), st.integers(0, 15)),
+)
+def test_point_in_time_join_matches_brute_force(
+    tmp_path_factory: pytest.TempPathFactory,
+    rows: list[tuple[int, int, int]],
+    entity_rows: list[tuple[int, int]],
+    ttl: int | None,
+) -> None:
+    from tests.conftest import make_project
+
+    root = tmp_path_factory.mktemp("pit")
+    project = make_project(root)
+    folder = root / "data" / "events"
+    folder.mkdir(parents=True)
+    # Two files: file 1 is "late data" written after file 0, possibly with older event times.
+    for f in (0, 1):
+        part = [(rid, r) for rid, r in enumerate(rows) if r[2] == f]
+        pd.DataFrame(
+            {
+                "user_id": pd.Series([r[0] for _, r in part], dtype="int64"),
+                "ts": pd.Series(
+                    [T0 + timedelta(minutes=r[1]) for _, r in part], dtype="datetime64[us, UTC]"
+                ),
+                "row_id": pd.Series([rid for rid, _ in part], dtype="int64"),
+            }
+        ).to_parquet(folder / f"part-{f}.parquet", index=False)
+    store = FeatureStore(project)
+    view = FeatureView(
+        "v",
+        ["user"],
+        ParquetSource("data/events", timestamp_field="ts"),
+        [Field("row_id", "int64")],
+        ttl=timedelta(minutes=ttl) if ttl is not None else None,
+    )
+    store.apply([user_entity(), view])
+    entity_df = pd.DataFrame(
+        {
+            "user_id": [u for u, _ in entity_rows],
+            "event_timestamp": [T0 + timedelta(minutes=m) for _, m in entity_rows],
+            "label": range(len(entity_rows)),
+        }
+    )
+    got = store.get_historical_features(entity_df, ["v:row_id"])
+    assert list(got["label"]) == list(range(len(entity_rows)))
+    assert list(got["user_id"]) == [u for u, _ in entity_rows]
+    expected = brute_force(rows, entity_rows, ttl)
+    actual = [None if pd.isna(x) else int(x) for x in got["row_id"]]
+    assert actual == expected
+    project.close()
+
+
+def test_created_timestamp_breaks_ties_and_several_views(project: Project) -> None:
+    root = project.root
+    (root / "data").mkdir()
+    pd.DataFrame(
+        {
+            "user_id": [1, 1, 2],
+            "ts": [T0, T0, T0],
+            "created": [T0 + timedelta(seconds=5), T0 + timedelta(seconds=1), T0],
+            "score": [0.5, 0.9, 0.1],
+        }
+    ).to_parquet(root / "data" / "scores.parquet", index=False)
+    write_user_stats(root)
+    store = FeatureStore(project)
+    scores = FeatureView(
+        "scores",
+        ["user"],
+        ParquetSource("data/scores.parquet", "ts", created_timestamp_field="created"),
+        [Field("score", "float64")],
+    )
+    store.apply([user_entity(), scores, user_stats_view()])
+    entity_df = pd.DataFrame(
+        {"user_id": [1, 2, 99], "event_timestamp": [T0 + timedelta(days=3)] * 3}
+    )
+    got = store.get_historical_features(
+        entity_df, ["scores:score", "user_stats:clicks"], full_feature_names=True
+    )
+    assert list(got.columns) == [
+        "user_id",
+        "event_timestamp",
+        "scores__score",
+        "user_stats__clicks",
+    ]
+    assert got["scores__score"].tolist()[:2] == [0.5, 0.1]
+    assert pd.isna(got["scores__score"].iloc[2])
+    assert len(got) == 3
+
+
+def test_training_dataset_saved_catalogued_and_in_lineage(project: Project) -> None:
+    write_user_stats(project.root)
+    store = FeatureStore(project)
+    fv = user_stats_view()
+    svc = FeatureService("ranker", [fv])
+    store.apply([user_entity(), fv, svc])
+    entity_df = pd.DataFrame(
+        {"user_id": [1, 2, 3], "event_timestamp": [T0 + timedelta(days=5)] * 3, "y": [1, 0, 1]}
+    )
+    ds = store.create_training_dataset("train_v1", entity_df, svc)
+    again = store.get_training_dataset("train_v1")
+    assert again.row_count == 3 == ds.row_count
+    assert again.files[0].is_file()
+    assert again.features == [
+        "user_stats@v1:clicks",
+        "user_stats@v1:spend",
+        "user_stats@v1:country",
+    ]
+    assert again.stats["clicks"]["count"] + again.stats["clicks"]["nulls"] == 3
+    assert "ASOF" in again.query
+    pd.testing.assert_frame_equal(
+        again.to_df(), store.get_historical_features(entity_df, svc), check_dtype=False
+    )
+    up = upstream(project.db, Node("training_dataset", "train_v1"))
+    assert {
+        Node("feature_service", "ranker"),
+        Node("data_source", "data/user_stats.parquet"),
+    } <= up.nodes
+    with pytest.raises(ConflictError, match="exists"):
+        store.create_training_dataset("train_v1", entity_df, svc)
+
+
+def test_bad_entity_df_is_a_clear_error(project: Project) -> None:
+    write_user_stats(project.root)
+    store = FeatureStore(project)
+    store.apply([Entity("user", "user_id"), user_stats_view()])
+    with pytest.raises(FeatureStoreError, match="event_timestamp"):
+        store.get_historical_features(pd.DataFrame({"user_id": [1]}), ["user_stats:clicks"])
+    with pytest.raises(FeatureStoreError, match="no feature 'nope'"):
+        store.get_historical_features(
+            pd.DataFrame({"user_id": [1], "event_timestamp": [T0]}), ["user_stats:nope"]
+        )
+
+
+def test_missing_source_gives_nulls(project: Project, tmp_path: Path) -> None:
+    store = FeatureStore(project)
+    store.apply([user_entity(), user_stats_view(path="data/nothing_yet")])
+    got = store.get_historical_features(
+        pd.DataFrame({"user_id": [1], "event_timestamp": [T0]}), ["user_stats:clicks"]
+    )
+    assert len(got) == 1 and pd.isna(got["clicks"].iloc[0])
