@@ -1,1 +1,108 @@
-"""The real-time recommender (not built yet; see issue 8)."""
+"""The recommender: data, offline evaluation (protocol OR-T1), baselines and candidate generators.
+
+Public API (everything else is private):
+
+* data — ``load_transactions`` / ``resolve_data_source`` / ``read_online_retail`` /
+  ``clean_transactions`` / ``download_online_retail`` for the UCI Online Retail file, and
+  ``generate_transactions(SyntheticConfig(...))`` for a seeded synthetic shop of any size;
+* protocol — ``build_split`` / ``validation_split`` (OR-T1 temporal split, ``Split``,
+  ``TrainData``) and the metrics ``recall_at_k`` / ``ndcg_at_k`` / ``hit_at_k`` /
+  ``evaluate_view``;
+* baselines — ``MostPopular``, ``RepeatFrequency``, ``ItemKNN``, ``EASE``, ``IALS``.
+
+Errors: ``RecsysError`` (root) > ``DataUnavailableError``, ``DataFormatError``,
+``EmptySplitError``.
+"""
+
+from flywheel.recsys._baselines import (
+    EASE,
+    IALS,
+    ItemKNN,
+    MostPopular,
+    Recommender,
+    RepeatFrequency,
+)
+from flywheel.recsys._data import (
+    NON_PRODUCT_CODES,
+    ONLINE_RETAIL_COLUMNS,
+    UCI_DATASET_URL,
+    DataSource,
+    LoadedTransactions,
+    clean_transactions,
+    default_data_dir,
+    download_online_retail,
+    find_data_file,
+    load_transactions,
+    normalize_online_retail,
+    read_online_retail,
+    resolve_data_source,
+)
+from flywheel.recsys._errors import (
+    DataFormatError,
+    DataUnavailableError,
+    EmptySplitError,
+    RecsysError,
+)
+from flywheel.recsys._metrics import (
+    VIEWS,
+    ViewMetrics,
+    evaluate_view,
+    hit_at_k,
+    metrics_from_rankings,
+    ndcg_at_k,
+    rank_users,
+    recall_at_k,
+    top_k,
+)
+from flywheel.recsys._protocol import (
+    OR_T1_TRAIN_END,
+    Split,
+    TrainData,
+    build_split,
+    build_train_data,
+    validation_split,
+)
+from flywheel.recsys._synthetic import SyntheticConfig, generate_transactions
+
+__all__ = [
+    "EASE",
+    "IALS",
+    "NON_PRODUCT_CODES",
+    "ONLINE_RETAIL_COLUMNS",
+    "OR_T1_TRAIN_END",
+    "UCI_DATASET_URL",
+    "VIEWS",
+    "DataFormatError",
+    "DataSource",
+    "DataUnavailableError",
+    "EmptySplitError",
+    "ItemKNN",
+    "LoadedTransactions",
+    "MostPopular",
+    "Recommender",
+    "RecsysError",
+    "RepeatFrequency",
+    "Split",
+    "SyntheticConfig",
+    "TrainData",
+    "ViewMetrics",
+    "build_split",
+    "build_train_data",
+    "clean_transactions",
+    "default_data_dir",
+    "download_online_retail",
+    "evaluate_view",
+    "find_data_file",
+    "generate_transactions",
+    "hit_at_k",
+    "load_transactions",
+    "metrics_from_rankings",
+    "ndcg_at_k",
+    "normalize_online_retail",
+    "rank_users",
+    "read_online_retail",
+    "recall_at_k",
+    "resolve_data_source",
+    "top_k",
+    "validation_split",
+]

@@ -1,0 +1,63 @@
+"""Fixtures of the recommender tests: the real Online Retail data (skipped when absent) and
+small synthetic shops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flywheel.recsys import (
+    Split,
+    SyntheticConfig,
+    build_split,
+    clean_transactions,
+    default_data_dir,
+    find_data_file,
+    generate_transactions,
+    read_online_retail,
+)
+
+
+@pytest.fixture(scope="session")
+def real_data_file() -> Path:
+    """The shared Online Retail file (``../shared/datasets/uci-online-retail/``)."""
+    folder = default_data_dir()
+    if not folder.is_dir():
+        pytest.skip(f"the real Online Retail data is not at {folder} (see its SOURCE.md)")
+    return find_data_file(folder)
+
+
+@pytest.fixture(scope="session")
+def real_raw(real_data_file: Path) -> pd.DataFrame:
+    return read_online_retail(real_data_file)
+
+
+@pytest.fixture(scope="session")
+def real_lines(real_raw: pd.DataFrame) -> pd.DataFrame:
+    return clean_transactions(real_raw)
+
+
+@pytest.fixture(scope="session")
+def real_split(real_lines: pd.DataFrame) -> Split:
+    """Protocol OR-T1 on the real data."""
+    return build_split(real_lines)
+
+
+SMALL_SHOP = SyntheticConfig(n_users=1_500, n_items=400, n_categories=12, seed=7)
+
+
+@pytest.fixture(scope="session")
+def small_raw() -> pd.DataFrame:
+    return generate_transactions(SMALL_SHOP)
+
+
+@pytest.fixture(scope="session")
+def small_lines(small_raw: pd.DataFrame) -> pd.DataFrame:
+    return clean_transactions(small_raw)
+
+
+@pytest.fixture(scope="session")
+def small_split(small_lines: pd.DataFrame) -> Split:
+    return build_split(small_lines, "2011-11-09")
