@@ -1,1 +1,136 @@
-"""The model registry (not built yet; see issue 4)."""
+"""The model registry: immutable, verified model versions with signatures, stages and lineage.
+
+```python
+from flywheel import registry
+mv = registry.register_model("ranker", model, flavor="sklearn", input_example=X[:5], run=run)
+registry.set_stage("ranker", mv.version, "production", reason="beats v2 on NDCG")
+model = registry.load("models:/ranker@production")      # sha256-verified, never a raw pickle
+model.predict({"input": X})       # {"predictions": ..., "probabilities": ...}
+```
+
+Flavors: ``sklearn`` (skops), ``pytorch`` (torch.export / TorchScript + state_dict),
+``tensorflow`` (SavedModel), ``onnx``, ``lightgbm`` (native text); each exports to ONNX where a
+converter exists, and ``load(..., prefer_onnx=True)`` runs that on onnxruntime.
+
+The module-level functions act on the project found from the cwd or ``$FLYWHEEL_CONFIG``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flywheel.lineage import LineageGraph
+from flywheel.project import Project
+from flywheel.registry._errors import (
+    ModelIntegrityError,
+    ModelNotFound,
+    ModelRefused,
+    RegistryError,
+    StageConflict,
+    UnsafeModelError,
+)
+from flywheel.registry._flavor import FLAVORS
+from flywheel.registry._loaded import LoadedModel
+from flywheel.registry._registry import Registry
+from flywheel.registry._types import (
+    AuditEntry,
+    ModelVersion,
+    RegisteredModel,
+    Signature,
+    TensorSpec,
+)
+
+
+def _registry(project: Project | str | Path | None = None) -> Registry:
+    if isinstance(project, Project):
+        return Registry(project)
+    proj = Project.open(project)
+    proj.prepare()
+    return Registry(proj)
+
+
+def register_model(
+    name: str,
+    model: Any,
+    *,
+    flavor: str,
+    project: Project | str | Path | None = None,
+    **kwargs: Any,
+) -> ModelVersion:
+    """``Registry.register_model`` on the cwd project (or ``project``)."""
+    return _registry(project).register_model(name, model, flavor=flavor, **kwargs)
+
+
+def set_stage(
+    name: str,
+    version: int,
+    stage: str,
+    reason: str = "",
+    actor: str = "",
+    *,
+    project: Project | str | Path | None = None,
+) -> AuditEntry | None:
+    """``Registry.set_stage`` on the cwd project (or ``project``)."""
+    return _registry(project).set_stage(name, version, stage, reason=reason, actor=actor)
+
+
+def rollback(
+    name: str,
+    stage: str,
+    reason: str = "",
+    actor: str = "",
+    *,
+    project: Project | str | Path | None = None,
+) -> AuditEntry:
+    """``Registry.rollback`` on the cwd project (or ``project``)."""
+    return _registry(project).rollback(name, stage, reason=reason, actor=actor)
+
+
+def load(
+    uri_or_mv: str | ModelVersion,
+    *,
+    trusted: bool = False,
+    prefer_onnx: bool = False,
+    project: Project | str | Path | None = None,
+) -> LoadedModel:
+    """``Registry.load`` on the cwd project (or ``project``)."""
+    return _registry(project).load(uri_or_mv, trusted=trusted, prefer_onnx=prefer_onnx)
+
+
+def lineage(
+    name: str, version: int, *, project: Project | str | Path | None = None
+) -> LineageGraph:
+    """``Registry.lineage`` on the cwd project (or ``project``)."""
+    return _registry(project).lineage(name, version)
+
+
+def get_version(
+    name: str, version: int, *, project: Project | str | Path | None = None
+) -> ModelVersion:
+    """``Registry.get_version`` on the cwd project (or ``project``)."""
+    return _registry(project).get_version(name, version)
+
+
+__all__ = [
+    "FLAVORS",
+    "AuditEntry",
+    "LoadedModel",
+    "ModelIntegrityError",
+    "ModelNotFound",
+    "ModelRefused",
+    "ModelVersion",
+    "RegisteredModel",
+    "Registry",
+    "RegistryError",
+    "Signature",
+    "StageConflict",
+    "TensorSpec",
+    "UnsafeModelError",
+    "get_version",
+    "lineage",
+    "load",
+    "register_model",
+    "rollback",
+    "set_stage",
+]

@@ -1,0 +1,94 @@
+"""The flavor interface: how one framework's models are saved, loaded, run and exported to ONNX.
+
+A flavor works on *folders*: ``save`` writes the model's files into an empty folder and returns
+JSON-able ``details`` (format, file names, what loading needs); ``load`` reads that folder back
+and returns a ``Predict`` function; ``wrap`` makes the same ``Predict`` from the in-memory object
+so registration can compare the reloaded model against the original. ``Predict`` takes and
+returns ``{name: np.ndarray}`` batches; inputs arrive ordered as the signature lists them and
+already cast to its datatypes.
+
+Flavors are chosen by name through ``FLAVORS`` (name -> "module:Class"), imported lazily, so
+that registering a scikit-learn model never imports torch or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from flywheel.registry._errors import RegistryError
+
+Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+FLAVORS: dict[str, str] = {
+    "sklearn": "flywheel.registry._sklearn:SklearnFlavor",
+    "onnx": "flywheel.registry._onnx:OnnxFlavor",
+    "pytorch": "flywheel.registry._pytorch:PytorchFlavor",
+    "tensorflow": "flywheel.registry._tensorflow:TensorflowFlavor",
+    "lightgbm": "flywheel.registry._lightgbm:LightgbmFlavor",
+}
+
+
+class Flavor(Protocol):
+    """Save / load / wrap / export for one framework (see the module docstring)."""
+
+    name: str
+    runtime: str
+
+    def wrap(self, model: Any, input_names: list[str]) -> Predict:
+        """A ``Predict`` over the in-memory ``model`` (raises when it is not this framework's)."""
+        ...
+
+    def save(self, model: Any, folder: Path, example: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Write ``model`` into ``folder``; return the details ``load`` needs."""
+        ...
+
+    def load(
+        self, folder: Path, details: dict[str, Any], input_names: list[str], *, trusted: bool
+    ) -> Predict:
+        """Read the model in ``folder`` back. Never runs untrusted code unless ``trusted``."""
+        ...
+
+    def export_onnx(
+        self, model: Any, path: Path, example: dict[str, np.ndarray], details: dict[str, Any]
+    ) -> None:
+        """Write an ONNX version of ``model`` to ``path``; raise when no converter can."""
+        ...
+
+
+def get_flavor(name: str) -> Flavor:
+    """The flavor called ``name`` (``RegistryError`` naming the known ones otherwise)."""
+    target = FLAVORS.get(name)
+    if target is None:
+        raise RegistryError(f"flavor {name!r} is not one of: {', '.join(sorted(FLAVORS))}")
+    module, _, attr = target.partition(":")
+    flavor: Flavor = getattr(importlib.import_module(module), attr)()
+    return flavor
+
+
+def name_outputs(result: Any, default: str = "output") -> dict[str, np.ndarray]:
+    """Name a model's raw result: one array -> ``output``; a tuple -> ``output_0..``; a dict keeps
+    its keys."""
+    if isinstance(result, dict):
+        return {str(k): np.asarray(v) for k, v in result.items()}
+    if isinstance(result, list | tuple):
+        if len(result) == 1:
+            return {default: np.asarray(result[0])}
+        return {f"{default}_{i}": np.asarray(v) for i, v in enumerate(result)}
+    return {default: np.asarray(result)}
+
+
+def stack_inputs(inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """One 2-D feature matrix from the inputs: a single input as is, several side by side."""
+    arrays = list(inputs.values())
+    if len(arrays) == 1:
+        return arrays[0]
+    cols = [a.reshape(a.shape[0], -1) for a in arrays]
+    return np.concatenate(cols, axis=1)
+
+
+__all__ = ["FLAVORS", "Flavor", "Predict", "get_flavor", "name_outputs", "stack_inputs"]

@@ -1,0 +1,142 @@
+"""Runs, params, tags, buffered metrics, artifacts and reads, on SQLite and real PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flywheel.project import Project
+from flywheel.tracking import ParamConflict, RunNotFound, Tracker, TrackingError
+
+pytestmark = pytest.mark.integration
+
+
+def test_run_records_params_tags_metrics_and_system_info(any_project: Project) -> None:
+    tracker = Tracker(any_project)
+    with tracker.start_run("exp", params={"lr": 0.01, "layers": [2, 3]}, tags={"team": "a"}) as run:
+        for step in range(100):
+            run.log_metric("loss", 1.0 / (step + 1), step=step)
+        run.log_metrics({"acc": 0.5, "auc": 0.7}, step=3)
+        run.log_params({"epochs": 5})
+        run.set_tags({"stage": "dev"})
+    info = tracker.get_run(run.id)
+    assert info.status == "finished" and info.end_time is not None
+    assert info.params == {"lr": "0.01", "layers": "[2, 3]", "epochs": "5"}
+    assert info.tags == {"team": "a", "stage": "dev"}
+    assert info.metrics["loss"].count == 100
+    assert info.metrics["loss"].last == pytest.approx(0.01)
+    assert info.metrics["loss"].min == pytest.approx(0.01) and info.metrics["loss"].max == 1.0
+    assert info.latest_metrics["acc"] == 0.5
+    assert info.system["python"] and info.git_commit
+    history = tracker.metric_history(run.id, "loss")
+    assert [p.step for p in history] == list(range(100))
+    assert [r.id for r in tracker.list_runs("exp")] == [run.id]
+    assert tracker.list_experiments()[0]["runs"] == 1
+
+
+def test_default_steps_count_up_per_key(project: Project) -> None:
+    tracker = Tracker(project)
+    with tracker.start_run("exp") as run:
+        for v in (3.0, 2.0, 1.0):
+            run.log_metric("loss", v)
+        run.log_metric("acc", 0.1)
+    assert [(p.step, p.value) for p in tracker.metric_history(run.id, "loss")] == [
+        (0, 3.0),
+        (1, 2.0),
+        (2, 1.0),
+    ]
+    assert [p.step for p in tracker.metric_history(run.id, "acc")] == [0]
+
+
+def test_buffered_metrics_survive_an_exception_in_the_block(any_project: Project) -> None:
+    tracker = Tracker(any_project)
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracker.start_run("exp", batch_size=1000) as run:
+            for step in range(25_000):
+                run.log_metric("loss", float(step), step=step)
+            raise RuntimeError("boom")
+    info = tracker.get_run(run.id)
+    assert info.status == "failed"
+    assert info.metrics["loss"].count == 25_000
+    assert info.metrics["loss"].last == 24_999.0
+
+
+def test_keyboard_interrupt_marks_the_run_killed(project: Project) -> None:
+    tracker = Tracker(project)
+    with pytest.raises(KeyboardInterrupt):
+        with tracker.start_run("exp") as run:
+            run.log_metric("x", 1.0)
+            raise KeyboardInterrupt
+    assert tracker.get_run(run.id).status == "killed"
+    assert tracker.get_run(run.id).metrics["x"].count == 1
+
+
+def test_params_are_immutable_and_ended_runs_refuse_logging(project: Project) -> None:
+    tracker = Tracker(project)
+    run = tracker.start_run("exp", params={"lr": 0.1})
+    run.log_params({"lr": 0.1})  # same value: fine
+    with pytest.raises(ParamConflict, match="lr"):
+        run.log_params({"lr": 0.2})
+    run.end()
+    with pytest.raises(TrackingError, match="finished"):
+        run.log_metric("loss", 1.0)
+    with pytest.raises(TrackingError, match="metric key"):
+        tracker.start_run("exp").log_metric("", 1.0)
+
+
+def test_non_zero_rank_logs_nothing_unless_all_ranks(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    tracker = Tracker(project)
+    with tracker.start_run("dist") as run:
+        run.log_metric("loss", 1.0)
+        run.log_params({"a": 1})
+    assert not run.active
+    with pytest.raises(RunNotFound):
+        tracker.get_run(run.id)
+    with tracker.start_run("dist", all_ranks=True) as run:
+        run.log_metric("loss", 1.0)
+    assert tracker.get_run(run.id).tags["rank"] == "1"
+
+
+def test_artifacts_are_stored_and_verified(project: Project, tmp_path: Path) -> None:
+    tracker = Tracker(project)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.txt").write_text("alpha")
+    (tmp_path / "out" / "b.txt").write_text("beta")
+    (tmp_path / "config.json").write_text("{}")
+    with tracker.start_run("exp") as run:
+        assert run.log_artifact(tmp_path / "config.json") == ["config.json"]
+        assert run.log_artifact(tmp_path / "out", name="outputs") == [
+            "outputs/a.txt",
+            "outputs/b.txt",
+        ]
+        run.log_dict({"k": 1}, "summary.json")
+    info = tracker.get_run(run.id)
+    assert [a.name for a in info.artifacts] == [
+        "config.json",
+        "outputs/a.txt",
+        "outputs/b.txt",
+        "summary.json",
+    ]
+    assert tracker.artifact_bytes(run.id, "outputs/b.txt") == b"beta"
+    dest = tracker.download_artifact(run.id, "outputs/a.txt", tmp_path / "dl" / "a.txt")
+    assert dest.read_text() == "alpha"
+
+
+def test_compare_runs_side_by_side(project: Project) -> None:
+    tracker = Tracker(project)
+    with tracker.start_run("exp", params={"lr": 0.1}) as a:
+        a.log_metric("loss", 0.5)
+        a.log_metric("loss", 0.3)
+    with tracker.start_run("exp", params={"lr": 0.2, "wd": 1}) as b:
+        b.log_metric("auc", 0.9)
+    table = tracker.compare_runs([a.id, b.id])
+    assert table["params"] == {"lr": ["0.1", "0.2"], "wd": [None, "1"]}
+    assert table["metrics"]["loss"][0]["last"] == 0.3 and table["metrics"]["loss"][1] is None
+    assert table["metrics"]["loss"][0]["min"] == 0.3
+    with pytest.raises(RunNotFound):
+        tracker.compare_runs([a.id, "nope"])
