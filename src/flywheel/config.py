@@ -69,6 +69,33 @@ class ServerConfig(_Section):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
 
+class TrainingConfig(_Section):
+    """``training:`` — the scheduler's inventory, team quotas and timings.
+
+    ``nodes`` unset means this machine alone: its CPUs, and its GPUs found with ``nvidia-smi`` or
+    ``torch.cuda``. Teams without an entry in ``quotas`` get ``default_quota``.
+    """
+
+    class Node(_Section):
+        name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+        cpus: int = Field(ge=1)
+        gpus: int | list[int] = 0
+        host: str = "127.0.0.1"
+
+    class Quota(_Section):
+        cpus: int | None = Field(default=None, ge=0)
+        gpus: int | None = Field(default=None, ge=0)
+        jobs: int | None = Field(default=None, ge=0)
+        weight: float = Field(default=1.0, gt=0)
+
+    nodes: list[Node] | None = None
+    quotas: dict[str, Quota] = {}
+    default_quota: Quota = Quota()
+    preemption: bool = True
+    poll_interval: float = Field(default=1.0, gt=0, le=60)
+    grace_period: float = Field(default=60.0, ge=0)
+
+
 class FlywheelConfig(_Section):
     """The whole of ``flywheel.yaml``. Every key is optional; defaults are the embedded stores."""
 
@@ -80,6 +107,7 @@ class FlywheelConfig(_Section):
     artifacts: str = ".flywheel/artifacts"
     auth: AuthConfig = AuthConfig()
     server: ServerConfig = ServerConfig()
+    training: TrainingConfig = TrainingConfig()
     # The folder that holds flywheel.yaml; relative paths are resolved against it. Not a YAML key.
     root: Path = Field(default=Path("."), exclude=True)
 
@@ -286,6 +314,7 @@ __all__ = [
     "AuthConfig",
     "FlywheelConfig",
     "ServerConfig",
+    "TrainingConfig",
     "find_config_file",
     "load_config",
     "parse_config",
