@@ -96,6 +96,27 @@ class TrainingConfig(_Section):
     grace_period: float = Field(default=60.0, ge=0)
 
 
+class ServingConfig(_Section):
+    """``serving:`` — inference server defaults (a model version's config may override batching)."""
+
+    max_batch_size: int = Field(default=32, ge=1, le=65536)
+    max_queue_delay_us: int = Field(default=1000, ge=0, le=10_000_000)
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = Field(default=512, ge=1)
+    instances: int = Field(default=1, ge=1, le=64)
+    worker_threads: int = Field(default=4, ge=1, le=256)
+    request_timeout_ms: int | None = Field(default=None, ge=1)
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    poll_interval_ms: int = Field(default=200, ge=10, le=60_000)
+    prefer_onnx: bool = True
+    prediction_log_sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+    prediction_log_flush_seconds: float = Field(default=2.0, gt=0.0)
+    drift_psi_threshold: float = Field(default=0.2, gt=0.0)
+    drift_ks_threshold: float = Field(default=0.1, gt=0.0, le=1.0)
+    drift_p_value: float = Field(default=0.01, gt=0.0, lt=1.0)
+    drift_webhook: str | None = None
+
+
 class FlywheelConfig(_Section):
     """The whole of ``flywheel.yaml``. Every key is optional; defaults are the embedded stores."""
 
@@ -108,6 +129,7 @@ class FlywheelConfig(_Section):
     auth: AuthConfig = AuthConfig()
     server: ServerConfig = ServerConfig()
     training: TrainingConfig = TrainingConfig()
+    serving: ServingConfig = ServingConfig()
     # The folder that holds flywheel.yaml; relative paths are resolved against it. Not a YAML key.
     root: Path = Field(default=Path("."), exclude=True)
 
@@ -314,6 +336,7 @@ __all__ = [
     "AuthConfig",
     "FlywheelConfig",
     "ServerConfig",
+    "ServingConfig",
     "TrainingConfig",
     "find_config_file",
     "load_config",

@@ -22,11 +22,15 @@ from flywheel.project import Project, current_project
 
 # System name -> "module:attribute" of its APIRouter. One line per system, imported lazily so
 # that ``flywheel up`` pays only for the systems it serves.
-SYSTEM_ROUTERS: dict[str, str] = {}
+SYSTEM_ROUTERS: dict[str, str] = {
+    "serving": "flywheel.serving._api:router",
+}
 
 # System name -> "module:attribute" of ``(project) -> async context manager``, run for the app's
 # lifetime (the in-process scheduler, stream processors, endpoint reconcilers, ...).
-SYSTEM_SERVICES: dict[str, str] = {}
+SYSTEM_SERVICES: dict[str, str] = {
+    "serving": "flywheel.serving._server:serving_service",
+}
 
 ServiceFactory = Callable[[Project], contextlib.AbstractAsyncContextManager[Any]]
 

@@ -1,0 +1,147 @@
+"""The Open Inference Protocol hot path as plain ASGI apps (no per-request framework work).
+
+Mounted as Starlette routes on the serving router (``include_in_schema=False``): the body is read
+with the ``serving.max_request_bytes`` limit (413 beyond it), the few headers that matter are
+picked out of the raw header list, and ``InferenceServer.infer`` does the rest.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from flywheel import __version__
+from flywheel.serving._errors import InvalidInput, PayloadTooLarge
+from flywheel.serving._server import InferenceResult, parse_timeout_header, server_for
+
+SERVER_EXTENSIONS = ["binary_tensor_data"]
+_JSON = (b"content-type", b"application/json")
+_OCTET = (b"content-type", b"application/octet-stream")
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _project(scope: Scope) -> Any:
+    return scope["app"].state.project
+
+
+class InferEndpoint:
+    """``POST /v2/models/{name}[/versions/{version}]/infer``."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        project = _project(scope)
+        server = server_for(project)
+        params = scope.get("path_params", {})
+        header_length: int | None = None
+        timeout_s: float | None = None
+        routing_key = request_id = encoding = None
+        declared = -1
+        try:
+            for raw_name, raw_value in scope["headers"]:
+                if raw_name == b"inference-header-content-length":
+                    try:
+                        header_length = int(raw_value)
+                    except ValueError:
+                        raise InvalidInput(
+                            f"Inference-Header-Content-Length {raw_value.decode('latin-1')!r} "
+                            "is not an integer"
+                        ) from None
+                elif raw_name == b"timeout":
+                    timeout_s = parse_timeout_header(raw_value.decode("latin-1"))
+                elif raw_name == b"x-routing-key":
+                    routing_key = raw_value.decode("latin-1")
+                elif raw_name == b"x-request-id":
+                    request_id = raw_value.decode("latin-1")
+                elif raw_name == b"content-encoding":
+                    encoding = raw_value.decode("latin-1").strip().lower()
+                elif raw_name == b"content-length":
+                    try:
+                        declared = int(raw_value)
+                    except ValueError:
+                        declared = -1
+            limit = server.config.max_request_bytes
+            if declared > limit:
+                raise PayloadTooLarge(
+                    f"the request body is {declared} bytes; the limit is {limit} bytes"
+                )
+            body = await _read_body(receive, limit)
+            if encoding in ("gzip", "deflate"):
+                try:
+                    body = zlib.decompressobj(wbits=47).decompress(body, limit + 1)
+                except zlib.error as exc:
+                    raise InvalidInput(
+                        f"the {encoding} body cannot be decompressed: {exc}"
+                    ) from None
+                if len(body) > limit:
+                    raise PayloadTooLarge(f"the decompressed body is over {limit} bytes")
+            elif encoding not in (None, "", "identity"):
+                raise InvalidInput(f"Content-Encoding {encoding!r} is not supported")
+            result = await server.infer(
+                params["name"],
+                params.get("version"),
+                body,
+                header_length,
+                routing_key=routing_key,
+                timeout_s=timeout_s,
+                request_id=request_id,
+            )
+        except (InvalidInput, PayloadTooLarge) as exc:
+            result = InferenceResult(exc.status_code, orjson.dumps({"error": str(exc)}))
+        headers = [_OCTET if result.header_length is not None else _JSON]
+        if result.header_length is not None:
+            headers.append((b"inference-header-content-length", str(result.header_length).encode()))
+        if result.retry_after is not None:
+            headers.append((b"retry-after", str(max(1, round(result.retry_after))).encode()))
+        await _send(send, result.status, result.body, headers)
+
+
+class HealthEndpoint:
+    """``GET /v2/health/live`` and ``/v2/health/ready``."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.kind == "live":
+            await _send(send, 200, b'{"live":true}', [_JSON])
+            return
+        server = server_for(_project(scope))
+        await server.ensure_started()
+        await _send(send, 200, b'{"ready":true}', [_JSON])
+
+
+class ServerMetadataEndpoint:
+    """``GET /v2``: server name, version and the protocol extensions it supports."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = orjson.dumps(
+            {"name": "flywheel", "version": __version__, "extensions": SERVER_EXTENSIONS}
+        )
+        await _send(send, 200, body, [_JSON])
+
+
+__all__ = ["SERVER_EXTENSIONS", "HealthEndpoint", "InferEndpoint", "ServerMetadataEndpoint"]

@@ -1,0 +1,338 @@
+"""Dynamic batching: concurrent requests to one model version coalesced into one runtime call.
+
+The policy follows Triton's dynamic batcher. A request joins a bounded queue (full: ``QueueFull``,
+429). A dispatcher task waits until an instance of the model is free, then until the queue holds
+``max_batch_size`` rows, a preferred batch size, or until the oldest request has waited
+``max_queue_delay_us``; it then takes as many requests as fit, runs one ``predict`` in the worker
+thread pool (so the event loop stays free), and splits the outputs back along the batch dim.
+Requests whose deadline has passed are answered with ``DeadlineExceeded`` (504) without running.
+When a batch fails, its requests are retried one by one so that one bad request fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flywheel.serving._errors import DeadlineExceeded, InferenceFailed, QueueFull, ServingError
+
+Tensors = dict[str, np.ndarray]
+PredictFn = Callable[[Tensors], Tensors]
+
+
+@dataclass(frozen=True)
+class BatchingPolicy:
+    """How one model version batches. ``max_batch_size == 1`` turns batching off."""
+
+    max_batch_size: int = 32
+    max_queue_delay_us: int = 1000
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 512
+    instances: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ServingError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_queue_delay_us < 0:
+            raise ServingError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+        if self.max_queue_size < 1:
+            raise ServingError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
+        if self.instances < 1:
+            raise ServingError(f"instances must be >= 1, got {self.instances}")
+        bad = [p for p in self.preferred_batch_sizes if p < 1 or p > self.max_batch_size]
+        if bad:
+            raise ServingError(
+                f"preferred_batch_sizes {bad} must lie in 1..max_batch_size ({self.max_batch_size})"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_batch_size > 1
+
+    @classmethod
+    def from_settings(
+        cls, defaults: Any, overrides: dict[str, Any] | None = None
+    ) -> BatchingPolicy:
+        """Server defaults (``ServingConfig``) overridden by a model version's ``config``.
+
+        A version's config may hold ``max_batch_size``, ``max_queue_delay_us``,
+        ``preferred_batch_sizes``, ``max_queue_size``, ``instances``, or ``batching: false``.
+        """
+        o = dict(overrides or {})
+        nested = o.get("batching")
+        if isinstance(nested, dict):
+            o.update(nested)
+        try:
+            policy = cls(
+                max_batch_size=int(o.get("max_batch_size", defaults.max_batch_size)),
+                max_queue_delay_us=int(o.get("max_queue_delay_us", defaults.max_queue_delay_us)),
+                preferred_batch_sizes=tuple(
+                    int(p) for p in o.get("preferred_batch_sizes", defaults.preferred_batch_sizes)
+                ),
+                max_queue_size=int(o.get("max_queue_size", defaults.max_queue_size)),
+                instances=int(o.get("instances", defaults.instances)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ServingError(f"invalid batching settings {o!r}: {exc}") from None
+        if nested is False:
+            policy = cls(1, 0, (), policy.max_queue_size, policy.instances)
+        return policy
+
+
+class _Pending:
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "key", "rows")
+
+    def __init__(
+        self, inputs: Tensors, rows: int, deadline: float | None, future: asyncio.Future[Tensors]
+    ) -> None:
+        self.inputs = inputs
+        self.rows = rows
+        self.deadline = deadline
+        self.future = future
+        self.enqueued = time.monotonic()
+        # Requests can share a batch only if every non-batch dimension matches.
+        self.key = tuple((k, v.shape[1:], v.dtype.str) for k, v in inputs.items())
+
+
+class DynamicBatcher:
+    """Queue + dispatcher for one model version. Create and use it inside a running event loop."""
+
+    def __init__(
+        self,
+        predict: PredictFn,
+        policy: BatchingPolicy,
+        executor: Executor,
+        *,
+        name: str = "model",
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self._predict = predict
+        self.policy = policy
+        self._executor = executor
+        self.name = name
+        self._on_batch = on_batch
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(policy.instances)
+        self._inflight: set[asyncio.Future[Any]] = set()
+        self._closed = False
+        self._task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+            self._dispatch_forever(), name=f"batcher:{name}"
+        )
+        self.batches_run = 0
+        self.last_latency_s = 0.0
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting in the queue (not counting those being computed)."""
+        return len(self._queue)
+
+    async def submit(self, inputs: Tensors, rows: int, deadline: float | None = None) -> Tensors:
+        """Queue one request (``rows`` along the batch dim) and wait for its outputs.
+
+        Args:
+            deadline: ``time.monotonic()`` after which the caller no longer wants the answer.
+
+        Raises:
+            QueueFull: the queue holds ``max_queue_size`` requests.
+            DeadlineExceeded: the deadline passed first.
+            InferenceFailed: the runtime raised.
+        """
+        if self._closed:
+            raise QueueFull(f"model {self.name!r} is shutting down", retry_after=1.0)
+        if len(self._queue) >= self.policy.max_queue_size:
+            raise QueueFull(
+                f"model {self.name!r} has {len(self._queue)} requests queued (the limit); "
+                "retry later",
+                retry_after=max(1.0, self.last_latency_s * len(self._queue)),
+            )
+        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
+        item = _Pending(inputs, rows, deadline, future)
+        self._queue.append(item)
+        self._queued_rows += rows
+        self._wakeup.set()
+        if deadline is None:
+            return await future
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            return await asyncio.wait_for(future, remaining)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"model {self.name!r} did not answer within the request's deadline"
+            ) from None
+
+    async def close(self) -> None:
+        """Stop accepting requests, finish the queued ones, and stop the dispatcher."""
+        self._closed = True
+        self._wakeup.set()
+        while self._queue or self._inflight:
+            await asyncio.sleep(0.005)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    # -- dispatcher ------------------------------------------------------------------------------
+
+    def _preferred_hit(self) -> bool:
+        return self._queued_rows in self.policy.preferred_batch_sizes
+
+    async def _wait_for_more(self, first: _Pending) -> None:
+        """Wait until the batch is full, a preferred size is reached, or the delay is over."""
+        policy = self.policy
+        until = first.enqueued + policy.max_queue_delay_us / 1e6
+        while self._queued_rows < policy.max_batch_size and not self._preferred_hit():
+            remaining = until - time.monotonic()
+            if remaining <= 0 or self._closed:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Pending]:
+        policy = self.policy
+        now = time.monotonic()
+        limit = policy.max_batch_size
+        if policy.preferred_batch_sizes:
+            fitting = [p for p in policy.preferred_batch_sizes if p <= self._queued_rows]
+            if fitting:
+                limit = max(fitting)
+        batch: list[_Pending] = []
+        rows = 0
+        skipped: list[_Pending] = []
+        key = None
+        while self._queue:
+            item = self._queue[0]
+            if item.future.done():  # cancelled by its deadline
+                self._queue.popleft()
+                self._queued_rows -= item.rows
+                continue
+            if item.deadline is not None and item.deadline <= now:
+                self._queue.popleft()
+                self._queued_rows -= item.rows
+                item.future.set_exception(
+                    DeadlineExceeded(f"model {self.name!r}: the request's deadline passed")
+                )
+                continue
+            if batch and rows + item.rows > limit:
+                break
+            if key is not None and item.key != key:
+                skipped.append(self._queue.popleft())
+                continue
+            self._queue.popleft()
+            self._queued_rows -= item.rows
+            batch.append(item)
+            rows += item.rows
+            key = item.key
+            if not policy.enabled:
+                break
+        for item in reversed(skipped):
+            self._queue.appendleft(item)
+        return batch
+
+    async def _dispatch_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._slots.acquire()
+            if self.policy.enabled and self._queue:
+                await self._wait_for_more(self._queue[0])
+            batch = self._take_batch()
+            if not batch:
+                self._slots.release()
+                continue
+            fut = loop.run_in_executor(self._executor, self._execute, batch)
+            self._inflight.add(fut)
+            fut.add_done_callback(functools.partial(self._finish, batch=batch))
+
+    def _finish(
+        self, fut: asyncio.Future[list[Tensors | BaseException]], batch: list[_Pending]
+    ) -> None:
+        self._inflight.discard(fut)
+        self._slots.release()
+        try:
+            results = fut.result()
+        except BaseException as exc:  # the executor itself failed
+            results = [InferenceFailed(f"model {self.name!r}: {exc}")] * len(batch)
+        for item, result in zip(batch, results, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+
+    # -- worker thread ---------------------------------------------------------------------------
+
+    def _run_one(self, inputs: Tensors) -> Tensors:
+        try:
+            return self._predict(inputs)
+        except ServingError:
+            raise
+        except Exception as exc:
+            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            raise InferenceFailed(f"model {self.name!r} failed: {reason}") from exc
+
+    def _execute(self, batch: list[_Pending]) -> list[Tensors | BaseException]:
+        start = time.perf_counter()
+        total = sum(item.rows for item in batch)
+        if self._on_batch is not None:
+            self._on_batch(total)
+        self.batches_run += 1
+        try:
+            if len(batch) == 1:
+                return [self._run_one(batch[0].inputs)]
+            merged = {
+                name: np.concatenate([item.inputs[name] for item in batch])
+                for name in batch[0].inputs
+            }
+            outputs = self._run_one(merged)
+            split = self._split(outputs, batch, total)
+            if split is not None:
+                return split
+        except BaseException as exc:
+            if len(batch) == 1:
+                return [exc]
+        finally:
+            self.last_latency_s = time.perf_counter() - start
+        # The batch failed or its outputs cannot be split: one request at a time.
+        results: list[Tensors | BaseException] = []
+        for item in batch:
+            try:
+                results.append(self._run_one(item.inputs))
+            except BaseException as exc:
+                results.append(exc)
+        return results
+
+    @staticmethod
+    def _split(
+        outputs: Tensors, batch: list[_Pending], total: int
+    ) -> list[Tensors | BaseException] | None:
+        bounds = np.cumsum([item.rows for item in batch])[:-1]
+        parts: list[Tensors] = [{} for _ in batch]
+        for name, arr in outputs.items():
+            arr = np.asarray(arr)
+            if arr.ndim == 0 or arr.shape[0] != total:
+                return None
+            for part, piece in zip(parts, np.split(arr, bounds), strict=True):
+                part[name] = piece
+        return list(parts)
+
+
+__all__ = ["BatchingPolicy", "DynamicBatcher"]

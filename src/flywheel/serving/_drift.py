@@ -1,0 +1,306 @@
+"""Drift detection: logged inputs and predictions against a reference distribution.
+
+Per feature: numeric columns get the population stability index (PSI, 10 quantile bins of the
+reference, 1e-4 floor per bin) and the two-sample Kolmogorov-Smirnov test; categorical columns
+(strings, booleans) get a chi-square test of the category counts, with Cramér's V as the effect
+size. A feature drifts when ``PSI >= psi_threshold``, or the test is significant
+(``p < p_value``) *and* its effect is material (KS statistic or Cramér's V ``>= ks_threshold``):
+with thousands of rows a p-value alone flags differences too small to matter.
+
+The reference is, in this order: a Parquet file/folder given explicitly; the served version's
+training dataset (``flywheel.features``) when it has one; otherwise the predictions logged for
+the endpoint before the window.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flywheel.serving._errors import ServingError
+
+log = logging.getLogger("flywheel.serving")
+META_COLUMNS = {
+    "request_id", "ts", "endpoint", "model", "version", "kind", "latency_ms", "row",
+    "shadow_version", "disagreement",
+}  # fmt: skip
+MIN_ROWS = 30
+
+
+@dataclass(frozen=True)
+class DriftThresholds:
+    psi: float = 0.2
+    effect: float = 0.1
+    p_value: float = 0.01
+
+
+@dataclass
+class FeatureDrift:
+    feature: str
+    kind: str  # numeric | categorical
+    psi: float | None
+    ks_statistic: float | None
+    chi2_statistic: float | None
+    p_value: float
+    effect: float
+    drifted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+            for k, v in self.__dict__.items()
+        }
+
+
+@dataclass
+class DriftReport:
+    endpoint: str
+    window: str
+    reference: str
+    reference_rows: int
+    current_rows: int
+    features: list[FeatureDrift] = field(default_factory=list)
+
+    @property
+    def drifted(self) -> list[str]:
+        return [f.feature for f in self.features if f.drifted]
+
+    @property
+    def verdict(self) -> str:
+        if self.current_rows < MIN_ROWS:
+            return "insufficient_data"
+        return "drift" if self.drifted else "no_drift"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "window": self.window,
+            "reference": self.reference,
+            "reference_rows": self.reference_rows,
+            "current_rows": self.current_rows,
+            "verdict": self.verdict,
+            "drifted_features": self.drifted,
+            "features": [f.to_dict() for f in self.features],
+        }
+
+
+def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
+    """Population stability index of ``current`` against ``reference`` (quantile bins)."""
+    ref = reference[np.isfinite(reference)]
+    cur = current[np.isfinite(current)]
+    if ref.size == 0 or cur.size == 0:
+        return 0.0
+    edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
+    ref_counts = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=edges.size + 1)
+    cur_counts = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=edges.size + 1)
+    p = np.maximum(ref_counts / ref.size, 1e-4)
+    q = np.maximum(cur_counts / cur.size, 1e-4)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def _is_categorical(values: np.ndarray) -> bool:
+    return values.dtype.kind in "OUSb"
+
+
+def feature_drift(
+    name: str, reference: np.ndarray, current: np.ndarray, thresholds: DriftThresholds
+) -> FeatureDrift:
+    """Score one feature (see the module docstring for the rules)."""
+    from scipy import stats
+
+    if _is_categorical(reference) or _is_categorical(current):
+        ref = reference.astype(str)
+        cur = current.astype(str)
+        cats = sorted(set(ref.tolist()) | set(cur.tolist()))
+        table = np.array(
+            [[int(np.sum(ref == c)) for c in cats], [int(np.sum(cur == c)) for c in cats]]
+        )
+        if len(cats) < 2:
+            return FeatureDrift(name, "categorical", None, None, 0.0, 1.0, 0.0, False)
+        chi2, p, _, _ = stats.chi2_contingency(table)
+        n = table.sum()
+        cramers_v = float(np.sqrt(chi2 / (n * (min(table.shape) - 1)))) if n else 0.0
+        drifted = bool(p < thresholds.p_value and cramers_v >= thresholds.effect)
+        return FeatureDrift(
+            name, "categorical", None, None, float(chi2), float(p), cramers_v, drifted
+        )
+    ref = reference.astype(np.float64)
+    cur = current.astype(np.float64)
+    ref, cur = ref[np.isfinite(ref)], cur[np.isfinite(cur)]
+    score = psi(ref, cur)
+    ks = stats.ks_2samp(ref, cur)
+    statistic, p_value = float(ks.statistic), float(ks.pvalue)
+    drifted = bool(
+        score >= thresholds.psi or (p_value < thresholds.p_value and statistic >= thresholds.effect)
+    )
+    return FeatureDrift(name, "numeric", score, statistic, None, p_value, statistic, drifted)
+
+
+def compare(
+    reference: Any, current: Any, thresholds: DriftThresholds, *, columns: list[str] | None = None
+) -> list[FeatureDrift]:
+    """Score every column the two pandas frames share (except logging metadata)."""
+    shared = [
+        c
+        for c in (columns or list(current.columns))
+        if c in reference.columns
+        and c in current.columns
+        and c not in META_COLUMNS
+        and not c.startswith("shadow_pred_")
+    ]
+    results = []
+    for col in shared:
+        ref = reference[col].dropna().to_numpy()
+        cur = current[col].dropna().to_numpy()
+        if ref.size < 2 or cur.size < 2:
+            continue
+        results.append(feature_drift(col, ref, cur, thresholds))
+    return results
+
+
+def parse_window(text: str) -> timedelta:
+    """``"30m"``, ``"1h"``, ``"7d"``, ``"90s"`` -> a timedelta."""
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    text = text.strip()
+    try:
+        value, unit = float(text[:-1]), text[-1]
+        if unit not in units or value <= 0:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise ServingError(f"window {text!r} must look like 90s, 30m, 1h or 7d") from None
+    return timedelta(**{units[unit]: value})
+
+
+def _read_logged(folder: Path, endpoint: str, start: datetime | None, end: datetime | None) -> Any:
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    path = folder / f"endpoint={endpoint}"
+    files = sorted(p for p in path.glob("*.parquet")) if path.is_dir() else []
+    if not files:
+        return pd.DataFrame()
+    table = ds.dataset([str(f) for f in files], format="parquet").to_table()
+    frame = table.to_pandas()
+    frame = frame[frame["kind"] == "primary"]
+    ts = pd.to_datetime(frame["ts"], utc=True)
+    if start is not None:
+        frame = frame[ts >= start]
+        ts = ts[ts >= start]
+    if end is not None:
+        frame = frame[ts < end]
+    return frame
+
+
+def _training_reference(
+    project: Any, model: str, version: int, source: Any
+) -> tuple[Any, str] | None:
+    try:
+        mv = source.resolve(f"models:/{model}/{version}")
+    except Exception:
+        return None
+    name = getattr(mv, "training_dataset", None)
+    if not name:
+        return None
+    try:
+        import pandas as pd
+
+        from flywheel.features import FeatureStore
+
+        ds = FeatureStore(project).get_training_dataset(name)
+        frames = [pd.read_parquet(f) for f in ds.files]
+        return pd.concat(frames, ignore_index=True), f"training dataset {name!r}"
+    except Exception as exc:
+        log.info(
+            "training dataset %s of %s/%s not usable as reference: %s", name, model, version, exc
+        )
+        return None
+
+
+def drift_report(
+    project: Any,
+    endpoint: str,
+    *,
+    window: str = "1h",
+    reference: str | Path | None = None,
+    now: datetime | None = None,
+    source: Any = None,
+) -> DriftReport:
+    """Compare the endpoint's logged predictions in ``window`` with the reference."""
+    import pandas as pd
+
+    from flywheel.serving._prediction_log import PREDICTIONS_FOLDER
+    from flywheel.serving._runtime import RegistrySource
+
+    cfg = project.config.serving
+    thresholds = DriftThresholds(cfg.drift_psi_threshold, cfg.drift_ks_threshold, cfg.drift_p_value)
+    folder = project.config.offline_store_path / PREDICTIONS_FOLDER
+    end = now or datetime.now(UTC)
+    start = end - parse_window(window)
+    current = _read_logged(folder, endpoint, start, end)
+    if reference is not None:
+        ref_path = Path(reference)
+        if not ref_path.exists():
+            raise ServingError(f"reference {str(reference)!r} does not exist")
+        ref_frame, ref_label = pd.read_parquet(ref_path), f"file {str(reference)!r}"
+    else:
+        found = None
+        if len(current):
+            top = current.groupby(["model", "version"]).size().idxmax()
+            found = _training_reference(
+                project, str(top[0]), int(top[1]), source or RegistrySource(project)
+            )
+        if found is not None:
+            ref_frame, ref_label = found
+        else:
+            ref_frame = _read_logged(folder, endpoint, None, start)
+            ref_label = f"predictions logged before {start.isoformat(timespec='seconds')}"
+    report = DriftReport(endpoint, window, ref_label, len(ref_frame), len(current))
+    if len(current) and len(ref_frame):
+        report.features = compare(ref_frame, current, thresholds)
+    return report
+
+
+def alert(project: Any, report: DriftReport) -> bool:
+    """Record a drift alert (event + log) and POST it to ``serving.drift_webhook``; True if sent."""
+    from flywheel.serving._endpoints import EndpointStore
+
+    if report.verdict != "drift":
+        return False
+    payload = report.to_dict()
+    log.warning(
+        "drift on endpoint %s: %s (reference: %s)",
+        report.endpoint,
+        ", ".join(report.drifted),
+        report.reference,
+    )
+    EndpointStore(project.db).record_event(report.endpoint, "drift_alert", payload, actor="drift")
+    url = project.config.serving.drift_webhook
+    if not url:
+        return False
+    import httpx
+
+    try:
+        response = httpx.post(url, json={"event": "flywheel.drift", **payload}, timeout=5.0)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        log.warning("drift webhook %s failed: %s", url, exc)
+        return False
+    return True
+
+
+__all__ = [
+    "DriftReport",
+    "DriftThresholds",
+    "FeatureDrift",
+    "alert",
+    "compare",
+    "drift_report",
+    "feature_drift",
+    "parse_window",
+    "psi",
+]

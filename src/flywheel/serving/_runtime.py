@@ -1,0 +1,198 @@
+"""Runtimes: registered model versions loaded from the registry, warmed and ready to batch.
+
+``ModelSource`` is the one seam between serving and the registry (resolve a URI, load a version,
+fetch its input example, read the stage audit log). ``RegistrySource`` is the real one; tests may
+hand the server any object with the same methods.
+
+``load_runtime`` loads a version through the registry (sha256-verified there), warms it with the
+version's input example, and, when the version has an ONNX export and ``prefer_onnx`` is set,
+times both runtimes on a batch built from the example and serves the faster one whose outputs
+agree with the native runtime. The chosen runtime, the device and both timings are reported in
+the model's metadata.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from flywheel.serving._errors import ModelUnavailable
+
+log = logging.getLogger("flywheel.serving")
+
+Tensors = dict[str, np.ndarray]
+TIMING_BATCH_ROWS = 32
+TIMING_REPEATS = 5
+
+
+class LoadedModelLike(Protocol):
+    """What serving needs of ``flywheel.registry.LoadedModel``."""
+
+    @property
+    def runtime(self) -> str: ...
+    def predict(self, inputs: Tensors) -> Tensors: ...
+
+
+class ModelSource(Protocol):
+    """The registry, as serving sees it (see ``RegistrySource`` for the contract)."""
+
+    def resolve(self, uri: str) -> Any:
+        """The ``ModelVersion`` for ``models:/NAME/V`` or ``models:/NAME@stage``; raises 404."""
+
+    def load(self, mv: Any, *, prefer_onnx: bool) -> LoadedModelLike:
+        """A loaded, callable model for the version (sha256-verified)."""
+
+    def input_example(self, mv: Any) -> Tensors | None:
+        """The version's input example, or None when it has none."""
+
+    def audit_log(self, since_id: int) -> list[Any]:
+        """Stage changes (entries with ``id``, ``model``, ``stage``) with id > ``since_id``."""
+
+
+class RegistrySource:
+    """``ModelSource`` over ``flywheel.registry.Registry(project)``."""
+
+    def __init__(self, project: Any) -> None:
+        self.project = project
+        self._registry: Any = None
+
+    @property
+    def registry(self) -> Any:
+        if self._registry is None:
+            module = importlib.import_module("flywheel.registry")
+            self._registry = module.Registry(self.project)
+        return self._registry
+
+    def resolve(self, uri: str) -> Any:
+        return self.registry.resolve(uri)
+
+    def load(self, mv: Any, *, prefer_onnx: bool) -> LoadedModelLike:
+        loaded: LoadedModelLike = self.registry.load(mv, trusted=False, prefer_onnx=prefer_onnx)
+        return loaded
+
+    def input_example(self, mv: Any) -> Tensors | None:
+        try:
+            example = self.registry.input_example(mv)
+        except Exception:  # a version registered without an example
+            return None
+        return dict(example) if example else None
+
+    def audit_log(self, since_id: int) -> list[Any]:
+        entries: list[Any] = self.registry.audit_log(since_id=since_id)
+        return entries
+
+
+@dataclass
+class LoadedRuntime:
+    """A loaded, warmed model version and what the server reports about it."""
+
+    model: LoadedModelLike
+    runtime: str
+    device: str
+    load_seconds: float
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def predict(self, inputs: Tensors) -> Tensors:
+        return self.model.predict(inputs)
+
+
+def _tile(example: Tensors, rows: int) -> Tensors:
+    out: Tensors = {}
+    for name, arr in example.items():
+        arr = np.asarray(arr)
+        if arr.ndim == 0 or arr.shape[0] == 0:
+            return example
+        reps = -(-rows // arr.shape[0])
+        out[name] = np.concatenate([arr] * reps)[:rows]
+    return out
+
+
+def _time_ms(model: LoadedModelLike, batch: Tensors) -> float:
+    best = float("inf")
+    for _ in range(TIMING_REPEATS):
+        start = time.perf_counter()
+        model.predict(batch)
+        best = min(best, (time.perf_counter() - start) * 1000)
+    return best
+
+
+def _agree(a: Tensors, b: Tensors) -> bool:
+    if set(a) != set(b):
+        return False
+    for name, x in a.items():
+        x, y = np.asarray(x), np.asarray(b[name])
+        if x.shape != y.shape:
+            return False
+        if x.dtype.kind in "fc" or y.dtype.kind in "fc":
+            if not np.allclose(x.astype(np.float64), y.astype(np.float64), rtol=1e-3, atol=1e-4):
+                return False
+        elif not np.array_equal(x, y):
+            return False
+    return True
+
+
+def _device(mv: Any) -> str:
+    wanted = str((getattr(mv, "config", None) or {}).get("device", "cpu"))
+    if not wanted.startswith("cuda"):
+        return "cpu"
+    try:
+        import torch
+
+        return wanted if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def load_runtime(source: ModelSource, mv: Any, *, prefer_onnx: bool) -> LoadedRuntime:
+    """Load ``mv``, warm it with its input example, and pick the faster runtime (see module doc).
+
+    Raises:
+        ModelUnavailable: the version cannot be loaded or fails on its own input example.
+    """
+    label = f"{mv.name}/{mv.version}"
+    start = time.perf_counter()
+    try:
+        native = source.load(mv, prefer_onnx=False)
+    except Exception as exc:
+        if getattr(exc, "status_code", 500) < 500 and not isinstance(exc, ModelUnavailable):
+            raise
+        raise ModelUnavailable(f"model {label} could not be loaded: {exc}") from exc
+    chosen, timings = native, {}
+    example = source.input_example(mv)
+    if example:
+        try:
+            reference = native.predict(example)
+        except Exception as exc:
+            raise ModelUnavailable(f"model {label} fails on its own input example: {exc}") from exc
+        batch = _tile(example, TIMING_BATCH_ROWS)
+        if prefer_onnx and getattr(mv, "onnx_sha256", None) and native.runtime != "onnxruntime":
+            timings[native.runtime] = _time_ms(native, batch)
+            try:
+                onnx = source.load(mv, prefer_onnx=True)
+                if onnx.runtime == "onnxruntime" and _agree(reference, onnx.predict(example)):
+                    timings["onnxruntime"] = _time_ms(onnx, batch)
+                    if timings["onnxruntime"] < timings[native.runtime]:
+                        chosen = onnx
+                else:
+                    log.info(
+                        "model %s: ONNX export disagrees with %s; not used", label, native.runtime
+                    )
+            except Exception as exc:  # the export is an optimisation; the native runtime serves
+                log.warning("model %s: ONNX export not usable (%s)", label, exc)
+        else:
+            chosen.predict(batch)  # warm-up at a realistic batch size
+    return LoadedRuntime(
+        model=chosen,
+        runtime=chosen.runtime,
+        device=_device(mv),
+        load_seconds=time.perf_counter() - start,
+        timings_ms={k: round(v, 4) for k, v in timings.items()},
+    )
+
+
+__all__ = ["LoadedModelLike", "LoadedRuntime", "ModelSource", "RegistrySource", "load_runtime"]
