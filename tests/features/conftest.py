@@ -103,3 +103,24 @@ def repo_objects() -> list[object]:
         schema=[Field("emb", vector(4)), Field("tags", list_of("string"))],
     )
     return [user_entity(), fv, svc, emb]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def online_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An online-store URL: the embedded SQLite file, then the real Redis (own key prefix)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/online.db"
+    request.applymarker(pytest.mark.integration)
+    url: str = request.getfixturevalue("redis_url")
+    prefix: str = request.getfixturevalue("redis_prefix")
+    return f"{url}?prefix={prefix}"
+
+
+@pytest.fixture
+def online_project(tmp_path: Path, online_url: str):  # type: ignore[no-untyped-def]
+    """A project whose online store is ``online_url``."""
+    from tests.conftest import make_project
+
+    proj = make_project(tmp_path / "proj", online_store=online_url)
+    yield proj
+    proj.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,22 @@ from flywheel.features._definitions import (
     StreamFeatureView,
 )
 from flywheel.features._errors import FeatureNotFound, FeatureStoreError
+from flywheel.features._materialize import (
+    EPOCH,
+    MaterializeReport,
+    Progress,
+    run_materialization,
+    watermarks,
+)
 from flywheel.features._offline import (
-    ENTITY_TS,
     AggregationQuery,
     ViewQuery,
     point_in_time_join,
 )
+from flywheel.features._online import OnlineStore, open_online_store
+from flywheel.features._online_read import EntityRows, read_online
 from flywheel.features._resolve import Definitions, FeatureRefs, Resolved
+from flywheel.features._response import OnlineResponse
 from flywheel.lineage import Node, lineage
 from flywheel.project import Project
 
@@ -110,8 +120,6 @@ class FeatureStore:
         entries = [e for e in self.catalog.entries() if e.name == name]
         if not entries:
             raise FeatureNotFound(f"{name!r} is not in the catalog; run `flywheel features list`")
-        from flywheel.features._materialize import watermarks
-
         marks = watermarks(self.project.db)
         out: dict[str, Any] = {"name": name, "kind": entries[0].kind, "versions": []}
         for e in entries:
@@ -237,6 +245,102 @@ class FeatureStore:
     def list_training_datasets(self) -> list[TrainingDataset]:
         return list_training_datasets(self.project.db, self.offline_root / "datasets")
 
+    # -- online -----------------------------------------------------------------------------------
+
+    @property
+    def online_store(self) -> OnlineStore:
+        """The configured online store (opened on first use)."""
+        if self._online is None:
+            self._online = open_online_store(
+                self.project.config.online_store_url, namespace=self.project.config.project
+            )
+        store: OnlineStore = self._online
+        return store
+
+    def get_online_features(
+        self,
+        features: FeatureRefs,
+        entity_rows: EntityRows,
+        *,
+        full_feature_names: bool = False,
+    ) -> OnlineResponse:
+        """The freshest value of each feature for each entity, in one round trip to the store.
+
+        Args:
+            features: ``"view:feature"`` refs or a ``FeatureService``.
+            entity_rows: ``[{"user_id": 1}, ...]`` or ``{"user_id": [1, 2, ...]}``.
+
+        Each value comes with a status (present / missing / expired by the view's TTL) and the
+        event time of the row it came from (``OnlineResponse.statuses`` / ``event_timestamps``).
+        """
+        resolved = self.definitions.resolve(features, full_feature_names=full_feature_names)
+        return read_online(
+            self.online_store, resolved, entity_rows, full_feature_names=full_feature_names
+        )
+
+    def _materialize_targets(self, views: Sequence[str] | None) -> list[FeatureView]:
+        self.definitions.refresh()
+        if views is None:
+            chosen = [
+                v
+                for v in self.definitions.views.values()
+                if isinstance(v, FeatureView) and v.online
+            ]
+        else:
+            chosen = []
+            for name in views:
+                v = self.definitions.view(name)
+                if not isinstance(v, FeatureView):
+                    raise FeatureStoreError(
+                        f"{v.ref!r} is a stream feature view; its processor keeps it fresh"
+                    )
+                chosen.append(v)
+        return sorted(chosen, key=lambda v: v.ref)
+
+    def materialize(
+        self,
+        start: datetime,
+        end: datetime,
+        views: Sequence[str] | None = None,
+        *,
+        batch_size: int = 20_000,
+        progress: Progress | None = None,
+    ) -> MaterializeReport:
+        """Write the latest row per entity with event time in [start, end) to the online store.
+
+        Idempotent and safe to rerun after a crash; advances each view's watermark to ``end``.
+        """
+        start, end = _utc(start), _utc(end)
+        if end <= start:
+            raise FeatureStoreError(f"materialize: end {end} must be after start {start}")
+        targets = [
+            (v, self.source_path(v), self.definitions.join_keys(v), start, end)
+            for v in self._materialize_targets(views)
+        ]
+        return run_materialization(
+            self.project.db, self.online_store, targets, batch_size=batch_size, progress=progress
+        )
+
+    def materialize_incremental(
+        self,
+        end: datetime,
+        views: Sequence[str] | None = None,
+        *,
+        batch_size: int = 20_000,
+        progress: Progress | None = None,
+    ) -> MaterializeReport:
+        """Materialize each view from its watermark (or the beginning) up to ``end``."""
+        end = _utc(end)
+        marks = watermarks(self.project.db)
+        targets = []
+        for v in self._materialize_targets(views):
+            start = marks[v.ref][0] if v.ref in marks else EPOCH
+            if start < end:
+                targets.append((v, self.source_path(v), self.definitions.join_keys(v), start, end))
+        return run_materialization(
+            self.project.db, self.online_store, targets, batch_size=batch_size, progress=progress
+        )
+
     def close(self) -> None:
         """Close the online store and event log connections (the project stays open)."""
         if self._online is not None:
@@ -247,6 +351,7 @@ class FeatureStore:
             self._event_log = None
 
 
-def _check_entity_df(entity_df: pd.DataFrame) -> None:
-    if ENTITY_TS not in entity_df.columns:
-        raise FeatureStoreError(f"entity_df needs an {ENTITY_TS!r} column")
+def _utc(dt: datetime) -> datetime:
+    if not isinstance(dt, datetime):
+        raise FeatureStoreError(f"expected a datetime, got {dt!r}")
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
