@@ -25,7 +25,12 @@ from flywheel.features._errors import (
     FeatureStoreError,
     PushValidationError,
 )
-from flywheel.features._store import FeatureStore
+from flywheel.features._eventlog import EventLog, open_event_log
+from flywheel.features._materialize import MaterializeReport
+from flywheel.features._online import OnlineStore, open_online_store
+from flywheel.features._response import OnlineResponse
+from flywheel.features._store import FeatureStore, PushResult
+from flywheel.features._stream import ProcessorStats, StreamProcessor
 
 __all__ = [
     "Aggregation",
@@ -34,6 +39,7 @@ __all__ = [
     "CatalogEntry",
     "Change",
     "Entity",
+    "EventLog",
     "EventStream",
     "FeatureNotFound",
     "FeatureService",
@@ -41,11 +47,19 @@ __all__ = [
     "FeatureStoreError",
     "FeatureView",
     "Field",
+    "MaterializeReport",
     "OnDemandFeatureView",
+    "OnlineResponse",
+    "OnlineStore",
     "ParquetSource",
+    "ProcessorStats",
+    "PushResult",
     "PushValidationError",
     "StreamFeatureView",
+    "StreamProcessor",
     "TrainingDataset",
     "list_of",
+    "open_event_log",
+    "open_online_store",
     "vector",
 ]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from flywheel.features._definitions import (
     StreamFeatureView,
 )
 from flywheel.features._errors import FeatureNotFound, FeatureStoreError
+from flywheel.features._eventlog import EventLog, open_event_log
 from flywheel.features._materialize import (
     EPOCH,
     MaterializeReport,
@@ -31,6 +33,7 @@ from flywheel.features._materialize import (
     run_materialization,
     watermarks,
 )
+from flywheel.features._metrics import metrics
 from flywheel.features._offline import (
     AggregationQuery,
     ViewQuery,
@@ -38,10 +41,21 @@ from flywheel.features._offline import (
 )
 from flywheel.features._online import OnlineStore, open_online_store
 from flywheel.features._online_read import EntityRows, read_online
+from flywheel.features._push import encode_events
 from flywheel.features._resolve import Definitions, FeatureRefs, Resolved
 from flywheel.features._response import OnlineResponse
+from flywheel.features._stream import StreamProcessor
 from flywheel.lineage import Node, lineage
 from flywheel.project import Project
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What ``push`` appended: the stream, how many events, and their log ids."""
+
+    stream: str
+    count: int
+    ids: list[str]
 
 
 class FeatureStore:
@@ -73,9 +87,9 @@ class FeatureStore:
     def offline_root(self) -> Path:
         return self.project.config.offline_store_path
 
-    def stream_archive(self, stream: str) -> Path:
-        """Where the processor archives the events of ``stream`` (Parquet, for offline parity)."""
-        return self.offline_root / "streams" / stream
+    def stream_archive(self, view_ref: str) -> Path:
+        """Where processors archive the events applied to a stream view (Parquet, for offline)."""
+        return self.offline_root / "streams" / view_ref.replace("@", "__")
 
     def source_path(self, view: FeatureView) -> Path:
         assert view.source is not None
@@ -176,7 +190,7 @@ class FeatureStore:
                 aggs.append(
                     AggregationQuery(
                         ref=view.ref,
-                        path=self.stream_archive(view.source.name),
+                        path=self.stream_archive(view.ref),
                         join_keys=sel.join_keys,
                         aggregations=tuple(
                             {**by_name[f].to_spec(), "output": out(f)} for f in sel.features
@@ -340,6 +354,41 @@ class FeatureStore:
         return run_materialization(
             self.project.db, self.online_store, targets, batch_size=batch_size, progress=progress
         )
+
+    # -- streaming --------------------------------------------------------------------------------
+
+    @property
+    def event_log(self) -> EventLog:
+        """The configured event log (opened on first use)."""
+        if self._event_log is None:
+            self._event_log = open_event_log(
+                self.project.config.event_log_url, namespace=self.project.config.project
+            )
+        log: EventLog = self._event_log
+        return log
+
+    def push(self, stream: str, rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> PushResult:
+        """Validate ``rows`` against the stream's schema and append them to its event log.
+
+        Nothing is written unless every row is valid (``PushValidationError`` names the row index,
+        the field and the reason). Stream processors apply the events to the online store.
+        """
+        self.definitions.refresh()
+        definition = self.definitions.streams.get(stream)
+        if definition is None:
+            raise FeatureNotFound(f"event stream {stream!r} does not exist")
+        required: list[str] = []
+        for view in self.definitions.views.values():
+            if isinstance(view, StreamFeatureView) and view.source and view.source.name == stream:
+                required += [k for k in self.definitions.join_keys(view) if k not in required]
+        payloads = encode_events(definition, rows, required)
+        ids = self.event_log.append(stream, payloads)
+        metrics()["pushed"].labels(stream).inc(len(ids))
+        return PushResult(stream, len(ids), ids)
+
+    def processor(self, streams: Sequence[str] | None = None, **kwargs: Any) -> StreamProcessor:
+        """A stream processor over this store (see ``StreamProcessor``)."""
+        return StreamProcessor(self, streams, **kwargs)
 
     def close(self) -> None:
         """Close the online store and event log connections (the project stays open)."""

@@ -1,0 +1,69 @@
+"""The event log interface (what ``push`` appends to and stream processors consume) and its
+backend registry. Payloads are opaque bytes; ids are strings that sort in append order.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from flywheel.features._errors import FeatureStoreError
+
+Event = tuple[str, bytes]  # (log id, payload)
+
+EVENT_LOGS: dict[str, str] = {
+    "sqlite": "flywheel.features._eventlog_sqlite:SQLiteEventLog",
+    "redis": "flywheel.features._eventlog_redis:RedisEventLog",
+    "rediss": "flywheel.features._eventlog_redis:RedisEventLog",
+}
+
+
+class EventLog(Protocol):
+    """An append-only log per stream, consumed by groups of consumers (Redis Streams semantics).
+
+    Contract (``tests/features/test_eventlog.py`` runs it on SQLite and the real Redis):
+
+    - ``append(stream, payloads)``: all payloads or none are appended (one transaction); returns
+      their ids, increasing in append order.
+    - ``read(stream, group, consumer, count, block_ms)``: first this consumer's delivered but
+      unacknowledged events (so a restarted consumer with the same name resumes), then new ones
+      that no consumer of the group has been given; each new event goes to exactly one consumer.
+      The group is created at the start of the stream on first use. Waits up to ``block_ms`` for
+      new events when there are none.
+    - ``ack(stream, group, ids)``: the events are done; they are never delivered again.
+    - ``claim(stream, group, consumer, min_idle_ms, count)``: take over events that were given
+      to any consumer of the group (this one included) more than ``min_idle_ms`` ago and not
+      acknowledged (their consumer died or is stuck); they are then pending at ``consumer``.
+    - ``lag(stream, group)``: events appended but not acknowledged by the group.
+    """
+
+    def append(self, stream: str, payloads: Sequence[bytes]) -> list[str]: ...
+
+    def read(
+        self, stream: str, group: str, consumer: str, count: int, block_ms: int
+    ) -> list[Event]: ...
+
+    def ack(self, stream: str, group: str, ids: Sequence[str]) -> None: ...
+
+    def claim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+    ) -> list[Event]: ...
+
+    def lag(self, stream: str, group: str) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def open_event_log(url: str, *, namespace: str = "flywheel") -> EventLog:
+    """The backend for ``url`` (``sqlite:///path`` or ``redis://host:port/db[?prefix=...]``)."""
+    scheme = urlsplit(url).scheme.lower()
+    target = EVENT_LOGS.get(scheme)
+    if target is None:
+        raise FeatureStoreError(
+            f"event log URL {url!r}: scheme {scheme!r} is not one of {sorted(EVENT_LOGS)}"
+        )
+    module, _, cls = target.partition(":")
+    log: EventLog = getattr(importlib.import_module(module), cls)(url, namespace=namespace)
+    return log

@@ -1,0 +1,115 @@
+"""Redis Streams event log: ``XADD`` in a ``MULTI``, consumer groups, ``XACK`` after the write,
+``XAUTOCLAIM`` to take over a dead consumer's events. Keys: ``PREFIX stream:NAME``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from flywheel.errors import ServiceUnavailable
+from flywheel.features._eventlog import Event
+from flywheel.features._online_redis import split_prefix
+
+
+class RedisEventLog:
+    """``redis://host:port/db`` with an optional ``?prefix=`` (default ``fw:NAMESPACE:``)."""
+
+    def __init__(self, url: str, *, namespace: str = "flywheel") -> None:
+        import redis
+
+        clean, self.prefix = split_prefix(url, f"fw:{namespace}:")
+        self._redis = redis
+        self.client = redis.Redis.from_url(clean, socket_connect_timeout=5)
+        self._groups: set[tuple[str, str]] = set()
+
+    def _key(self, stream: str) -> str:
+        return f"{self.prefix}stream:{stream}"
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except self._redis.ConnectionError as exc:
+            raise ServiceUnavailable(f"event log (Redis) unreachable: {exc}") from None
+
+    def append(self, stream: str, payloads: Sequence[bytes]) -> list[str]:
+        pipe = self.client.pipeline(transaction=True)
+        key = self._key(stream)
+        for p in payloads:
+            pipe.xadd(key, {"p": p})
+        ids = self._call(pipe.execute)
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    def _ensure_group(self, stream: str, group: str) -> None:
+        if (stream, group) in self._groups:
+            return
+        try:
+            self._call(self.client.xgroup_create, self._key(stream), group, id="0", mkstream=True)
+        except self._redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add((stream, group))
+
+    @staticmethod
+    def _events(entries: Any) -> list[Event]:
+        out: list[Event] = []
+        for eid, fields in entries or []:
+            if not fields:  # deleted entry still pending
+                continue
+            out.append((eid.decode() if isinstance(eid, bytes) else eid, fields[b"p"]))
+        return out
+
+    def read(
+        self, stream: str, group: str, consumer: str, count: int, block_ms: int
+    ) -> list[Event]:
+        self._ensure_group(stream, group)
+        key = self._key(stream)
+        mine = self._call(self.client.xreadgroup, group, consumer, {key: "0"}, count=count)
+        events = self._events(mine[0][1]) if mine else []
+        if events:
+            return events
+        new = self._call(
+            self.client.xreadgroup,
+            group,
+            consumer,
+            {key: ">"},
+            count=count,
+            block=max(1, block_ms) if block_ms > 0 else None,
+        )
+        return self._events(new[0][1]) if new else []
+
+    def ack(self, stream: str, group: str, ids: Sequence[str]) -> None:
+        if ids:
+            self._call(self.client.xack, self._key(stream), group, *ids)
+
+    def claim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+    ) -> list[Event]:
+        self._ensure_group(stream, group)
+        res = self._call(
+            self.client.xautoclaim,
+            self._key(stream),
+            group,
+            consumer,
+            min_idle_time=min_idle_ms,
+            start_id="0-0",
+            count=count,
+        )
+        return self._events(res[1])
+
+    def lag(self, stream: str, group: str) -> int:
+        self._ensure_group(stream, group)
+        key = self._key(stream)
+        groups = self._call(self.client.xinfo_groups, key)
+        for g in groups:
+            name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+            if name == group:
+                lag = g.get("lag")
+                pending = int(g.get("pending", 0))
+                if lag is None:
+                    return pending + int(self._call(self.client.xlen, key))
+                return int(lag) + pending
+        return int(self._call(self.client.xlen, key))
+
+    def close(self) -> None:
+        self.client.close()

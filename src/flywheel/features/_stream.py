@@ -1,0 +1,227 @@
+"""The stream processor: event log -> time tiles in the online store (+ an archive for offline).
+
+For each batch it reads from the log (its own unacknowledged events first, then new ones; events
+of dead consumers are claimed after ``claim_idle_ms``), applies them per stream view and entity
+in one optimistic transaction per view (``OnlineStore.transact``), archives the applied events
+as Parquet for the offline store, and only then acknowledges them (``XACK`` after the write).
+A processor killed at any point redelivers unacknowledged events on restart; tiles remember
+applied event ids, so nothing is counted twice and nothing acknowledged is lost. Several
+processes share a stream through the consumer group; concurrent updates of one entity are
+serialised by the store's transactions.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from flywheel.features._definitions import StreamFeatureView
+from flywheel.features._eventlog import Event
+from flywheel.features._metrics import metrics
+from flywheel.features._online import Row, table_name
+from flywheel.features._tiles import agg_specs, apply_events, dump_state, load_state
+
+if TYPE_CHECKING:
+    from flywheel.features._store import FeatureStore
+
+DEFAULT_GROUP = "flywheel"
+
+
+@dataclass
+class ProcessorStats:
+    events: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    late: int = 0
+    batches: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def default_consumer_name(index: int = 0) -> str:
+    return f"{socket.gethostname()}-{index}"
+
+
+def _write_archive(folder: Path, name: str, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` as ``folder/name.parquet`` atomically (a retry overwrites the same file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}.parquet"
+    tmp = folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    os.replace(tmp, target)
+
+
+class StreamProcessor:
+    """Consume the given streams (default: every stream with a stream feature view)."""
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        streams: Sequence[str] | None = None,
+        *,
+        consumer: str | None = None,
+        group: str = DEFAULT_GROUP,
+        batch_size: int = 2000,
+        claim_idle_ms: int = 30_000,
+        archive: bool = True,
+    ) -> None:
+        self.store = store
+        self.streams = list(streams) if streams is not None else None
+        self.consumer = consumer or default_consumer_name()
+        self.group = group
+        self.batch_size = batch_size
+        self.claim_idle_ms = claim_idle_ms
+        self.archive = archive
+        self.stats = ProcessorStats()
+        self._last_claim = 0.0
+
+    def _stream_views(self) -> dict[str, list[StreamFeatureView]]:
+        defs = self.store.definitions
+        defs.refresh()
+        out: dict[str, list[StreamFeatureView]] = {}
+        for view in defs.views.values():
+            if isinstance(view, StreamFeatureView) and view.source is not None:
+                # Only the newest version of each view is kept fresh.
+                if defs.newest.get(view.name) != view.version:
+                    continue
+                out.setdefault(view.source.name, []).append(view)
+        if self.streams is not None:
+            out = {s: out.get(s, []) for s in self.streams}
+        return out
+
+    def run_once(self, block_ms: int = 200) -> int:
+        """Process at most one batch per stream; returns the number of events handled."""
+        log = self.store.event_log
+        handled = 0
+        by_stream = self._stream_views()
+        claim = time.monotonic() - self._last_claim > self.claim_idle_ms / 2000
+        if claim:
+            self._last_claim = time.monotonic()
+        for stream, views in by_stream.items():
+            events: list[Event] = []
+            if claim:
+                events = log.claim(
+                    stream, self.group, self.consumer, self.claim_idle_ms, self.batch_size
+                )
+            if not events:
+                wait = block_ms if len(by_stream) == 1 else min(block_ms, 20)
+                events = log.read(stream, self.group, self.consumer, self.batch_size, wait)
+            if not events:
+                continue
+            self.process(stream, views, events)
+            log.ack(stream, self.group, [i for i, _ in events])
+            handled += len(events)
+            m = metrics()
+            m["events"].labels(stream, "handled").inc(len(events))
+        if not by_stream and block_ms:
+            time.sleep(block_ms / 1000)
+        return handled
+
+    def process(
+        self, stream: str, views: Sequence[StreamFeatureView], events: Sequence[Event]
+    ) -> None:
+        """Apply one batch to every view of ``stream`` (idempotent; safe to repeat)."""
+        decoded = [(log_id, orjson.loads(p)) for log_id, p in events]
+        self.stats.events += len(decoded)
+        self.stats.batches += 1
+        for view in views:
+            self._apply_view(view, decoded, events[0][0], events[-1][0])
+
+    def _apply_view(
+        self,
+        view: StreamFeatureView,
+        decoded: list[tuple[str, dict[str, Any]]],
+        first_id: str,
+        last_id: str,
+    ) -> None:
+        assert view.source is not None
+        defs = self.store.definitions
+        keys = defs.join_keys(view)
+        ts_field = view.source.timestamp_field
+        id_field = view.source.event_id_field
+        specs = agg_specs(view)
+        lateness_us = int(view.allowed_lateness * 1_000_000)
+        by_key: dict[str, list[tuple[str, int, dict[str, Any]]]] = {}
+        for log_id, row in decoded:
+            try:
+                if len(keys) == 1:
+                    v = row[keys[0]]
+                    key = v if isinstance(v, str) else str(int(v))
+                else:
+                    key = "\x1f".join(
+                        row[k] if isinstance(row[k], str) else str(int(row[k])) for k in keys
+                    )
+                ts = int(row[ts_field])
+            except (KeyError, TypeError, ValueError):
+                continue  # push validated rows; anything else in the log is not ours to apply
+            eid = str(row.get(id_field) or log_id) if id_field else log_id
+            by_key.setdefault(key, []).append((eid, ts, row))
+        counts = {"applied": 0, "duplicates": 0, "late": 0}
+        archive_dir = self.store.stream_archive(view.ref)
+        safe_name = f"{first_id}_{last_id}".replace(":", "-")
+
+        def update(current: Mapping[str, Row | None]) -> dict[str, Row]:
+            new: dict[str, Row] = {}
+            archived: list[dict[str, Any]] = []
+            applied_n = dup_n = late_n = 0
+            for key, evs in by_key.items():
+                cur = current.get(key)
+                state = load_state(cur[1] if cur else None)
+                applied, dups, late = apply_events(state, specs, evs, lateness_us)
+                applied_n += len(applied)
+                dup_n += len(dups)
+                late_n += late
+                keep = set(applied) | set(dups)
+                for eid, ts, row in evs:
+                    if eid in keep:
+                        archived.append({**row, "__ts": ts, "__event_id": eid})
+                if applied:
+                    new[key] = (int(state["hw"]), dump_state(state))
+            if self.archive and archived:
+                _write_archive(archive_dir, safe_name, archived)
+            counts.update(applied=applied_n, duplicates=dup_n, late=late_n)
+            return new
+
+        self.store.online_store.transact(table_name(view.ref), list(by_key), update)
+        self.stats.applied += counts["applied"]
+        self.stats.duplicates += counts["duplicates"]
+        self.stats.late += counts["late"]
+        m = metrics()
+        if counts["late"]:
+            m["events"].labels(view.source.name, "late_dropped").inc(counts["late"])
+        if counts["duplicates"]:
+            m["events"].labels(view.source.name, "duplicate").inc(counts["duplicates"])
+        newest = max((ts for evs in by_key.values() for _, ts, _ in evs), default=None)
+        if newest is not None:
+            m["freshness"].labels(view.ref).set(max(0.0, time.time() - newest / 1e6))
+
+    def run(
+        self,
+        stop: threading.Event | None = None,
+        *,
+        block_ms: int = 200,
+        until_idle: bool = False,
+        max_seconds: float | None = None,
+    ) -> ProcessorStats:
+        """Process until ``stop`` is set, the log is drained (``until_idle``) or time runs out."""
+        started = time.monotonic()
+        while not (stop is not None and stop.is_set()):
+            n = self.run_once(block_ms)
+            if until_idle and n == 0:
+                break
+            if max_seconds is not None and time.monotonic() - started > max_seconds:
+                break
+        return self.stats
