@@ -210,9 +210,10 @@ class Registry:
                 ) from exc
             details["output_renames"] = renames
             try:
-                reloaded = self._renamed(
+                reloaded_fn = self._renamed(
                     impl.load(folder, details, input_names, trusted=True), renames
-                )(example)
+                )
+                reloaded = reloaded_fn(example)
             except Exception as exc:
                 raise ModelRefused(
                     f"{where}: the saved model cannot be loaded back and run on its input "
@@ -221,6 +222,18 @@ class Registry:
             problem = outputs_match(original, reloaded, RTOL, ATOL)
             if problem:
                 raise ModelRefused(f"{where}: reloaded from its saved files, {problem}")
+            # A second batch of another size catches a batch dimension frozen at save time.
+            grown = {k: np.concatenate([v, v[:1]]) for k, v in example.items()}
+            try:
+                want = self._renamed(impl.wrap(model, input_names), renames)(grown)
+                problem = outputs_match(want, reloaded_fn(grown), RTOL, ATOL)
+            except Exception as exc:
+                problem = f"fails on a batch of another size: {type(exc).__name__}: {exc}"
+            if problem:
+                raise ModelRefused(
+                    f"{where}: reloaded from its saved files and given a batch of "
+                    f"{len(next(iter(grown.values())))} rows, {problem}"
+                )
             sig = Signature(
                 inputs=signature.inputs
                 if signature is not None
@@ -281,6 +294,9 @@ class Registry:
             impl.export_onnx(model, path, example, details)
             predict = self._onnx_predict(path.read_bytes(), list(example), list(original), details)
             problem = outputs_match(original, predict(example), ONNX_RTOL, ONNX_ATOL)
+            grown = {k: np.concatenate([v, v[:1]]) for k, v in example.items()}
+            want = self._renamed(impl.wrap(model, list(example)), details["output_renames"])
+            problem = problem or outputs_match(want(grown), predict(grown), ONNX_RTOL, ONNX_ATOL)
         except Exception as exc:
             details["onnx_error"] = f"{type(exc).__name__}: {exc}"[:1000]
             return None

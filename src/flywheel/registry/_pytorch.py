@@ -1,0 +1,145 @@
+"""The PyTorch flavor: ``torch.export`` (``.pt2``), else TorchScript, plus the ``state_dict``.
+
+Saving tries ``torch.export`` with a dynamic batch dimension first and falls back to TorchScript
+(``script``, then ``trace``). Neither format unpickles arbitrary objects on load; the
+``state_dict.pt`` saved beside it is for users who rebuild the module themselves
+(``torch.load(..., weights_only=True)``). Inputs are passed positionally in signature order;
+one tensor out is ``output``, a tuple ``output_0``.., a dict keeps its keys. ONNX export uses
+``torch.onnx.export`` (dynamo, onnxscript) with the same dynamic batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flywheel.registry._errors import RegistryError
+from flywheel.registry._flavor import Predict, name_outputs
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' warnings and progress prints (they are not the caller's)."""
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _to_numpy(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, dict):
+        return {k: _to_numpy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_numpy(v) for v in value]
+    return value
+
+
+def _predict_fn(module: Any) -> Predict:
+    import torch
+
+    def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs.values()]
+        with torch.inference_mode():
+            result = module(*args)
+        return name_outputs(_to_numpy(result))
+
+    return predict
+
+
+def _dynamic_batch(example: dict[str, np.ndarray]) -> tuple[dict[int, Any], ...]:
+    import torch
+
+    return tuple({0: torch.export.Dim.DYNAMIC} for _ in example)
+
+
+class PytorchFlavor:
+    name = "pytorch"
+    runtime = "torch"
+
+    def wrap(self, model: Any, input_names: list[str]) -> Predict:
+        import torch
+
+        if not isinstance(model, torch.nn.Module | torch.jit.ScriptModule):
+            raise RegistryError(
+                f"a pytorch model must be a torch.nn.Module, not {type(model).__name__}"
+            )
+        model.eval()
+        return _predict_fn(model)
+
+    def save(self, model: Any, folder: Path, example: dict[str, np.ndarray]) -> dict[str, Any]:
+        import torch
+
+        model.eval()
+        args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in example.values())
+        details: dict[str, Any] = {}
+        if isinstance(model, torch.jit.ScriptModule):
+            torch.jit.save(model, str(folder / "model.pt"))
+            details.update(format="torchscript", file="model.pt")
+            return details
+        try:
+            with _quiet():
+                program = torch.export.export(model, args, dynamic_shapes=_dynamic_batch(example))
+                torch.export.save(program, str(folder / "model.pt2"))
+            details.update(format="torch.export", file="model.pt2")
+        except Exception as export_error:
+            (folder / "model.pt2").unlink(missing_ok=True)
+            details["export_error"] = f"{type(export_error).__name__}: {export_error}"[:500]
+            with _quiet():
+                try:
+                    scripted = torch.jit.script(model)
+                except Exception:
+                    scripted = torch.jit.trace(model, args)
+                torch.jit.save(scripted, str(folder / "model.pt"))
+            details.update(format="torchscript", file="model.pt")
+        torch.save(model.state_dict(), folder / "state_dict.pt")
+        details["state_dict"] = "state_dict.pt"
+        details["module_class"] = f"{type(model).__module__}.{type(model).__qualname__}"
+        return details
+
+    def load(
+        self, folder: Path, details: dict[str, Any], input_names: list[str], *, trusted: bool
+    ) -> Predict:
+        import torch
+
+        path = folder / details["file"]
+        if details["format"] == "torch.export":
+            with _quiet():
+                module = torch.export.load(str(path)).module()
+        elif details["format"] == "torchscript":
+            with _quiet():
+                module = torch.jit.load(str(path), map_location="cpu")
+            module.eval()
+        else:
+            raise RegistryError(f"unknown pytorch artifact format {details['format']!r}")
+        return _predict_fn(module)
+
+    def export_onnx(
+        self, model: Any, path: Path, example: dict[str, np.ndarray], details: dict[str, Any]
+    ) -> None:
+        import torch
+
+        args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in example.values())
+        with _quiet():
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                dynamo=True,
+                dynamic_shapes=_dynamic_batch(example),
+                verbose=False,
+            )
+
+
+__all__ = ["PytorchFlavor"]
