@@ -111,7 +111,7 @@ def test_pytorch_model_failing_on_its_example_is_refused(project: Project) -> No
         Registry(project).register_model(
             "bad", net, flavor="pytorch", input_example=np.zeros((2, 5), dtype=np.float32)
         )
-    with pytest.raises(ModelRefused, match="torch.nn.Module"):
+    with pytest.raises(ModelRefused, match=r"torch\.nn\.Module"):
         Registry(project).register_model(
             "bad", object(), flavor="pytorch", input_example=np.zeros((2, 5), dtype=np.float32)
         )
