@@ -96,6 +96,13 @@ def failing(inputs: Tensors) -> Tensors:
     raise RuntimeError("candidate is broken")
 
 
+def failing_after_warmup(inputs: Tensors) -> Tensors:
+    """Passes on the input example (all ones), fails on real traffic."""
+    if np.all(inputs["input"] == 1):
+        return linear(1.0)(inputs)
+    raise RuntimeError("candidate is broken")
+
+
 LINEAR_SIG = Sig(
     inputs=(Spec("input", "FP32", (-1, 4)),),
     outputs=(Spec("predictions", "FP32", (-1,)), Spec("label", "INT64", (-1,))),

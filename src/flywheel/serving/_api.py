@@ -147,6 +147,7 @@ def put_endpoint(
         routes=[(r.version, r.weight) for r in body.routes],
         shadow=None if body.shadow is None else (body.shadow.version, body.shadow.share),
         actor=principal.name,
+        source=server_for(project).source,
     )
     return ep.to_dict()
 
@@ -169,6 +170,7 @@ def deploy_endpoint(
         max_error_rate=body.max_error_rate,
         max_p99_ms=body.max_p99_ms,
         actor=principal.name,
+        source=server_for(project).source,
     )
     return ep.to_dict()
 
@@ -182,7 +184,12 @@ def shadow_endpoint(
 ) -> dict[str, Any]:
     """Mirror a share of the endpoint's traffic to a version (``version: null`` stops it)."""
     ep = _control.set_shadow(
-        project, name, version=body.version, share=body.share, actor=principal.name
+        project,
+        name,
+        version=body.version,
+        share=body.share,
+        actor=principal.name,
+        source=server_for(project).source,
     )
     return ep.to_dict()
 

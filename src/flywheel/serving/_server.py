@@ -60,6 +60,7 @@ from flywheel.serving._runtime import LoadedRuntime, ModelSource, RegistrySource
 log = logging.getLogger("flywheel.serving")
 Tensors = dict[str, np.ndarray]
 PRODUCTION = "production"
+LOAD_RETRY_SECONDS = 2.0  # a version that failed to load is not retried sooner
 _TIMEOUT_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)?\s*$")
 
 
@@ -155,6 +156,7 @@ class InferenceServer:
         self._versions: dict[tuple[str, int], ServedVersion] = {}
         self._loading: dict[tuple[str, int], asyncio.Task[ServedVersion]] = {}
         self._production: dict[str, int] = {}
+        self._failed: dict[tuple[str, int], tuple[float, ModelUnavailable]] = {}
         self._endpoints: dict[str, Endpoint] = {}
         self._labels: dict[tuple[str, str, int], _Labels] = {}
         self._canary_counts: dict[tuple[str, str, int], CanaryCounts] = {}
@@ -191,6 +193,7 @@ class InferenceServer:
     def _reset(self) -> None:
         self._versions.clear()
         self._loading.clear()
+        self._failed.clear()
         self._production.clear()
         self._background.clear()
         self._event_id = -1
@@ -207,6 +210,8 @@ class InferenceServer:
             self._reconciler = None
         for served in list(self._versions.values()):
             await served.batcher.close()
+        for task in list(self._background):  # retirements, preloads, shadow mirrors
+            task.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         with contextlib.suppress(Exception):
@@ -264,12 +269,18 @@ class InferenceServer:
         if served is not None:
             return served
         await self.ensure_started()
+        failed = self._failed.get(key)
+        if failed is not None and failed[0] > time.monotonic():
+            raise failed[1]
         task = self._loading.get(key)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._load(name, version))
             self._loading[key] = task
         try:
             served = await asyncio.shield(task)
+        except ModelUnavailable as exc:
+            self._failed[key] = (time.monotonic() + LOAD_RETRY_SECONDS, exc)
+            raise
         finally:
             if task.done():
                 self._loading.pop(key, None)
@@ -308,7 +319,12 @@ class InferenceServer:
             return await self.get_version(model, number), endpoint
         endpoint = self._endpoints.get(name)
         if endpoint is not None:
-            return await self.get_version(endpoint.model, endpoint.choose(key)), endpoint
+            chosen = endpoint.choose(key)
+            try:
+                return await self.get_version(endpoint.model, chosen), endpoint
+            except ModelUnavailable:
+                self._count_canary(endpoint, chosen, 503, 0.0)  # a candidate that cannot load
+                raise
         return await self.production_version(name), None
 
     # -- the request path --------------------------------------------------------------------------
@@ -388,7 +404,7 @@ class InferenceServer:
             label = endpoint.name if endpoint is not None else name
             self._observe(label, served, result.status, elapsed)
             if endpoint is not None:
-                self._count_canary(endpoint, served, result.status, elapsed)
+                self._count_canary(endpoint, served.version, result.status, elapsed)
             if result.status == 200 and request is not None:
                 self._after_success(label, endpoint, served, request, outputs, elapsed, request_id)
         return result
@@ -407,15 +423,9 @@ class InferenceServer:
         elif status == 504:
             labels.deadline.inc()
 
-    def _count_canary(
-        self, endpoint: Endpoint, served: ServedVersion, status: int, elapsed: float
-    ) -> None:
+    def _count_canary(self, endpoint: Endpoint, version: int, status: int, elapsed: float) -> None:
         plan = endpoint.canary
-        if (
-            plan is None
-            or plan.state is not RolloutState.running
-            or served.version != plan.candidate
-        ):
+        if plan is None or plan.state is not RolloutState.running or version != plan.candidate:
             return
         if 400 <= status < 500 and status != 429:
             return  # the client's fault, not the candidate's

@@ -1,0 +1,319 @@
+"""Endpoints: weighted split, stickiness, shadow, canary with rollback, zero-config stages."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from flywheel.project import Project
+from flywheel.serving import (
+    Endpoint,
+    EndpointConflict,
+    EndpointStore,
+    RolloutState,
+    Route,
+    ServingError,
+    deploy,
+    rollback,
+    set_routes,
+    set_shadow,
+)
+from flywheel.serving._canary import (
+    Action,
+    CanaryPlan,
+    GateStats,
+    LatencyHistogram,
+    evaluate,
+    parse_steps,
+)
+from tests.serving.conftest import (
+    FakeModel,
+    FakeSource,
+    failing_after_warmup,
+    linear,
+    running_server,
+    serving_app,
+)
+
+BODY = orjson.dumps(
+    {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 1, 1, 1]}]}
+)
+
+
+BODY2 = orjson.dumps(
+    {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+)
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> float:
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+# -- pure routing and gates ----------------------------------------------------------------------
+
+
+def test_weighted_split_within_statistical_tolerance() -> None:
+    ep = Endpoint("e", "m", (Route(1, 70), Route(2, 20), Route(3, 10)))
+    n = 20_000
+    by_key = Counter(ep.choose(f"user-{i}") for i in range(n))
+    rng = random.Random(7)
+    by_random = Counter(ep.choose(None, rng) for _ in range(n))
+    for counts in (by_key, by_random):
+        for version, share in ((1, 0.7), (2, 0.2), (3, 0.1)):
+            sigma = (share * (1 - share) / n) ** 0.5
+            assert abs(counts[version] / n - share) < 4 * sigma, counts
+
+
+def test_sticky_assignment_and_few_moves_when_weights_change() -> None:
+    ep = Endpoint("e", "m", (Route(1, 50), Route(2, 50)))
+    keys = [f"user-{i}" for i in range(2000)]
+    first = [ep.choose(k) for k in keys]
+    assert first == [ep.choose(k) for k in keys]  # sticky
+    shifted = Endpoint("e", "m", (Route(1, 40), Route(2, 60)))
+    moved = sum(a != shifted.choose(k) for a, k in zip(first, keys, strict=True))
+    assert moved < 0.2 * len(keys)  # ~10% must move; rehashing everything would move ~50%
+
+
+def test_canary_gates() -> None:
+    plan = CanaryPlan("r", 1, 2, (5, 50, 100), 100, 0.05, 20.0)
+    fast = LatencyHistogram()
+    for _ in range(100):
+        fast.observe(3.0)
+    assert evaluate(plan, GateStats(50, 0, fast)).action is Action.hold
+    assert evaluate(plan, GateStats(100, 2, fast)).action is Action.advance
+    assert evaluate(plan, GateStats(20, 6, fast)).action is Action.rollback  # budget blown early
+    slow = LatencyHistogram()
+    for _ in range(100):
+        slow.observe(50.0)
+    decision = evaluate(plan, GateStats(100, 0, slow))
+    assert decision.action is Action.rollback and "p99" in decision.reason
+    last = CanaryPlan("r", 1, 2, (5, 50, 100), 100, 0.05, 20.0, step=2)
+    assert evaluate(last, GateStats(100, 0, fast)).action is Action.complete
+    assert parse_steps("5,25,50") == (5, 25, 50, 100)
+    with pytest.raises(ServingError):
+        parse_steps("50,25")
+
+
+def test_latency_histogram_p99_is_an_upper_bound() -> None:
+    hist = LatencyHistogram()
+    values = np.random.default_rng(0).exponential(5.0, 5000)
+    for v in values:
+        hist.observe(float(v))
+    true = float(np.quantile(values, 0.99))
+    assert true <= hist.quantile_ms(0.99) <= true * 1.16
+
+
+# -- stored endpoints ----------------------------------------------------------------------------
+
+
+def test_endpoint_store_revisions_and_conflicts(any_project: Project, source: FakeSource) -> None:
+    source.add("m", 1, FakeModel(linear(1.0)), stage="production")
+    source.add("m", 2, FakeModel(linear(2.0)))
+    ep = set_routes(any_project, "e", model="m", routes=[(1, 90), (2, 10)], source=source)
+    assert ep.revision == 1
+    store = EndpointStore(any_project.db)
+    assert store.get("e").routes == (Route(1, 90.0), Route(2, 10.0))
+    with pytest.raises(EndpointConflict):
+        store.put(ep, expect_revision=0)
+    with pytest.raises(ServingError, match="no version 7"):
+        set_routes(any_project, "e", model="m", routes=[(7, 1)], source=source)
+    with pytest.raises(ServingError, match="weights must not all be 0"):
+        set_routes(any_project, "e", model="m", routes=[(1, 0)], source=source)
+    started = deploy(any_project, "e", version=2, canary="10,100", step_requests=5, source=source)
+    assert started.canary is not None and started.canary.baseline == 1
+    with pytest.raises(EndpointConflict, match="canary"):
+        deploy(any_project, "e", version=2, source=source)
+    back = rollback(any_project, "e", reason="looks wrong")
+    assert back.canary is not None and back.canary.state is RolloutState.rolled_back
+    assert [e.kind for e in store.events("e")] == ["update", "canary_start", "canary_rollback"]
+    assert store.events("e")[-1].detail["reason"] == "looks wrong"
+
+
+# -- over HTTP -----------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_split_sticky_and_shadow_over_http(fast_project: Project, source: FakeSource) -> None:
+    source.add("m", 1, FakeModel(linear(1.0)), stage="production")
+    source.add("m", 2, FakeModel(linear(2.0)))
+    broken = source.add("m", 3, FakeModel(failing_after_warmup))
+    set_routes(fast_project, "shop", model="m", routes=[(1, 50), (2, 50)], source=source)
+    with running_server(serving_app(fast_project, source)) as server:
+        url = f"http://{server}/v2/models/shop/infer"
+        with httpx.Client() as client:
+            seen = {
+                key: {
+                    client.post(url, content=BODY, headers={"x-routing-key": key}).json()[
+                        "model_version"
+                    ]
+                    for _ in range(3)
+                }
+                for key in (f"u{i}" for i in range(30))
+            }
+            assert all(len(v) == 1 for v in seen.values())  # sticky
+            assert {next(iter(v)) for v in seen.values()} == {"1", "2"}  # both get traffic
+
+            # Shadow to a broken version: every response still comes from the primary.
+            set_shadow(fast_project, "shop", version=3, share=1.0, source=source)
+            set_routes(
+                fast_project, "shop", model="m", routes=[(1, 1)], shadow=(3, 1.0), source=source
+            )
+            meta_url = f"http://{server}/v2/models/shop"
+            wait_for(lambda: client.get(meta_url).json()["versions"] == ["1", "3"])
+            for _ in range(20):
+                r = client.post(url, content=BODY2)
+                assert r.status_code == 200
+                assert r.json()["outputs"][0]["data"] == [10.0]
+            wait_for(lambda: sum(broken.batch_sizes) >= 20)
+
+            # Shadow to a version that disagrees: recorded, never returned.
+            set_routes(
+                fast_project, "shop", model="m", routes=[(1, 1)], shadow=(2, 1.0), source=source
+            )
+            wait_for(lambda: client.get(meta_url).json()["versions"] == ["1", "2"])
+            for _ in range(10):
+                assert client.post(url, content=BODY).json()["outputs"][0]["data"] == [4.0]
+            metrics = client.get(f"http://{server}/metrics").text
+            assert (
+                'flywheel_serving_shadow_requests_total{endpoint="shop",model="m",outcome="error",version="3"}'
+                in metrics
+            )
+            assert (
+                'flywheel_serving_shadow_requests_total{endpoint="shop",model="m",outcome="ok",version="2"}'
+                in metrics
+            )
+    import pandas as pd
+
+    folder = fast_project.config.offline_store_path / "serving_predictions" / "endpoint=shop"
+    frame = pd.concat(pd.read_parquet(f) for f in folder.glob("*.parquet"))
+    shadow_rows = frame[frame["kind"] == "shadow"]
+    assert len(shadow_rows) >= 10
+    assert (shadow_rows["pred_predictions"] == 4.0).all()
+    assert (shadow_rows["shadow_pred_predictions"] == 8.0).all()
+    assert (shadow_rows["disagreement"] > 0.9).all()
+    primary = frame[frame["kind"] == "primary"]
+    assert {"input_0", "input_3", "pred_predictions", "latency_ms", "request_id"} <= set(primary)
+
+
+@pytest.mark.integration
+def test_canary_with_failing_candidate_rolls_back(
+    fast_project: Project, source: FakeSource
+) -> None:
+    source.add("m", 1, FakeModel(linear(1.0)), stage="production")
+    source.add("m", 2, FakeModel(failing_after_warmup))
+    deploy(fast_project, "shop", model="m", version=1, source=source)
+    with running_server(serving_app(fast_project, source)) as server:
+        url = f"http://{server}/v2/models/shop/infer"
+        store = EndpointStore(fast_project.db)
+        deploy(
+            fast_project,
+            "shop",
+            version=2,
+            canary="20,50,100",
+            step_requests=20,
+            max_error_rate=0.05,
+            source=source,
+        )
+
+        async def traffic() -> list[int]:
+            codes: list[int] = []
+            async with httpx.AsyncClient() as client:
+                for _ in range(60):
+                    rs = await asyncio.gather(*(client.post(url, content=BODY2) for _ in range(8)))
+                    codes += [r.status_code for r in rs]
+                    ep = store.get("shop")
+                    if ep.canary is not None and ep.canary.state is RolloutState.rolled_back:
+                        break
+            return codes
+
+        codes = asyncio.run(traffic())
+        assert 500 in codes  # the candidate did get (and fail) a share of the traffic
+        ep = store.get("shop")
+        assert ep.canary is not None and ep.canary.state is RolloutState.rolled_back
+        assert "errors" in ep.canary.reason and "v2" in ep.canary.reason
+        assert ep.routes == (Route(1, 100.0),)
+        kinds = [e.kind for e in store.events("shop")]
+        assert kinds[-1] == "canary_rollback"
+        time.sleep(0.2)
+        with httpx.Client() as client:
+            assert all(client.post(url, content=BODY).status_code == 200 for _ in range(20))
+
+
+@pytest.mark.integration
+def test_healthy_canary_advances_to_full_traffic(fast_project: Project, source: FakeSource) -> None:
+    source.add("m", 1, FakeModel(linear(1.0)), stage="production")
+    source.add("m", 2, FakeModel(linear(2.0)))
+    with running_server(serving_app(fast_project, source)) as server:
+        url = f"http://{server}/v2/models/shop/infer"
+        deploy(
+            fast_project,
+            "shop",
+            model="m",
+            version=2,
+            canary="25,100",
+            step_requests=10,
+            source=source,
+        )
+        store = EndpointStore(fast_project.db)
+        with httpx.Client() as client:
+            for _ in range(400):
+                client.post(url, content=BODY)
+                ep = store.get("shop")
+                if ep.canary is not None and ep.canary.state is RolloutState.succeeded:
+                    break
+        ep = store.get("shop")
+        assert ep.canary is not None and ep.canary.state is RolloutState.succeeded, ep
+        assert ep.routes == (Route(2, 100.0),)
+        assert [e.kind for e in store.events("shop")][-2:] == ["canary_advance", "canary_complete"]
+
+
+@pytest.mark.integration
+def test_promotion_is_served_without_restart(fast_project: Project, source: FakeSource) -> None:
+    source.add("m", 1, FakeModel(linear(1.0)), stage="production")
+    source.add("m", 2, FakeModel(linear(2.0)))
+    with running_server(serving_app(fast_project, source)) as server:
+        url = f"http://{server}/v2/models/m/infer"
+        with httpx.Client() as client:
+            assert client.post(url, content=BODY).json()["model_version"] == "1"
+            source.set_stage("m", 2, "production")
+            took = wait_for(lambda: client.post(url, content=BODY).json()["model_version"] == "2")
+            assert took < 5.0
+            source.set_stage("m", 1, "production")  # rollback
+            wait_for(lambda: client.post(url, content=BODY).json()["model_version"] == "1")
+
+
+@pytest.mark.integration
+def test_control_api_needs_a_writer_token(project: Project, source: FakeSource) -> None:
+    from flywheel.auth import TokenStore
+
+    source.add("m", 1, FakeModel(linear(1.0)), stage="production")
+    _, reader = TokenStore(project.db).create("reader")
+    _, writer = TokenStore(project.db).create("writer")
+    with running_server(serving_app(project, source)) as server:
+        base = f"http://{server}/serving/endpoints"
+        body = {"model": "m", "routes": [{"version": 1, "weight": 1.0}]}
+        assert httpx.put(f"{base}/shop", json=body).status_code == 401
+        denied = httpx.put(f"{base}/shop", json=body, headers={"Authorization": f"Bearer {reader}"})
+        assert denied.status_code == 403
+        ok = httpx.put(f"{base}/shop", json=body, headers={"Authorization": f"Bearer {writer}"})
+        assert ok.status_code == 200 and ok.json()["revision"] == 1
+        assert httpx.get(base).json()[0]["name"] == "shop"
+        missing = httpx.post(
+            f"{base}/shop/deploy",
+            json={"version": 9},
+            headers={"Authorization": f"Bearer {writer}"},
+        )
+        assert missing.status_code == 404
