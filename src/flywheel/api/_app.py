@@ -23,6 +23,8 @@ from flywheel.project import Project, current_project
 # System name -> "module:attribute" of its APIRouter. One line per system, imported lazily so
 # that ``flywheel up`` pays only for the systems it serves.
 SYSTEM_ROUTERS: dict[str, str] = {
+    "tracking": "flywheel.tracking._api:router",
+    "registry": "flywheel.registry._api:router",
     "serving": "flywheel.serving._api:router",
 }
 

@@ -1,0 +1,139 @@
+"""HTTP API for the registry, under ``/registry`` (reads: reader; stage changes: writer)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Depends, Path, Query
+from pydantic import BaseModel, Field
+
+from flywheel.auth import Principal
+from flywheel.auth import require_reader as _require_reader
+from flywheel.auth import require_writer as _require_writer
+from flywheel.project import Project, current_project
+from flywheel.registry._registry import Registry
+
+_errors: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Bad input."},
+    404: {"description": "No such model, version or stage."},
+    409: {"description": "The stage change is not possible."},
+}
+# ``flywheel.auth`` types its dependencies as ``object``; give mypy their real shape.
+require_reader = cast(Callable[..., Principal], _require_reader)
+require_writer = cast(Callable[..., Principal], _require_writer)
+Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+router = APIRouter(prefix="/registry", tags=["registry"])
+
+
+class StageChange(BaseModel):
+    stage: str = Field(min_length=1, max_length=64)
+    reason: str = Field(default="", max_length=2000)
+
+
+class Reason(BaseModel):
+    reason: str = Field(default="", max_length=2000)
+
+
+def _audit(entry: Any) -> dict[str, Any] | None:
+    return None if entry is None else dict(entry.to_dict())
+
+
+@router.get("/models", dependencies=[Depends(require_reader)])
+def list_models(project: Project = Depends(current_project)) -> list[dict[str, Any]]:
+    """Every registered model with its latest version and stage pointers."""
+    return [m.to_dict() for m in Registry(project).list_models()]
+
+
+@router.get("/models/{name}", dependencies=[Depends(require_reader)], responses=_errors)
+def get_model(name: str, project: Project = Depends(current_project)) -> dict[str, Any]:
+    """A model's versions (oldest first) with their stages."""
+    versions = Registry(project).list_versions(name)
+    return {"name": name, "versions": [v.to_dict() for v in versions]}
+
+
+@router.get(
+    "/models/{name}/versions/{version}",
+    dependencies=[Depends(require_reader)],
+    responses=_errors,
+)
+def get_version(
+    name: str, version: Version, project: Project = Depends(current_project)
+) -> dict[str, Any]:
+    """One version: flavor, hashes, signature, metrics, lineage fields, stages."""
+    return Registry(project).get_version(name, version).to_dict()
+
+
+@router.get(
+    "/models/{name}/versions/{version}/lineage",
+    dependencies=[Depends(require_reader)],
+    responses=_errors,
+)
+def get_lineage(
+    name: str, version: Version, project: Project = Depends(current_project)
+) -> dict[str, Any]:
+    """The lineage graph around a version (upstream and downstream)."""
+    return Registry(project).lineage(name, version).to_dict()
+
+
+@router.get("/resolve", dependencies=[Depends(require_reader)], responses=_errors)
+def resolve(
+    uri: Annotated[str, Query(max_length=300)], project: Project = Depends(current_project)
+) -> dict[str, Any]:
+    """The version a URI (``models:/NAME/3``, ``models:/NAME@production``) points at."""
+    return Registry(project).resolve(uri).to_dict()
+
+
+@router.get("/audit", dependencies=[Depends(require_reader)])
+def audit_log(
+    project: Project = Depends(current_project),
+    name: str | None = None,
+    since_id: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> list[dict[str, Any]]:
+    """Stage changes with ``id > since_id``, oldest first."""
+    return [e.to_dict() for e in Registry(project).audit_log(name, since_id, limit)]
+
+
+@router.post("/models/{name}/versions/{version}/stage", responses=_errors)
+def set_stage(
+    name: str,
+    version: Version,
+    body: StageChange,
+    project: Project = Depends(current_project),
+    principal: Principal = Depends(require_writer),
+) -> dict[str, Any]:
+    """Point a stage at this version (``archived`` archives it). Returns the audit entry."""
+    entry = Registry(project).set_stage(
+        name, version, body.stage, reason=body.reason, actor=principal.name
+    )
+    return {"changed": entry is not None, "audit": _audit(entry)}
+
+
+@router.post("/models/{name}/rollback", responses=_errors)
+def rollback(
+    name: str,
+    body: StageChange,
+    project: Project = Depends(current_project),
+    principal: Principal = Depends(require_writer),
+) -> dict[str, Any]:
+    """Return a stage to the version it held before the current one."""
+    entry = Registry(project).rollback(name, body.stage, reason=body.reason, actor=principal.name)
+    return {"changed": True, "audit": _audit(entry)}
+
+
+@router.post("/models/{name}/versions/{version}/archive", responses=_errors)
+def archive(
+    name: str,
+    version: Version,
+    body: Reason,
+    project: Project = Depends(current_project),
+    principal: Principal = Depends(require_writer),
+) -> dict[str, Any]:
+    """Archive a version: it leaves every stage and can no longer be promoted."""
+    entry = Registry(project).archive(name, version, reason=body.reason, actor=principal.name)
+    return {"changed": True, "audit": _audit(entry)}
+
+
+__all__ = ["router"]

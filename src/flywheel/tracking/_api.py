@@ -1,0 +1,84 @@
+"""HTTP read API for tracking, under ``/tracking`` (for the UI and scripts; readers only)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import Response
+
+from flywheel.auth import Principal
+from flywheel.auth import require_reader as _require_reader
+from flywheel.project import Project, current_project
+from flywheel.tracking._tracker import Tracker
+
+_errors: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such run, metric or artifact."},
+    400: {"description": "Bad input."},
+}
+
+# ``flywheel.auth`` types its dependencies as ``object``; give mypy their real shape.
+require_reader = cast(Callable[..., Principal], _require_reader)
+
+router = APIRouter(prefix="/tracking", tags=["tracking"], dependencies=[Depends(require_reader)])
+
+
+@router.get("/experiments")
+def list_experiments(project: Project = Depends(current_project)) -> list[dict[str, Any]]:
+    """Every experiment with its run count."""
+    return Tracker(project).list_experiments()
+
+
+@router.get("/runs")
+def list_runs(
+    project: Project = Depends(current_project),
+    experiment: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    """Runs, newest first, with params, tags and metric summaries (last/min/max/count)."""
+    return [r.to_dict() for r in Tracker(project).list_runs(experiment, limit)]
+
+
+@router.get("/runs/{run_id}", responses=_errors)
+def get_run(run_id: str, project: Project = Depends(current_project)) -> dict[str, Any]:
+    """One run: params, tags, system info, git commit, metric summaries, artifacts."""
+    return Tracker(project).get_run(run_id).to_dict()
+
+
+@router.get("/runs/{run_id}/metrics/{key:path}", responses=_errors)
+def metric_history(
+    run_id: str, key: str, project: Project = Depends(current_project)
+) -> dict[str, Any]:
+    """Every point of one metric of a run, by step."""
+    points = Tracker(project).metric_history(run_id, key)
+    return {
+        "run_id": run_id,
+        "key": key,
+        "steps": [p.step for p in points],
+        "values": [p.value for p in points],
+        "timestamps": [p.timestamp for p in points],
+    }
+
+
+@router.get(
+    "/runs/{run_id}/artifacts/{name:path}",
+    responses={**_errors, 200: {"content": {"application/octet-stream": {}}}},
+    response_class=Response,
+)
+def get_artifact(run_id: str, name: str, project: Project = Depends(current_project)) -> Response:
+    """The bytes of a run artifact (sha256-verified)."""
+    data = Tracker(project).artifact_bytes(run_id, name)
+    return Response(data, media_type="application/octet-stream")
+
+
+@router.get("/compare", responses=_errors)
+def compare_runs(
+    run_ids: Annotated[list[str], Query(min_length=1, max_length=50)],
+    project: Project = Depends(current_project),
+) -> dict[str, Any]:
+    """Params and metric summaries of several runs side by side."""
+    return Tracker(project).compare_runs(run_ids)
+
+
+__all__ = ["router"]

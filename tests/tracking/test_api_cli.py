@@ -1,0 +1,66 @@
+"""Tracking's HTTP read API (/tracking/...) and CLI (flywheel runs ...)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from flywheel.api import create_app
+from flywheel.cli._main import main
+from flywheel.project import Project
+from flywheel.tracking import Tracker
+
+
+def _two_runs(project: Project) -> tuple[str, str]:
+    tracker = Tracker(project)
+    with tracker.start_run("exp", params={"lr": 0.1}) as a:
+        for step in range(5):
+            a.log_metric("train/loss", 1.0 - step / 10, step=step)
+        a.log_dict({"ok": True}, "report.json")
+    with tracker.start_run("exp", params={"lr": 0.2}) as b:
+        b.log_metric("train/loss", 0.4)
+    return a.id, b.id
+
+
+def test_http_read_api(project: Project) -> None:
+    a, b = _two_runs(project)
+    client = TestClient(create_app(project, systems=["tracking"]))
+    assert client.get("/tracking/experiments").json()[0] == {
+        "name": "exp",
+        "created_at": client.get("/tracking/experiments").json()[0]["created_at"],
+        "runs": 2,
+    }
+    runs = client.get("/tracking/runs", params={"experiment": "exp"}).json()
+    assert {r["id"] for r in runs} == {a, b}
+    run = client.get(f"/tracking/runs/{a}").json()
+    assert run["params"] == {"lr": "0.1"} and run["metrics"]["train/loss"]["count"] == 5
+    history = client.get(f"/tracking/runs/{a}/metrics/train/loss").json()
+    assert history["steps"] == [0, 1, 2, 3, 4] and history["values"][-1] == pytest.approx(0.6)
+    assert client.get(f"/tracking/runs/{a}/artifacts/report.json").json() == {"ok": True}
+    compared = client.get("/tracking/compare", params={"run_ids": [a, b]}).json()
+    assert compared["params"]["lr"] == ["0.1", "0.2"]
+    assert client.get("/tracking/runs/nope").status_code == 404
+    assert client.get(f"/tracking/runs/{a}/artifacts/missing").status_code == 404
+
+
+def test_cli_list_show_compare(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = _two_runs(project)
+    config = str(project.root / "flywheel.yaml")
+    main(["runs", "list", "--experiment", "exp", "--json", "--config", config])
+    assert {r["id"] for r in json.loads(capsys.readouterr().out)} == {a, b}
+    main(["runs", "show", a, "--json", "--config", config])
+    assert json.loads(capsys.readouterr().out)["metrics"]["train/loss"]["last"] == 0.6
+    main(["runs", "show", a, "--config", config])
+    assert "train/loss" in capsys.readouterr().out
+    main(["runs", "compare", a, b, "--json", "--config", config])
+    assert json.loads(capsys.readouterr().out)["metrics"]["train/loss"][1]["last"] == 0.4
+    main(["runs", "compare", a, b, "--config", config])
+    assert "param lr" in capsys.readouterr().out
+    main(["runs", "metric", a, "train/loss", "--config", config])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "step,value,timestamp" and lines[1].startswith("0,1.0,") and len(lines) == 6
+    with pytest.raises(SystemExit) as exc:
+        main(["runs", "show", "nope", "--config", config])
+    assert exc.value.code == 1 and "does not exist" in capsys.readouterr().err
