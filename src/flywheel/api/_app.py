@@ -26,12 +26,14 @@ SYSTEM_ROUTERS: dict[str, str] = {
     "tracking": "flywheel.tracking._api:router",
     "registry": "flywheel.registry._api:router",
     "serving": "flywheel.serving._api:router",
+    "experiments": "flywheel.experiments._api:router",
 }
 
 # System name -> "module:attribute" of ``(project) -> async context manager``, run for the app's
 # lifetime (the in-process scheduler, stream processors, endpoint reconcilers, ...).
 SYSTEM_SERVICES: dict[str, str] = {
     "serving": "flywheel.serving._server:serving_service",
+    "experiments": "flywheel.experiments._api:bandit_updater",
 }
 
 ServiceFactory = Callable[[Project], contextlib.AbstractAsyncContextManager[Any]]
