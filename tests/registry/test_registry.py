@@ -23,6 +23,7 @@ from flywheel.registry import (
     UnsafeModelError,
 )
 from flywheel.tracking import Tracker
+from flywheel.tracking._sysinfo import current_user
 
 XY = tuple[np.ndarray, np.ndarray]
 
@@ -225,7 +226,7 @@ def test_stages_promotion_rollback_and_audit(any_project: Project, xy: XY) -> No
     assert [(e.stage, e.from_version, e.to_version, e.actor, e.reason) for e in log] == [
         ("production", None, 1, "alice", "first"),
         ("production", 1, 2, "bob", "better"),
-        ("staging", None, 3, "", ""),
+        ("staging", None, 3, current_user(), ""),
         ("production", 2, 1, "carol", "regression"),
     ]
     assert [e.id for e in registry.audit_log(since_id=log[1].id)] == [log[2].id, log[3].id]

@@ -37,6 +37,7 @@ def list_runs(
         print(json.dumps([r.to_dict() for r in runs], indent=2))
         return
     table = Table("run", "experiment", "name", "status", "started", "metrics (last)")
+    table.columns[0].no_wrap = True
     for r in runs:
         metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(r.latest_metrics.items())[:6])
         table.add_row(

@@ -39,6 +39,7 @@ from flywheel.registry._store import (
     versions_t,
 )
 from flywheel.registry._types import AuditEntry, ModelVersion, RegisteredModel, Signature
+from flywheel.tracking._sysinfo import current_user
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 STAGE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -267,7 +268,7 @@ class Registry:
             tags={str(k): str(v) for k, v in (tags or {}).items()},
             config=dict(config or {}),
             details=details,
-            actor=actor,
+            actor=actor or current_user(),
         )
 
     @staticmethod
@@ -506,6 +507,7 @@ class Registry:
         check_stage(stage)
         if stage == ARCHIVED:
             return self.archive(name, version, reason=reason, actor=actor)
+        actor = actor or current_user()
         mv = self.get_version(name, version)
         if ARCHIVED in mv.stages:
             raise StageConflict(
@@ -522,6 +524,7 @@ class Registry:
 
     def archive(self, name: str, version: int, reason: str = "", actor: str = "") -> AuditEntry:
         """Archive a version: it leaves every stage and can no longer be promoted."""
+        actor = actor or current_user()
         mv = self.get_version(name, version)
         with self.db.write() as conn:
             lock(conn, "stages")
@@ -545,6 +548,7 @@ class Registry:
         ``StageConflict`` when there is nothing to go back to.
         """
         check_stage(stage)
+        actor = actor or current_user()
         with self.db.write() as conn:
             lock(conn, "stages")
             entries = [
