@@ -61,3 +61,22 @@ def small_lines(small_raw: pd.DataFrame) -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def small_split(small_lines: pd.DataFrame) -> Split:
     return build_split(small_lines, "2011-11-09")
+
+
+def make_lines(
+    rows: list[tuple[int, str, str, str]], text: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """Cleaned lines from (customer, stock code, invoice, date) tuples."""
+    text = text or {}
+    return pd.DataFrame(
+        {
+            "InvoiceNo": [r[2] for r in rows],
+            "StockCode": [r[1] for r in rows],
+            "Description": [text.get(r[1], f"ITEM {r[1]}") for r in rows],
+            "Quantity": [1] * len(rows),
+            "InvoiceDate": pd.to_datetime([r[3] for r in rows]),
+            "UnitPrice": [1.0] * len(rows),
+            "CustomerID": [r[0] for r in rows],
+            "Country": ["United Kingdom"] * len(rows),
+        }
+    )

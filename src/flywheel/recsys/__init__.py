@@ -8,7 +8,13 @@ Public API (everything else is private):
 * protocol — ``build_split`` / ``validation_split`` (OR-T1 temporal split, ``Split``,
   ``TrainData``) and the metrics ``recall_at_k`` / ``ndcg_at_k`` / ``hit_at_k`` /
   ``evaluate_view``;
-* baselines — ``MostPopular``, ``RepeatFrequency``, ``ItemKNN``, ``EASE``, ``IALS``.
+* baselines — ``MostPopular``, ``RepeatFrequency``, ``ItemKNN``, ``EASE``, ``IALS``;
+* candidate generators (``CandidateGenerator`` contract) — ``RepeatPurchase``,
+  ``CoOccurrence`` (incremental ``update``), ``Popularity`` (all-time or trending),
+  ``ContentSimilarity`` (MiniLM / TF-IDF text embeddings, ``TextEmbedder``), their union with
+  reasons (``CandidateUnion``) and a tuned blend (``HybridBlend``, ``tune_blend_weights``);
+* ``evaluate_offline`` — the whole OR-T1 table (``EvaluationReport``), as
+  ``flywheel recs evaluate`` prints it.
 
 Errors: ``RecsysError`` (root) > ``DataUnavailableError``, ``DataFormatError``,
 ``EmptySplitError``.
@@ -21,6 +27,20 @@ from flywheel.recsys._baselines import (
     MostPopular,
     Recommender,
     RepeatFrequency,
+)
+from flywheel.recsys._candidates import (
+    CandidateGenerator,
+    Candidates,
+    CandidateUnion,
+    ContentSimilarity,
+    CoOccurrence,
+    HybridBlend,
+    Popularity,
+    RepeatPurchase,
+    blend,
+    decayed_user_item,
+    normalise_rows,
+    tune_blend_weights,
 )
 from flywheel.recsys._data import (
     NON_PRODUCT_CODES,
@@ -43,6 +63,7 @@ from flywheel.recsys._errors import (
     EmptySplitError,
     RecsysError,
 )
+from flywheel.recsys._evaluate import EvaluationReport, EvaluationRow, evaluate_offline
 from flywheel.recsys._metrics import (
     VIEWS,
     ViewMetrics,
@@ -53,6 +74,7 @@ from flywheel.recsys._metrics import (
     rank_users,
     recall_at_k,
     top_k,
+    view_truth,
 )
 from flywheel.recsys._protocol import (
     OR_T1_TRAIN_END,
@@ -63,6 +85,7 @@ from flywheel.recsys._protocol import (
     validation_split,
 )
 from flywheel.recsys._synthetic import SyntheticConfig, generate_transactions
+from flywheel.recsys._text import TEXT_METHODS, TextEmbedder, embed_texts
 
 __all__ = [
     "EASE",
@@ -70,27 +93,43 @@ __all__ = [
     "NON_PRODUCT_CODES",
     "ONLINE_RETAIL_COLUMNS",
     "OR_T1_TRAIN_END",
+    "TEXT_METHODS",
     "UCI_DATASET_URL",
     "VIEWS",
+    "CandidateGenerator",
+    "CandidateUnion",
+    "Candidates",
+    "CoOccurrence",
+    "ContentSimilarity",
     "DataFormatError",
     "DataSource",
     "DataUnavailableError",
     "EmptySplitError",
+    "EvaluationReport",
+    "EvaluationRow",
+    "HybridBlend",
     "ItemKNN",
     "LoadedTransactions",
     "MostPopular",
+    "Popularity",
     "Recommender",
     "RecsysError",
     "RepeatFrequency",
+    "RepeatPurchase",
     "Split",
     "SyntheticConfig",
+    "TextEmbedder",
     "TrainData",
     "ViewMetrics",
+    "blend",
     "build_split",
     "build_train_data",
     "clean_transactions",
+    "decayed_user_item",
     "default_data_dir",
     "download_online_retail",
+    "embed_texts",
+    "evaluate_offline",
     "evaluate_view",
     "find_data_file",
     "generate_transactions",
@@ -98,11 +137,14 @@ __all__ = [
     "load_transactions",
     "metrics_from_rankings",
     "ndcg_at_k",
+    "normalise_rows",
     "normalize_online_retail",
     "rank_users",
     "read_online_retail",
     "recall_at_k",
     "resolve_data_source",
     "top_k",
+    "tune_blend_weights",
     "validation_split",
+    "view_truth",
 ]

@@ -131,7 +131,6 @@ def rank_users(
     """
     users = split.test_users
     rankings = np.empty((len(users), k), dtype=np.int64)
-    truth: list[np.ndarray] = []
     for b in range(0, len(users), batch_size):
         ub = users[b : b + batch_size]
         s = np.array(score(ub), dtype=np.float64, copy=True)
@@ -139,13 +138,18 @@ def rank_users(
             seen = split.seen(ub)
             s[seen.nonzero()] = -np.inf
         rankings[b : b + len(ub)] = top_k(s, k)
-    for j, u in enumerate(users):
-        gt = split.ground_truth[j]
-        if view == "new-only":
-            row = split.train.X[u]
-            gt = np.setdiff1d(gt, row.indices, assume_unique=False)
-        truth.append(gt)
+    truth = view_truth(split, view)
     return rankings, truth
+
+
+def view_truth(split: Split, view: View) -> list[np.ndarray]:
+    """The ground truth of each test user in a view (``new-only`` drops their train items)."""
+    if view == "all":
+        return list(split.ground_truth)
+    truth = []
+    for j, u in enumerate(split.test_users):
+        truth.append(np.setdiff1d(split.ground_truth[j], split.train.X[u].indices))
+    return truth
 
 
 def evaluate_view(

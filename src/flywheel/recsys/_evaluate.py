@@ -1,0 +1,456 @@
+"""Offline evaluation: one OR-T1 table for every candidate generator, their union, the hybrid
+blend and the baselines, with every hyper-parameter chosen on the validation split.
+
+``evaluate_offline(lines, ...)`` does, for each view (``all``, ``new-only``):
+
+1. carve a validation split out of the training period (``validation_split``);
+2. for each generator, try a small grid of its parameters on validation and keep the best
+   NDCG@20; refit that on the full training period and measure it on the test window;
+3. tune the hybrid blend weights on validation (``tune_blend_weights``) over the generators
+   with their chosen parameters, then refit and measure;
+4. baselines: MostPop, RepeatFreq, ItemKNN (as BASELINES.md), EASE with λ chosen on validation,
+   and iALS with the reference parameters (not tuned).
+
+The test window is read only to measure. ``EvaluationReport.format_table()`` prints the table;
+``to_dict()`` is its JSON form.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from flywheel.recsys._baselines import (
+    EASE,
+    IALS,
+    MAX_DENSE_ITEMS,
+    ItemKNN,
+    MostPopular,
+    Recommender,
+    RepeatFrequency,
+)
+from flywheel.recsys._candidates import (
+    CandidateGenerator,
+    CandidateUnion,
+    ContentSimilarity,
+    CoOccurrence,
+    HybridBlend,
+    Popularity,
+    RepeatPurchase,
+    tune_blend_weights,
+)
+from flywheel.recsys._metrics import VIEWS, View, ViewMetrics, evaluate_view, rank_users
+from flywheel.recsys._protocol import OR_T1_TRAIN_END, Split, build_split, validation_split
+from flywheel.recsys._text import TextEmbedder, TextMethod
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from flywheel.recsys._data import DataSource
+
+Progress = Callable[[str], None]
+"""Called with a short description before each step (the CLI turns it into a progress bar)."""
+
+EASE_LAMBDAS: tuple[float, ...] = (100.0, 250.0, 500.0, 1000.0, 2000.0)
+POOL_PER_GENERATOR = 50
+
+# Parameter grids tried on validation, per generator (small on purpose: 2 cores).
+GeneratorFactory = Callable[[dict[str, Any]], CandidateGenerator]
+
+
+@dataclass
+class EvaluationRow:
+    """One model's metrics per view, with the parameters it ran with in that view."""
+
+    name: str
+    kind: str  # "generator", "union", "hybrid" or "baseline"
+    metrics: dict[View, ViewMetrics]
+    params: dict[View, dict[str, Any]]
+    seconds: float = 0.0
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "metrics": {v: m.to_dict() for v, m in self.metrics.items()},
+            "params": self.params,
+            "seconds": round(self.seconds, 2),
+            "note": self.note,
+        }
+
+
+@dataclass
+class EvaluationReport:
+    """The OR-T1 table plus what it ran on (data source, dates, split sizes, timings)."""
+
+    source: str
+    real_data: bool
+    k: int
+    train_end: str
+    test_end: str
+    validation: dict[str, str]
+    stats: dict[str, int]
+    rows: list[EvaluationRow] = field(default_factory=list)
+    pool_recall: dict[str, dict[str, float]] = field(default_factory=dict)
+    text_method: str = ""
+    seconds: float = 0.0
+
+    def row(self, name: str) -> EvaluationRow:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def best_baseline(self, view: View, metric: str = "ndcg") -> EvaluationRow:
+        """The baseline with the highest ``metric`` in ``view``."""
+        rows = [r for r in self.rows if r.kind == "baseline" and view in r.metrics]
+        return max(rows, key=lambda r: getattr(r.metrics[view], metric))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "protocol": "OR-T1",
+            "source": self.source,
+            "real_data": self.real_data,
+            "k": self.k,
+            "train_end": self.train_end,
+            "test_end": self.test_end,
+            "validation": self.validation,
+            "stats": self.stats,
+            "text_method": self.text_method,
+            "rows": [r.to_dict() for r in self.rows],
+            "candidate_pool_recall": self.pool_recall,
+            "seconds": round(self.seconds, 1),
+        }
+
+    def format_table(self) -> str:
+        """A Markdown table: one row per model, R/N/HR@k for both views, then notes."""
+        k = self.k
+        head = (
+            f"| model | kind | R@{k} all | N@{k} all | HR@{k} all "
+            f"| R@{k} new-only | N@{k} new-only | HR@{k} new-only |"
+        )
+        lines = [head, "|---|---|---|---|---|---|---|---|"]
+        for r in self.rows:
+            cells = []
+            for view in VIEWS:
+                m = r.metrics.get(view)
+                if m is None:
+                    cells += ["–", "–", "–"]
+                else:
+                    cells += [f"{m.recall:.4f}", f"{m.ndcg:.4f}", f"{m.hit_rate:.4f}"]
+            lines.append(f"| {r.name} | {r.kind} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def format_notes(self) -> str:
+        """Parameters chosen on validation, the candidate pool recall, and the hybrid's gap."""
+        out = []
+        for r in self.rows:
+            chosen = "; ".join(f"{v}: {_short(p)}" for v, p in r.params.items() if p)
+            extra = f" ({r.note})" if r.note else ""
+            if chosen or extra:
+                out.append(f"- {r.name}: {chosen}{extra}")
+        if self.pool_recall:
+            for view, per in self.pool_recall.items():
+                parts = ", ".join(f"{n} {v:.4f}" for n, v in per.items())
+                out.append(
+                    f"- candidate pool recall ({view}, top {POOL_PER_GENERATOR} per generator): "
+                    + parts
+                )
+        try:
+            hybrid = self.row("hybrid")
+        except KeyError:
+            return "\n".join(out)
+        for view in VIEWS:
+            if view not in hybrid.metrics:
+                continue
+            best = self.best_baseline(view)
+            h, b = hybrid.metrics[view], best.metrics[view]
+            out.append(
+                f"- hybrid vs best baseline on {view} ({best.name}): "
+                f"R@{self.k} {_rel(h.recall, b.recall)}, N@{self.k} {_rel(h.ndcg, b.ndcg)}"
+            )
+        return "\n".join(out)
+
+
+def _rel(a: float, b: float) -> str:
+    return f"{a:.4f} vs {b:.4f} ({(a / b - 1) * 100:+.1f}%)" if b > 0 else f"{a:.4f} vs 0"
+
+
+def _short(params: dict[str, Any]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:g}"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k}={fmt(x)}" for k, x in v.items() if x) + "}"
+        return str(v)
+
+    return ", ".join(f"{k}={fmt(v)}" for k, v in params.items())
+
+
+@dataclass(frozen=True)
+class _Family:
+    """A generator kind and the parameter grid tried on validation."""
+
+    name: str
+    make: GeneratorFactory
+    grid: tuple[dict[str, Any], ...]
+
+
+def generator_families(embedder: TextEmbedder) -> list[_Family]:
+    """The generators of the table and their validation grids."""
+    return [
+        _Family(
+            "repeat",
+            lambda p: RepeatPurchase(**p),
+            tuple({"half_life_days": h} for h in (None, 30.0, 120.0, 365.0)),
+        ),
+        _Family(
+            "co-occurrence",
+            lambda p: CoOccurrence(**p),
+            tuple(
+                {"half_life_days": h, "alpha": 0.5, "basket": b}
+                for h in (30.0, 90.0)
+                for b in ("invoice", "session")
+            ),
+        ),
+        _Family(
+            "popularity",
+            lambda p: Popularity(**p),
+            ({"half_life_days": None},),
+        ),
+        _Family(
+            "trending",
+            lambda p: Popularity(**p),
+            tuple({"half_life_days": h} for h in (3.0, 7.0, 14.0, 30.0)),
+        ),
+        _Family(
+            "content",
+            lambda p: ContentSimilarity(embedder=embedder, **p),
+            tuple({"half_life_days": h} for h in (None, 30.0, 90.0)),
+        ),
+    ]
+
+
+def _measure(model: Recommender | CandidateGenerator, split: Split, view: View) -> ViewMetrics:
+    return evaluate_view(model.score, split, view)
+
+
+def evaluate_offline(
+    lines: pd.DataFrame,
+    *,
+    source: DataSource | None = None,
+    train_end: str | pd.Timestamp = OR_T1_TRAIN_END,
+    test_end: str | pd.Timestamp | None = None,
+    text_method: TextMethod = "auto",
+    cache_dir: str | Path | None = None,
+    baselines: bool = True,
+    ials: bool = True,
+    progress: Progress | None = None,
+) -> EvaluationReport:
+    """Run the whole OR-T1 comparison on cleaned lines (``clean_transactions`` output)."""
+    started = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    say("splitting train / validation / test")
+    split = build_split(lines, train_end, test_end)
+    val = validation_split(lines, split.train_end, split.test_end)
+    embedder = TextEmbedder(text_method, cache_dir=cache_dir)
+    say("embedding product texts")
+    texts = [str(t) for t in val.train.item_text] + [str(t) for t in split.train.item_text]
+    embedder.prepare(texts)
+    report = EvaluationReport(
+        source=source.description if source else "a data frame",
+        real_data=source.is_real if source else False,
+        k=20,
+        train_end=f"{split.train_end:%Y-%m-%d %H:%M:%S}",
+        test_end=f"{split.test_end:%Y-%m-%d %H:%M:%S}",
+        validation={
+            "train_end": f"{val.train_end:%Y-%m-%d %H:%M:%S}",
+            "test_end": f"{val.test_end:%Y-%m-%d %H:%M:%S}",
+            "test_users": str(len(val.test_users)),
+        },
+        stats=split.stats,
+        text_method=embedder.method_used,
+    )
+
+    # 1-2. Each generator alone, parameters chosen per view on validation.
+    chosen: dict[str, dict[View, dict[str, Any]]] = {}
+    for fam in generator_families(embedder):
+        t0 = time.perf_counter()
+        say(f"generator {fam.name}: tuning on validation")
+        best: dict[View, tuple[float, dict[str, Any]]] = {}
+        for params in fam.grid:
+            model = fam.make(params).fit(val.train)
+            for view in VIEWS:
+                score = _measure(model, val, view).ndcg
+                if view not in best or score > best[view][0] + 1e-12:
+                    best[view] = (score, params)
+        chosen[fam.name] = {v: best[v][1] for v in VIEWS}
+        say(f"generator {fam.name}: test")
+        metrics: dict[View, ViewMetrics] = {}
+        fitted: dict[str, CandidateGenerator] = {}
+        for view in VIEWS:
+            params = chosen[fam.name][view]
+            key = repr(sorted(params.items()))
+            if key not in fitted:
+                fitted[key] = fam.make(params).fit(split.train)
+            metrics[view] = _measure(fitted[key], split, view)
+        report.rows.append(
+            EvaluationRow(
+                fam.name,
+                "generator",
+                metrics,
+                {v: dict(p) for v, p in chosen[fam.name].items()},
+                time.perf_counter() - t0,
+            )
+        )
+
+    families = {f.name: f for f in generator_families(embedder)}
+
+    def build(view: View) -> list[CandidateGenerator]:
+        return [families[n].make(chosen[n][view]) for n in families]
+
+    # 3. Union (reciprocal-rank fusion) and the hybrid blend.
+    t0 = time.perf_counter()
+    say("union of the generators: test")
+    union_metrics: dict[View, ViewMetrics] = {}
+    pool: dict[str, dict[str, float]] = {}
+    for view in VIEWS:
+        union = CandidateUnion(build(view), per_generator=POOL_PER_GENERATOR).fit(split.train)
+        union_metrics[view] = _measure(union, split, view)
+        pool[view] = _pool_recall(union, split, view)
+    report.pool_recall = pool
+    report.rows.append(
+        EvaluationRow(
+            "union (RRF)",
+            "union",
+            union_metrics,
+            {v: {"per_generator": POOL_PER_GENERATOR} for v in VIEWS},
+            time.perf_counter() - t0,
+            note="reciprocal-rank fusion of every generator's top 50",
+        )
+    )
+    t0 = time.perf_counter()
+    hybrid_metrics: dict[View, ViewMetrics] = {}
+    hybrid_params: dict[View, dict[str, Any]] = {}
+    for view in VIEWS:
+        say(f"hybrid: tuning blend weights on validation ({view})")
+        gens = [g.fit(val.train) for g in build(view)]
+        weights, _ = tune_blend_weights(gens, val, view)
+        say(f"hybrid: test ({view})")
+        hybrid = HybridBlend(build(view), weights).fit(split.train)
+        hybrid_metrics[view] = _measure(hybrid, split, view)
+        hybrid_params[view] = {"weights": {n: w for n, w in weights.items() if w > 0}}
+    report.rows.append(
+        EvaluationRow(
+            "hybrid",
+            "hybrid",
+            hybrid_metrics,
+            hybrid_params,
+            time.perf_counter() - t0,
+            note="weighted sum of max-normalised generator scores",
+        )
+    )
+
+    # 4. Baselines.
+    if baselines:
+        _run_baselines(report, split, val, ials, say)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _pool_recall(union: CandidateUnion, split: Split, view: View) -> dict[str, float]:
+    """Share of the ground truth inside each generator's top-N, and inside their union."""
+    n = POOL_PER_GENERATOR
+    out: dict[str, float] = {}
+    for g in union.generators:
+        out[g.name] = _recall_of_pool(g.score, split, view, n)
+    total = n * len(union.generators)
+    out["union"] = _recall_of_pool(union.score, split, view, total)
+    return out
+
+
+def _recall_of_pool(
+    score: Callable[[np.ndarray], np.ndarray], split: Split, view: View, size: int
+) -> float:
+    rankings, truth = rank_users(score, split, view, k=size)
+    values = [np.isin(t, r[r >= 0]).mean() for r, t in zip(rankings, truth, strict=True) if len(t)]
+    return float(np.mean(values)) if values else 0.0
+
+
+def _run_baselines(
+    report: EvaluationReport, split: Split, val: Split, ials: bool, say: Progress
+) -> None:
+    simple: Sequence[Recommender] = (MostPopular(), RepeatFrequency(), ItemKNN())
+    metrics: dict[View, ViewMetrics]
+    dense_ok = split.train.n_items <= MAX_DENSE_ITEMS
+    for model in simple:
+        t0 = time.perf_counter()
+        if isinstance(model, ItemKNN) and not dense_ok:
+            report.rows.append(_skipped(model.name, split.train.n_items))
+            continue
+        say(f"baseline {model.name}")
+        model.fit(split.train)
+        metrics = {v: _measure(model, split, v) for v in VIEWS}
+        report.rows.append(
+            EvaluationRow(model.name, "baseline", metrics, {}, time.perf_counter() - t0)
+        )
+    if dense_ok:
+        t0 = time.perf_counter()
+        best: dict[View, tuple[float, float]] = {}
+        for lam in EASE_LAMBDAS:
+            say(f"baseline EASE: λ={lam:g} on validation")
+            model_v = EASE(lam).fit(val.train)
+            for view in VIEWS:
+                s = _measure(model_v, val, view).ndcg
+                if view not in best or s > best[view][0] + 1e-12:
+                    best[view] = (s, lam)
+        metrics = {}
+        fitted: dict[float, EASE] = {}
+        for view in VIEWS:
+            lam = best[view][1]
+            say(f"baseline EASE: λ={lam:g} on test")
+            if lam not in fitted:
+                fitted[lam] = EASE(lam).fit(split.train)
+            metrics[view] = _measure(fitted[lam], split, view)
+        report.rows.append(
+            EvaluationRow(
+                "EASE (λ tuned)",
+                "baseline",
+                metrics,
+                {v: {"lambda": best[v][1]} for v in VIEWS},
+                time.perf_counter() - t0,
+            )
+        )
+    else:
+        report.rows.append(_skipped("EASE (λ tuned)", split.train.n_items))
+    if ials:
+        t0 = time.perf_counter()
+        say("baseline iALS")
+        model = IALS().fit(split.train)
+        metrics = {v: _measure(model, split, v) for v in VIEWS}
+        report.rows.append(
+            EvaluationRow(
+                model.name,
+                "baseline",
+                metrics,
+                {v: {} for v in VIEWS},
+                time.perf_counter() - t0,
+                note="BASELINES.md parameters, not tuned; ±0.005 between runs",
+            )
+        )
+
+
+def _skipped(name: str, n_items: int) -> EvaluationRow:
+    return EvaluationRow(
+        name,
+        "baseline",
+        {},
+        {},
+        note=f"skipped: {n_items:,} items exceed the dense limit of {MAX_DENSE_ITEMS:,}",
+    )

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from flywheel.recsys import VIEWS, evaluate_offline
+
+
+def test_offline_table_on_a_small_synthetic_shop(small_lines: pd.DataFrame) -> None:
+    steps: list[str] = []
+    report = evaluate_offline(small_lines, text_method="tfidf", progress=steps.append)
+    names = [r.name for r in report.rows]
+    for expected in (
+        "repeat",
+        "co-occurrence",
+        "popularity",
+        "trending",
+        "content",
+        "union (RRF)",
+        "hybrid",
+        "MostPop",
+        "RepeatFreq",
+        "ItemKNN-cosine",
+        "EASE (λ tuned)",
+        "iALS f=64",
+    ):
+        assert expected in names
+    for row in report.rows:
+        assert set(row.metrics) == set(VIEWS), row.name
+        for m in row.metrics.values():
+            assert 0.0 <= m.recall <= 1.0 and 0.0 <= m.ndcg <= 1.0 and m.users > 0
+    # The repeat generator can never hit in new-only; popularity equals MostPop exactly.
+    assert report.row("repeat").metrics["new-only"].recall == 0.0
+    assert report.row("popularity").metrics["all"] == report.row("MostPop").metrics["all"]
+    # The synthetic shop has repeat buying and tastes: the hybrid beats popularity.
+    hybrid, pop = report.row("hybrid").metrics, report.row("MostPop").metrics
+    assert hybrid["all"].ndcg > pop["all"].ndcg and hybrid["new-only"].ndcg > pop["new-only"].ndcg
+    assert report.validation["test_end"].startswith("2011-11-09")
+    assert report.pool_recall["all"]["union"] >= max(
+        v for k, v in report.pool_recall["all"].items() if k != "union"
+    )
+    table = report.format_table()
+    assert table.splitlines()[0].startswith("| model | kind | R@20 all")
+    assert len(table.splitlines()) == 2 + len(report.rows)
+    assert "hybrid vs best baseline on new-only" in report.format_notes()
+    json.dumps(report.to_dict())
+    assert any("EASE" in s for s in steps)
