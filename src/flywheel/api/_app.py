@@ -23,6 +23,7 @@ from flywheel.project import Project, current_project
 # System name -> "module:attribute" of its APIRouter. One line per system, imported lazily so
 # that ``flywheel up`` pays only for the systems it serves.
 SYSTEM_ROUTERS: dict[str, str] = {
+    "features": "flywheel.features._api:router",
     "tracking": "flywheel.tracking._api:router",
     "registry": "flywheel.registry._api:router",
     "serving": "flywheel.serving._api:router",
@@ -32,6 +33,7 @@ SYSTEM_ROUTERS: dict[str, str] = {
 # System name -> "module:attribute" of ``(project) -> async context manager``, run for the app's
 # lifetime (the in-process scheduler, stream processors, endpoint reconcilers, ...).
 SYSTEM_SERVICES: dict[str, str] = {
+    "features": "flywheel.features._api:stream_service",
     "serving": "flywheel.serving._server:serving_service",
     "experiments": "flywheel.experiments._api:bandit_updater",
 }

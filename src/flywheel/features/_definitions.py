@@ -92,7 +92,7 @@ def parse_duration(value: timedelta | str | float | int | None, where: str) -> f
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "none"
-    for unit in ("w", "d", "h", "m", "s"):
+    for unit in ("d", "h", "m", "s"):
         size = _UNIT_SECONDS[unit]
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"

@@ -78,7 +78,20 @@ class SQLiteEventLog:
             raise
         return [_fmt(i) for i in ids]
 
+    def _anything(self, stream: str, group: str, consumer: str) -> bool:
+        """A cheap read-only check, so idle polling never takes the write lock."""
+        conn = self._conn()
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM pending WHERE stream = ? AND grp = ? AND consumer = ?),"
+            " (SELECT coalesce(max(id), 0) FROM events WHERE stream = ?),"
+            " (SELECT delivered FROM groups WHERE stream = ? AND grp = ?)",
+            (stream, group, consumer, stream, stream, group),
+        ).fetchone()
+        return bool(row[0]) or row[2] is None or row[1] > row[2]
+
     def _take(self, stream: str, group: str, consumer: str, count: int) -> list[Event]:
+        if not self._anything(stream, group, consumer):
+            return []
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -127,7 +140,7 @@ class SQLiteEventLog:
             events = self._take(stream, group, consumer, count)
             if events or time.monotonic() >= deadline:
                 return events
-            time.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
 
     def ack(self, stream: str, group: str, ids: Sequence[str]) -> None:
         if not ids:
