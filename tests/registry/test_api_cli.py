@@ -113,3 +113,38 @@ def test_cli_list_show_promote_rollback_archive(
     assert code == 1 and err.startswith("error: ") and "archived" in err
     code, _, err = _cli(capsys, config, "models", "show", "nope")
     assert code == 1 and "not registered" in err
+
+
+def test_model_files_register_over_http_and_cli(
+    project: Project, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4))
+    booster = lgb.train(
+        {"objective": "regression", "verbose": -1}, lgb.Dataset(x, x[:, 0]), num_boost_round=5
+    )
+    path = tmp_path / "model.txt"
+    booster.save_model(str(path))
+    client = TestClient(create_app(project, systems=["registry"]))
+    _, writer = TokenStore(project.db).create("writer", "uploader")
+    auth = {"Authorization": f"Bearer {writer}", "Content-Type": "application/octet-stream"}
+    url = "/registry/models/gbm/versions"
+    r = client.post(url, params={"flavor": "lightgbm"}, content=path.read_bytes(), headers=auth)
+    assert r.status_code == 200, r.text
+    assert r.json()["version"] == 1 and r.json()["created_by"] == "uploader"
+    loaded = Registry(project).load("models:/gbm/1")
+    np.testing.assert_allclose(loaded.predict(x[:7])["output"], booster.predict(x[:7]))
+    bad = client.post(url, params={"flavor": "onnx"}, content=b"not a model", headers=auth)
+    assert bad.status_code == 400 and "gbm" in bad.json()["error"]
+    no_auth = client.post(url, params={"flavor": "onnx"}, content=b"x")
+    assert no_auth.status_code == 401
+
+    config = project.root / "flywheel.yaml"
+    code, out, _ = _cli(
+        capsys, config, "models", "register", "gbm", str(path), "--flavor", "lightgbm"
+    )
+    assert code == 0 and "models:/gbm/2" in out
+    code, _, err = _cli(capsys, config, "models", "register", "gbm", str(path), "--flavor", "torch")
+    assert code == 1 and "onnx or lightgbm" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -26,6 +27,40 @@ def _actor(actor: str) -> str:
     from flywheel.tracking._sysinfo import current_user
 
     return current_user()
+
+
+@app.command("register")
+def register(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    path: Annotated[Path, typer.Argument(help="Model file: .onnx, or a LightGBM text model.")],
+    flavor: Annotated[str, typer.Option(help="onnx or lightgbm.")] = "onnx",
+    description: Annotated[str, typer.Option(help="What this version is.")] = "",
+    run: Annotated[str | None, typer.Option(help="Run id that trained it.")] = None,
+    training_dataset: Annotated[str | None, typer.Option(help="Training dataset name.")] = None,
+    feature_service: Annotated[str | None, typer.Option(help="Feature service it reads.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Register a model file (verified: loaded back and run before it is accepted)."""
+    from flywheel.registry import Registry, RegistryError
+
+    if flavor not in ("onnx", "lightgbm"):
+        raise RegistryError(
+            f"flavor {flavor!r}: files can be registered as onnx or lightgbm; register other "
+            "flavors from Python (registry.register_model)"
+        )
+    if not path.is_file():
+        raise RegistryError(f"model file {str(path)!r} does not exist")
+    mv = Registry(open_project(config)).register_model(
+        name,
+        path,
+        flavor=flavor,
+        description=description,
+        run=run,
+        training_dataset=training_dataset,
+        feature_service=feature_service,
+    )
+    onnx = "with ONNX" if mv.onnx_sha256 else "no ONNX"
+    console.print(f"registered {mv.uri} ({mv.flavor}, {onnx}, sha256:{mv.artifact_sha256[:16]})")
 
 
 @app.command("list")

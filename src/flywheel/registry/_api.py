@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from flywheel.auth import Principal
 from flywheel.auth import require_reader as _require_reader
 from flywheel.auth import require_writer as _require_writer
 from flywheel.project import Project, current_project
+from flywheel.registry._errors import RegistryError
 from flywheel.registry._registry import Registry
 
 _errors: dict[int | str, dict[str, Any]] = {
@@ -94,6 +96,53 @@ def audit_log(
 ) -> list[dict[str, Any]]:
     """Stage changes with ``id > since_id``, oldest first."""
     return [e.to_dict() for e in Registry(project).audit_log(name, since_id, limit)]
+
+
+@router.post(
+    "/models/{name}/versions",
+    responses=_errors,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def register_file(
+    name: str,
+    request: Request,
+    flavor: Annotated[Literal["onnx", "lightgbm"], Query()],
+    description: Annotated[str, Query(max_length=2000)] = "",
+    run_id: Annotated[str | None, Query(max_length=64)] = None,
+    training_dataset: Annotated[str | None, Query(max_length=200)] = None,
+    feature_service: Annotated[str | None, Query(max_length=200)] = None,
+    project: Project = Depends(current_project),
+    principal: Principal = Depends(require_writer),
+) -> dict[str, Any]:
+    """Register a model file sent as the body: an ONNX graph or a LightGBM text model.
+
+    It is verified like any registration (loaded back and run on inputs made from its own
+    input description); a file that fails is refused with 400 and the reason.
+    """
+    body = await request.body()
+    if not body:
+        raise RegistryError(f"model {name!r}: the request body (the model file) is empty")
+    registry = Registry(project)
+    mv = await run_in_threadpool(
+        lambda: registry.register_model(
+            name,
+            body,
+            flavor=flavor,
+            description=description,
+            run=run_id,
+            training_dataset=training_dataset,
+            feature_service=feature_service,
+            actor=principal.name,
+        )
+    )
+    return mv.to_dict()
 
 
 @router.post("/models/{name}/versions/{version}/stage", responses=_errors)

@@ -1,9 +1,10 @@
 """The LightGBM flavor: the native text model format (no pickle), run by ``lightgbm.Booster``.
 
-Accepts a ``Booster`` or a scikit-learn-API model (``LGBMRanker``, ``LGBMClassifier``, ...; its
-``booster_`` is stored). The output ``output`` is ``Booster.predict``: raw scores for rankers and
-regressors, probabilities for classifiers. No ONNX converter is installed for LightGBM
-(onnxmltools), so ``onnx_sha256`` stays empty and ``details["onnx_error"]`` says why.
+Accepts a ``Booster``, a scikit-learn-API model (``LGBMRanker``, ``LGBMClassifier``, ...; its
+``booster_`` is stored), or a saved text model (path or bytes). The output ``output`` is
+``Booster.predict``: raw scores for rankers and regressors, probabilities for classifiers.
+No ONNX converter is installed for LightGBM (onnxmltools), so ``onnx_sha256`` stays empty
+and ``details["onnx_error"]`` says why.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ def _booster(model: Any) -> Any:
 
     if isinstance(model, lgb.Booster):
         return model
+    if isinstance(model, bytes | bytearray):
+        return lgb.Booster(model_str=bytes(model).decode("utf-8"))
+    if isinstance(model, str | Path):
+        return lgb.Booster(model_file=str(model))
     booster = getattr(model, "booster_", None)
     if isinstance(booster, lgb.Booster):
         return booster
@@ -44,6 +49,11 @@ class LightgbmFlavor:
 
     def wrap(self, model: Any, input_names: list[str]) -> Predict:
         return _predict_fn(_booster(model))
+
+    def example_for(self, model: Any) -> dict[str, np.ndarray]:
+        """Random rows with the model's number of features (for verification)."""
+        n = int(_booster(model).num_feature())
+        return {"input": np.random.default_rng(0).standard_normal((4, n))}
 
     def save(self, model: Any, folder: Path, example: dict[str, np.ndarray]) -> dict[str, Any]:
         text = _booster(model).model_to_string()

@@ -132,6 +132,10 @@ class OnnxFlavor:
     def wrap(self, model: Any, input_names: list[str]) -> Predict:
         return OnnxPredict(_model_bytes(model), input_names)
 
+    def example_for(self, model: Any) -> dict[str, np.ndarray]:
+        """Random inputs shaped like the graph's inputs (for verification)."""
+        return graph_example(_model_bytes(model))
+
     def save(self, model: Any, folder: Path, example: dict[str, np.ndarray]) -> dict[str, Any]:
         data = _model_bytes(model)
         import onnx

@@ -156,7 +156,8 @@ class Registry:
         refused (``ModelRefused`` with the reason). With no ``input_example``, one is made from
         ``signature`` (or, for ONNX, from the graph). Where a converter exists an ONNX copy is
         exported and checked the same way (``onnx_sha256``; a failure is recorded in
-        ``details["onnx_error"]`` and does not refuse the model).
+        ``details["onnx_error"]`` and does not refuse the model). ONNX and LightGBM models may
+        also be given as a file path (or bytes).
 
         ``run`` (a ``Run`` or run id) contributes its latest metrics and git commit; lineage
         edges ``run -> model_version``, ``training_dataset -> run`` (or ``-> model_version``
@@ -171,10 +172,12 @@ class Registry:
             example = _example_dict(input_example)
         elif signature is not None:
             example = _synthesize(signature)
-        elif flavor == "onnx":
-            from flywheel.registry._onnx import _model_bytes, graph_example
-
-            example = graph_example(_model_bytes(model))
+        elif hasattr(impl, "example_for"):
+            # Self-describing formats (an ONNX graph, a LightGBM model) know their inputs.
+            try:
+                example = impl.example_for(model)
+            except Exception as exc:
+                raise ModelRefused(f"{where}: cannot read the model: {exc}") from exc
         else:
             raise ModelRefused(
                 f"{where}: give an input_example (or a signature) so the model can be verified"
