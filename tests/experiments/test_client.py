@@ -167,18 +167,7 @@ def test_report_detects_a_real_lift_and_flags_srm(any_experiments: Experiments) 
     assert report["metrics"][2]["role"] == "guardrail"
     assert not report["metrics"][2]["comparisons"][0]["breached"]
     # Now skew exposures: extra control units that the hash did not produce.
-    skewed = [
-        {
-            "decision_id": f"fake{i}",
-            "experiment": "checkout",
-            "unit_id": f"x{i}",
-            "variant": "control",
-            "propensity": 0.5,
-            "context": None,
-            "ts": now,
-        }
-        for i in range(400)
-    ]
+    skewed = [(f"fake{i}", "checkout", f"x{i}", "control", 0.5, None, now) for i in range(400)]
     ex.store.insert_exposures(skewed)
     report = ex.report("checkout").to_dict()
     assert report["srm"]["flagged"]

@@ -72,6 +72,7 @@ class Report:
 
     def render(self) -> list[Any]:
         """Rich renderables: a header, the variants table and one table per metric."""
+        from rich import box
         from rich.table import Table
         from rich.text import Text
 
@@ -81,7 +82,9 @@ class Report:
                 style="bold",
             )
         ]
-        variants = Table("variant", "units", "exposures", "expected share", "observed share")
+        variants = Table(
+            "variant", "units", "exposures", "expected share", "observed share", box=box.SIMPLE_HEAD
+        )
         for v in self.variants:
             variants.add_row(
                 v["name"],
@@ -101,42 +104,48 @@ class Report:
                 )
             )
         for m in self.metrics:
+            if self.bandit is not None and m["name"] == "reward":
+                continue  # the arms table below shows it
             table = Table(
                 "variant",
                 "n",
-                "mean [CI]",
-                "diff",
-                "relative",
-                "diff CI",
+                "mean",
+                "diff [95% CI]",
+                "rel.",
                 "p",
-                "always-valid p",
-                "notes",
+                "p (seq.)",
                 title=f"{m['role']}: {m['name']} ({m['kind']} of {m['event']})",
+                box=box.SIMPLE_HEAD,
+                pad_edge=False,
             )
             comparisons = {c["variant"]: c for c in m["comparisons"]}
+            notes = []
             for v in m["variants"]:
                 c = comparisons.get(v["variant"])
-                notes = []
                 if c is not None:
                     if c.get("cuped_variance_ratio") is not None:
-                        notes.append(f"CUPED var x{c['cuped_variance_ratio']:.2f}")
+                        notes.append(
+                            f"{v['variant']}: CUPED, variance x{c['cuped_variance_ratio']:.2f}"
+                        )
                     if c["significant"]:
-                        notes.append("significant")
+                        notes.append(f"{v['variant']}: significant at alpha={self.alpha}")
                     if c.get("breached"):
-                        notes.append("GUARDRAIL BREACHED")
-                mean = _interval(v["mean"], v["ci_low"], v["ci_high"])
+                        notes.append(f"{v['variant']}: GUARDRAIL BREACHED")
+                diff = ""
+                if c is not None:
+                    diff = f"{_fmt(c['diff'], '+.3g')} [{_fmt(c['ci_low'], '.3g')}, "
+                    diff += f"{_fmt(c['ci_high'], '.3g')}]"
                 table.add_row(
                     v["variant"],
                     str(v["n"]),
-                    mean,
-                    _fmt(c and c["diff"], "+.4g"),
-                    _fmt(c and c["relative"], "+.2%"),
-                    f"[{_fmt(c['ci_low'], '.4g')}, {_fmt(c['ci_high'], '.4g')}]" if c else "",
-                    _fmt(c and c["p_value"], ".3g"),
-                    _fmt(c and c["sequential_p_value"], ".3g"),
-                    ", ".join(notes),
+                    _fmt(v["mean"], ".4g"),
+                    diff,
+                    _fmt(c and c["relative"], "+.1%"),
+                    _fmt(c and c["p_value"], ".2g"),
+                    _fmt(c and c["sequential_p_value"], ".2g"),
                 )
             out.append(table)
+            out.extend(Text(f"  {n}", style="bold" if "BREACHED" in n else "") for n in notes)
         if self.bandit is not None:
             arms = Table(
                 "arm",
@@ -144,6 +153,7 @@ class Report:
                 "mean reward [CI]",
                 "propensity now",
                 title=f"bandit: {self.bandit['policy']}",
+                box=box.SIMPLE_HEAD,
             )
             for a in self.bandit["arms"]:
                 arms.add_row(

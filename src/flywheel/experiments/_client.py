@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from hashlib import blake2b
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -48,7 +49,7 @@ from flywheel.experiments._errors import (
     InvalidExperiment,
 )
 from flywheel.experiments._exposures import ExposureLogger
-from flywheel.experiments._hashing import hash64, hash_unit_interval
+from flywheel.experiments._hashing import HASH_SEPARATOR, hash64, hash_unit_interval
 from flywheel.experiments._store import ExperimentRow, ExperimentStore
 from flywheel.experiments._targeting import Predicate, compile_targeting
 from flywheel.project import Project
@@ -61,9 +62,8 @@ MAX_EVENT_VALUE = 1e12  # keeps sums and squares far from float overflow
 MAX_EPOCH = 1e11
 
 
-@dataclass(frozen=True)
-class Assignment:
-    """What a unit gets.
+class Assignment(NamedTuple):
+    """What a unit gets (a named tuple: cheap to build on the hot path).
 
     ``variant`` is always usable: units outside the experiment get the control variant (or the
     winner after a stop) with ``in_experiment=False`` and no exposure logged. ``propensity`` is
@@ -73,22 +73,14 @@ class Assignment:
 
     variant: str
     propensity: float
-    experiment: str
-    unit_id: str
-    in_experiment: bool
+    experiment: str = ""
+    unit_id: str = ""
+    in_experiment: bool = True
     decision_id: str | None = None
     reason: str = "assigned"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "variant": self.variant,
-            "propensity": self.propensity,
-            "experiment": self.experiment,
-            "unit_id": self.unit_id,
-            "in_experiment": self.in_experiment,
-            "decision_id": self.decision_id,
-            "reason": self.reason,
-        }
+        return self._asdict()
 
 
 @dataclass(frozen=True)
@@ -161,6 +153,7 @@ class _Compiled:
         "bandit_seed",
         "control",
         "end",
+        "full_layer",
         "info",
         "layer_mask",
         "layer_salt",
@@ -168,6 +161,7 @@ class _Compiled:
         "policy",
         "running",
         "salt",
+        "salt_prefix",
         "shares",
         "spec",
         "start",
@@ -186,11 +180,13 @@ class _Compiled:
         self.running = info.status is ExperimentStatus.running
         self.control = row.winner or spec.control_arm
         self.salt = spec.effective_salt
+        self.salt_prefix = self.salt + HASH_SEPARATOR
         self.layer_salt = "layer:" + row.layer
         mask = bytearray(BUCKETS)
         for start, end in row.layer_ranges:
             mask[start:end] = b"\x01" * (end - start)
         self.layer_mask = bytes(mask)
+        self.full_layer = all(mask)
         self.table = variant_table(row.allocation, spec.arms)
         self.shares = [info.shares[a] for a in spec.arms]
         self.targeting: Predicate | None = (
@@ -461,7 +457,11 @@ class Experiments:
         with the unit's hash, so a unit keeps its arm until the policy changes). ``context``
         feeds targeting and contextual bandits.
         """
-        c = self._compiled(name)
+        if time.monotonic() >= self._next_check:
+            self._refresh()
+        c = self._cache.get(name)
+        if c is None:
+            c = self._compiled(name)
         unit_id = str(unit_id)
         if not c.running:
             return Assignment(c.control, 1.0, name, unit_id, False, None, "not_running")
@@ -471,13 +471,14 @@ class Experiments:
                 return Assignment(c.control, 1.0, name, unit_id, False, None, "outside_window")
         if c.targeting is not None and not c.targeting(context or {}):
             return Assignment(c.control, 1.0, name, unit_id, False, None, "targeting")
-        if not c.layer_mask[hash64(c.layer_salt, unit_id) % BUCKETS]:
+        if not c.full_layer and not c.layer_mask[hash64(c.layer_salt, unit_id) % BUCKETS]:
             return Assignment(c.control, 1.0, name, unit_id, False, None, "traffic")
         stored_context = None
         if c.policy is None:
             if c.spec.bandit is not None:  # state not loaded yet (database down at start)
                 return Assignment(c.control, 1.0, name, unit_id, False, None, "no_state")
-            index = c.table[hash64(c.salt, unit_id) % BUCKETS]
+            digest = blake2b((c.salt_prefix + unit_id).encode(), digest_size=8).digest()
+            index = c.table[int.from_bytes(digest, "big") % BUCKETS]  # == hash64(salt, unit)
             propensity = c.shares[index]
         else:
             bandit = c.spec.bandit
@@ -497,15 +498,7 @@ class Experiments:
         variant = c.arms[index]
         decision_id = f"{self._id_prefix}{next(self._counter):x}"
         self.exposures.add(
-            {
-                "decision_id": decision_id,
-                "experiment": name,
-                "unit_id": unit_id,
-                "variant": variant,
-                "propensity": propensity,
-                "context": stored_context,
-                "ts": time.time(),
-            }
+            (decision_id, name, unit_id, variant, propensity, stored_context, time.time())
         )
         return Assignment(variant, propensity, name, unit_id, True, decision_id)
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-Writer = Callable[[Sequence[Mapping[str, Any]]], int]
+Writer = Callable[[Sequence[tuple[Any, ...]]], int]
 
 
 class ExposureLogger:
@@ -36,7 +36,7 @@ class ExposureLogger:
         self._flush_seconds = flush_seconds
         self._batch_size = batch_size
         self._max_pending = max_pending
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[tuple[Any, ...]] = []
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
@@ -46,12 +46,12 @@ class ExposureLogger:
         self.dropped = 0
         self.failures = 0
 
-    def add(self, row: dict[str, Any]) -> None:
-        """Queue one exposure row (never blocks on I/O)."""
+    def add(self, row: tuple[Any, ...]) -> None:
+        """Queue one exposure row (a tuple in ``EXPOSURE_COLUMNS`` order; never blocks on I/O)."""
         self._pending.append(row)
         if self._thread is None:
             self._start()
-        if len(self._pending) >= self._batch_size:
+        if len(self._pending) >= self._batch_size and not self._wake.is_set():
             self._wake.set()
 
     def _start(self) -> None:

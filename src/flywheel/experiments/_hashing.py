@@ -27,7 +27,8 @@ from hashlib import blake2b
 
 from flywheel.experiments._errors import InvalidExperiment
 
-_SEPARATOR = "\x1f"
+HASH_SEPARATOR = "\x1f"
+_SEPARATOR = HASH_SEPARATOR
 _TWO_POW_MINUS_53 = 2.0**-53
 
 
@@ -70,22 +71,22 @@ def weighted_choice(salt: str, unit: str, weights: Sequence[tuple[str, float]]) 
     Raises:
         InvalidExperiment: no options, a negative or non-finite weight, or all weights zero.
     """
-    best_name = ""
+    best_name: str | None = None
     best_score = math.inf
     prefix = salt + _SEPARATOR + unit + _SEPARATOR
     for name, weight in weights:
         if weight > 0.0 and weight != math.inf:
             digest = blake2b((prefix + name).encode(), digest_size=8).digest()
             u = ((int.from_bytes(digest, "big") >> 11) + 0.5) * _TWO_POW_MINUS_53
-            score = -math.log(u) / weight
-            if score < best_score:
+            score = -math.log(u) / weight  # inf only for subnormal weights
+            if score < best_score or best_name is None:
                 best_score = score
                 best_name = name
         elif weight != 0.0:  # negative, NaN or infinite
             raise InvalidExperiment("weights", f"weight of {name!r} must be finite and >= 0")
-    if best_score == math.inf:
+    if best_name is None:
         raise InvalidExperiment("weights", "need at least one option with a positive weight")
     return best_name
 
 
-__all__ = ["hash64", "hash_bucket", "hash_unit_interval", "weighted_choice"]
+__all__ = ["HASH_SEPARATOR", "hash64", "hash_bucket", "hash_unit_interval", "weighted_choice"]

@@ -73,6 +73,17 @@ bandit_table = sa.table(
 )
 
 
+EXPOSURE_COLUMNS = (
+    "decision_id",
+    "experiment",
+    "unit_id",
+    "variant",
+    "propensity",
+    "context",
+    "ts",
+)
+
+
 @dataclass(frozen=True)
 class ExperimentRow:
     name: str
@@ -231,9 +242,27 @@ class ExperimentStore:
 
     # -- exposures and events -------------------------------------------------------------------
 
-    def insert_exposures(self, rows: Sequence[Mapping[str, Any]]) -> int:
+    def insert_exposures(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Insert exposure tuples (``EXPOSURE_COLUMNS`` order), skipping known decision ids.
+
+        Uses the driver's ``executemany`` directly: this runs on a thread beside the hot path,
+        so it should hold the GIL as little as possible. Returns the rows sent.
+        """
+        if not rows:
+            return 0
+        columns = ", ".join(EXPOSURE_COLUMNS)
         with self.db.write() as conn:
-            return _insert_ignore(conn, exposures_table, rows, "decision_id")
+            if conn.dialect.name == "postgresql":
+                marks = ", ".join(["%s"] * len(EXPOSURE_COLUMNS))
+                sql = (
+                    f"INSERT INTO experiment_exposures ({columns}) VALUES ({marks}) "
+                    "ON CONFLICT (decision_id) DO NOTHING"
+                )
+            else:
+                marks = ", ".join(["?"] * len(EXPOSURE_COLUMNS))
+                sql = f"INSERT OR IGNORE INTO experiment_exposures ({columns}) VALUES ({marks})"
+            conn.exec_driver_sql(sql, list(rows))
+        return len(rows)
 
     def insert_events(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
         with_id = [r for r in rows if r.get("event_id")]
