@@ -28,6 +28,7 @@ SYSTEM_ROUTERS: dict[str, str] = {
     "registry": "flywheel.registry._api:router",
     "serving": "flywheel.serving._api:router",
     "experiments": "flywheel.experiments._api:router",
+    "training": "flywheel.training._api:router",
 }
 
 # System name -> "module:attribute" of ``(project) -> async context manager``, run for the app's
@@ -36,6 +37,7 @@ SYSTEM_SERVICES: dict[str, str] = {
     "features": "flywheel.features._api:stream_service",
     "serving": "flywheel.serving._server:serving_service",
     "experiments": "flywheel.experiments._api:bandit_updater",
+    "training": "flywheel.training._service:scheduler_service",
 }
 
 ServiceFactory = Callable[[Project], contextlib.AbstractAsyncContextManager[Any]]

@@ -256,22 +256,38 @@ def tune(
     config: ConfigOption = None,
 ) -> None:
     """Hyper-parameter search with Optuna (TPE + median pruning); each trial is a scheduled job."""
+    from flywheel.cli._output import progress_bar
     from flywheel.training import load_job_spec
-    from flywheel.training._tuning import run_study
+    from flywheel.training._tuning import TrialOutcome, run_study
 
     spec = load_job_spec(job_file)
     project = open_project(config)
-    result = run_study(
-        project,
-        spec,
-        trials=trials,
-        parallel=parallel,
-        metric=metric,
-        direction=direction,
-        study_name=study,
-        run_scheduler=scheduler,
-        progress=True,
-    )
+    with progress_bar() as bar:
+        task = bar.add_task(f"tuning {spec.name}", total=trials)
+
+        def on_trial(o: TrialOutcome) -> None:
+            value = "-" if o.value is None else f"{o.value:.6g}"
+            params = ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in o.params.items()
+            )
+            colour = {"complete": "green", "pruned": "yellow", "fail": "red"}[o.state]
+            bar.console.print(
+                f"trial {o.number:>3} [{colour}]{o.state:<8}[/] {metric}={value:<12} {params}"
+                f"  ({o.job_id})"
+            )
+            bar.advance(task)
+
+        result = run_study(
+            project,
+            spec,
+            trials=trials,
+            parallel=parallel,
+            metric=metric,
+            direction=direction,
+            study_name=study,
+            run_scheduler=scheduler,
+            on_trial=on_trial,
+        )
     console.print(
         f"best trial {result.best_trial} ({result.best_job}): {metric}={result.best_value:.6g} "
         f"with {result.best_params}"

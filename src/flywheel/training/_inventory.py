@@ -2,7 +2,7 @@
 
 With ``training.nodes`` unset in ``flywheel.yaml`` the inventory is this machine: the CPUs this
 process may run on (``os.sched_getaffinity``) and the GPUs that ``nvidia-smi`` lists, else
-those ``torch.cuda`` sees (only when torch is already importable without a GPU driver error).
+those ``torch.cuda`` sees (only where a driver device exists or torch is already imported).
 CPU-only machines simply have no GPUs. Discovery runs once per scheduler start, never at import.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 from flywheel.config import TrainingConfig
 from flywheel.training._policy import NodeCapacity, Quota
@@ -42,6 +44,8 @@ def discover_gpus(timeout: float = 10.0) -> tuple[int, ...]:
                 return ids
         except (OSError, subprocess.SubprocessError, ValueError):
             pass
+    if "torch" not in sys.modules and not Path("/dev/nvidia0").exists():
+        return ()  # no driver: do not pay for importing torch just to learn that
     try:
         import torch
 
