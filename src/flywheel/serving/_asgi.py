@@ -131,7 +131,10 @@ class HealthEndpoint:
             return
         server = server_for(_project(scope))
         await server.ensure_started()
-        await _send(send, 200, b'{"ready":true}', [_JSON])
+        if server.ready:
+            await _send(send, 200, b'{"ready":true}', [_JSON])
+        else:
+            await _send(send, 503, b'{"ready":false,"error":"loading models"}', [_JSON])
 
 
 class ServerMetadataEndpoint:

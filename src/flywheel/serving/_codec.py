@@ -303,7 +303,8 @@ def decode_request(
                         f"{where}: binary_data_size is {size} bytes; shape {list(shape)} of "
                         f"{datatype} needs {count * dtype.itemsize}"
                     )
-                arr = np.frombuffer(chunk, dtype=dtype)
+                # A copy: runtimes (torch) want writable arrays, and models may write in place.
+                arr = np.frombuffer(chunk, dtype=dtype).copy()
         else:
             if "data" not in raw:
                 raise InvalidInput(f"{where} has neither 'data' nor binary_data_size")

@@ -86,6 +86,12 @@ class RegistrySource:
         entries: list[Any] = self.registry.audit_log(since_id=since_id)
         return entries
 
+    def staged(self, stage: str) -> list[tuple[str, int]]:
+        """(model, version) of every model that has a version in ``stage``."""
+        return [
+            (m.name, int(m.stages[stage])) for m in self.registry.list_models() if stage in m.stages
+        ]
+
 
 @dataclass
 class LoadedRuntime:

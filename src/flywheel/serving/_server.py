@@ -172,6 +172,7 @@ class InferenceServer:
             self.config.prediction_log_flush_seconds,
         )
         self.started_at: float | None = None
+        self._preloaded = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -187,8 +188,33 @@ class InferenceServer:
         )
         self.logger.start()
         self.started_at = time.time()
+        self._preloaded = asyncio.Event()
         await self._refresh_endpoints()
         self._reconciler = loop.create_task(self._reconcile_forever(), name="serving-reconciler")
+        self._spawn(self._preload_production())
+
+    async def _preload_production(self) -> None:
+        """Load every production version (and endpoint version) before reporting ready."""
+        try:
+            staged = getattr(self.source, "staged", None)
+            pairs = await asyncio.to_thread(staged, PRODUCTION) if staged is not None else []
+            for name, version in pairs:
+                try:
+                    await self.get_version(name, version)
+                    self._production.setdefault(name, version)
+                except Exception as exc:
+                    log.warning("cannot preload %s/%s: %s", name, version, exc)
+            if self._loading:
+                await asyncio.gather(*self._loading.values(), return_exceptions=True)
+        except Exception as exc:
+            log.warning("preloading production models failed: %s", exc)
+        finally:
+            self._preloaded.set()
+
+    @property
+    def ready(self) -> bool:
+        """True once the production versions known at start are loaded and warm."""
+        return self._preloaded.is_set()
 
     def _reset(self) -> None:
         self._versions.clear()
