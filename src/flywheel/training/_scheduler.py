@@ -339,19 +339,7 @@ class Scheduler:
     def _schedule(self, report: TickReport) -> None:
         decided = self.plan()
         report.waiting = dict(decided.waiting)
-        for job_id, slots in decided.admit:
-            job = self.store.get(job_id)
-            moved = self.store.transition(
-                job_id,
-                JobState.QUEUED,
-                JobState.ADMITTED,
-                f"admitted on {', '.join(s.node for s in slots)}",
-                placement=slots,
-                attempt=job.attempt + 1,
-                exit_code=None,
-            )
-            if moved is not None:
-                report.admitted.append(job_id)
+        report.admitted.extend(self.store.admit_many(decided.admit))
         for victim, for_job in decided.preempt:
             if self.store.update(
                 victim,
