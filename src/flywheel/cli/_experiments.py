@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,10 +21,17 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 NameArgument = Annotated[str, typer.Argument(help="Experiment name.")]
 
 
-def _client(config: Path | None) -> Any:
+@contextlib.contextmanager
+def _client(config: Path | None) -> Iterator[Any]:
+    """An ``Experiments`` client whose exposures are flushed and project closed on exit."""
     from flywheel.experiments import Experiments
 
-    return Experiments(open_project(config))
+    project = open_project(config)
+    try:
+        with Experiments(project) as ex:
+            yield ex
+    finally:
+        project.close()
 
 
 def _print_json(data: Any) -> None:
