@@ -46,11 +46,22 @@ def real_split(real_lines: pd.DataFrame) -> Split:
 
 
 SMALL_SHOP = SyntheticConfig(n_users=1_500, n_items=400, n_categories=12, seed=7)
+TINY_SHOP = SyntheticConfig(n_users=400, n_items=120, n_categories=6, seed=3)
 
 
 @pytest.fixture(scope="session")
 def small_raw() -> pd.DataFrame:
     return generate_transactions(SMALL_SHOP)
+
+
+@pytest.fixture(scope="session")
+def tiny_raw() -> pd.DataFrame:
+    return generate_transactions(TINY_SHOP)
+
+
+@pytest.fixture(scope="session")
+def tiny_lines(tiny_raw: pd.DataFrame) -> pd.DataFrame:
+    return clean_transactions(tiny_raw)
 
 
 @pytest.fixture(scope="session")

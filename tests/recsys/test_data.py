@@ -88,16 +88,6 @@ def test_every_format_reads_the_same(real_raw: pd.DataFrame, tmp_path: Path) -> 
         )
 
 
-def test_real_csv_gz_matches_parquet(real_data_file: Path) -> None:
-    csv = read_online_retail(real_data_file.parent / "online_retail.csv.gz")
-    parquet = read_online_retail(real_data_file.parent / "online_retail.parquet")
-    assert len(csv) == len(parquet) == 541_909
-    for col in ("InvoiceNo", "StockCode", "Quantity", "UnitPrice", "Country"):
-        assert (csv[col].to_numpy() == parquet[col].to_numpy()).all(), col
-    assert (csv["InvoiceDate"].to_numpy() == parquet["InvoiceDate"].to_numpy()).all()
-    np.testing.assert_array_equal(csv["CustomerID"].to_numpy(), parquet["CustomerID"].to_numpy())
-
-
 def test_xlsx_without_openpyxl_names_the_fix(tmp_path: Path) -> None:
     pytest.importorskip("pandas")
     try:

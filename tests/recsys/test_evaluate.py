@@ -7,9 +7,9 @@ import pandas as pd
 from flywheel.recsys import VIEWS, evaluate_offline
 
 
-def test_offline_table_on_a_small_synthetic_shop(small_lines: pd.DataFrame) -> None:
+def test_offline_table_on_a_small_synthetic_shop(tiny_lines: pd.DataFrame) -> None:
     steps: list[str] = []
-    report = evaluate_offline(small_lines, text_method="tfidf", progress=steps.append)
+    report = evaluate_offline(tiny_lines, text_method="tfidf", progress=steps.append)
     names = [r.name for r in report.rows]
     for expected in (
         "repeat",

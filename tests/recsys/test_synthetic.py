@@ -12,14 +12,14 @@ from flywheel.recsys import (
     generate_transactions,
 )
 
-from .conftest import SMALL_SHOP
+from .conftest import TINY_SHOP
 
 
-def test_same_seed_same_shop_other_seed_other_shop(small_raw: pd.DataFrame) -> None:
-    again = generate_transactions(SMALL_SHOP)
-    pd.testing.assert_frame_equal(small_raw, again)
-    other = generate_transactions(SyntheticConfig(**{**SMALL_SHOP.__dict__, "seed": 8}))
-    assert not small_raw["StockCode"].astype(str).equals(other["StockCode"].astype(str))
+def test_same_seed_same_shop_other_seed_other_shop(tiny_raw: pd.DataFrame) -> None:
+    again = generate_transactions(TINY_SHOP)
+    pd.testing.assert_frame_equal(tiny_raw, again)
+    other = generate_transactions(SyntheticConfig(**{**TINY_SHOP.__dict__, "seed": 8}))
+    assert not tiny_raw["StockCode"].astype(str).equals(other["StockCode"].astype(str))
 
 
 def test_schema_and_the_mess_that_cleaning_removes(small_raw: pd.DataFrame) -> None:

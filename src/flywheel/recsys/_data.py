@@ -102,10 +102,15 @@ def default_data_dir() -> Path:
     return repository_root().parent / "shared" / "datasets" / "uci-online-retail"
 
 
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/flywheel/uci-online-retail`` (default ``~/.cache/...``)."""
+def default_cache_root() -> Path:
+    """``$XDG_CACHE_HOME/flywheel`` (default ``~/.cache/flywheel``): downloads, embeddings."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "flywheel" / "uci-online-retail"
+    return Path(base) / "flywheel"
+
+
+def default_cache_dir() -> Path:
+    """Where the UCI download is kept: ``default_cache_root() / "uci-online-retail"``."""
+    return default_cache_root() / "uci-online-retail"
 
 
 def find_data_file(path: str | Path) -> Path:
@@ -286,7 +291,7 @@ def resolve_data_source(
             file = find_data_file(explicit)
         except DataUnavailableError as exc:
             raise DataUnavailableError(f"{origin}: {exc}") from exc
-        return DataSource("file", f"real data: {file} (from {origin})", file)
+        return DataSource("file", f"data file {file} (from {origin})", file)
     folder = default_data_dir() if default_dir is None else default_dir
     if folder.is_dir():
         try:

@@ -1,0 +1,66 @@
+"""`flywheel recs evaluate` end to end, in process, on a small synthetic file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flywheel.cli import main
+
+
+@pytest.fixture
+def small_file(tiny_raw: pd.DataFrame, tmp_path: Path) -> Path:
+    path = tmp_path / "shop.csv.gz"
+    tiny_raw.to_csv(path, index=False)
+    return path
+
+
+def _run(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_evaluate_prints_one_json_report(
+    small_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(small_file.parent / "cache"))
+    code = _run(
+        ["recs", "evaluate", "--data", str(small_file), "--json", "--text", "tfidf", "--no-ials"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    report = json.loads(out)
+    assert report["protocol"] == "OR-T1" and report["real_data"] is True
+    assert str(small_file) in report["source"]
+    names = [r["name"] for r in report["rows"]]
+    assert "hybrid" in names and "EASE (λ tuned)" in names and "iALS f=64" not in names
+    assert report["train_end"].startswith("2011-11-09")
+
+
+def test_evaluate_table_and_custom_dates(
+    small_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(small_file.parent / "cache"))
+    args = ["recs", "evaluate", "--data", str(small_file), "--text", "tfidf", "--no-ials"]
+    code = _run([*args, "--train-end", "2011-09-01", "--test-end", "2011-10-01"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| model | kind | R@20 all" in out and "| hybrid | hybrid |" in out
+    assert "train < 2011-09-01 00:00:00, test < 2011-10-01 00:00:00" in out
+    assert "validation 2011-08-02" in out  # a 30-day window inside the training period
+
+
+def test_bad_input_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["recs", "evaluate", "--data", str(tmp_path / "missing.parquet")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --data:") and "no such file" in err
+    assert len(err.strip().splitlines()) == 1
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    assert _run(["recs", "evaluate", "--data", str(tmp_path / "x.csv"), "--text", "bert"]) == 1
+    assert "--text" in capsys.readouterr().err
