@@ -100,7 +100,7 @@ class ServingConfig(_Section):
     """``serving:`` — inference server defaults (a model version's config may override batching)."""
 
     max_batch_size: int = Field(default=32, ge=1, le=65536)
-    max_queue_delay_us: int = Field(default=1000, ge=0, le=10_000_000)
+    max_queue_delay_us: int = Field(default=500, ge=0, le=10_000_000)
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = Field(default=512, ge=1)
     instances: int = Field(default=1, ge=1, le=64)

@@ -130,6 +130,8 @@ class DynamicBatcher:
             self._dispatch_forever(), name=f"batcher:{name}"
         )
         self.batches_run = 0
+        self._last_arrival = time.monotonic()
+        self._mean_gap = 1.0
         self.last_latency_s = 0.0
 
     @property
@@ -158,6 +160,10 @@ class DynamicBatcher:
             )
         future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
         item = _Pending(inputs, rows, deadline, future)
+        # Mean gap between arrivals (exponentially weighted), for the adaptive wait.
+        gap = item.enqueued - self._last_arrival
+        self._last_arrival = item.enqueued
+        self._mean_gap += 0.2 * (min(gap, 1.0) - self._mean_gap)
         self._queue.append(item)
         self._queued_rows += rows
         self._wakeup.set()
@@ -189,12 +195,17 @@ class DynamicBatcher:
         return self._queued_rows in self.policy.preferred_batch_sizes
 
     async def _wait_for_more(self, first: _Pending) -> None:
-        """Wait until the batch is full, a preferred size is reached, or the delay is over."""
+        """Wait until the batch is full, a preferred size is reached, or the delay is over.
+
+        Waiting is skipped when requests arrive more slowly than the delay (the recent mean gap
+        between arrivals is longer than the time left): at low load a request would only wait
+        for nobody, which is what makes naive dynamic batching slow at concurrency 1.
+        """
         policy = self.policy
         until = first.enqueued + policy.max_queue_delay_us / 1e6
         while self._queued_rows < policy.max_batch_size and not self._preferred_hit():
             remaining = until - time.monotonic()
-            if remaining <= 0 or self._closed:
+            if remaining <= 0 or self._closed or self._mean_gap > remaining:
                 return
             self._wakeup.clear()
             try:

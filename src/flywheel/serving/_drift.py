@@ -74,6 +74,8 @@ class DriftReport:
     def verdict(self) -> str:
         if self.current_rows < MIN_ROWS:
             return "insufficient_data"
+        if self.reference_rows < MIN_ROWS:
+            return "no_reference"
         return "drift" if self.drifted else "no_drift"
 
     def to_dict(self) -> dict[str, Any]:

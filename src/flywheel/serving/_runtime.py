@@ -142,16 +142,19 @@ def _agree(a: Tensors, b: Tensors) -> bool:
     return True
 
 
-def _device(mv: Any) -> str:
-    wanted = str((getattr(mv, "config", None) or {}).get("device", "cpu"))
-    if not wanted.startswith("cuda"):
-        return "cpu"
-    try:
-        import torch
+def _device(mv: Any, model: LoadedModelLike) -> str:
+    """Where the runtime computes: the loaded model's own ``device`` when it reports one.
 
-        return wanted if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
+    A version's ``config["device"] = "cuda"`` is a request to the registry's loader, which places
+    the model; serving reports what the loaded model says, never what was merely asked for.
+    """
+    device = getattr(model, "device", None)
+    wanted = str((getattr(mv, "config", None) or {}).get("device", "cpu"))
+    if device is None:
+        device = "cpu"
+    if wanted.startswith("cuda") and not str(device).startswith("cuda"):
+        log.warning("model %s/%s asked for %s but runs on %s", mv.name, mv.version, wanted, device)
+    return str(device)
 
 
 def load_runtime(source: ModelSource, mv: Any, *, prefer_onnx: bool) -> LoadedRuntime:
@@ -195,7 +198,7 @@ def load_runtime(source: ModelSource, mv: Any, *, prefer_onnx: bool) -> LoadedRu
     return LoadedRuntime(
         model=chosen,
         runtime=chosen.runtime,
-        device=_device(mv),
+        device=_device(mv, chosen),
         load_seconds=time.perf_counter() - start,
         timings_ms={k: round(v, 4) for k, v in timings.items()},
     )

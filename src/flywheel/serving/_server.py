@@ -86,6 +86,10 @@ class ServedVersion:
     allow_nan: bool
     feature_names: list[str] | None
     loaded_at: float = field(default_factory=time.time)
+    queue_gauge: Any = None
+
+    def __post_init__(self) -> None:
+        self.queue_gauge = m.QUEUE_DEPTH.labels(self.name, str(self.version))
 
     @property
     def signature(self) -> Any:
@@ -401,7 +405,7 @@ class InferenceServer:
             if timeout_s is None and self.config.request_timeout_ms is not None:
                 timeout_s = self.config.request_timeout_ms / 1000
             deadline = None if timeout_s is None else time.monotonic() + timeout_s
-            m.QUEUE_DEPTH.labels(served.name, str(served.version)).set(served.batcher.depth)
+            served.queue_gauge.set(served.batcher.depth)
             outputs = await served.batcher.submit(request.inputs, request.rows, deadline)
             response, hlen = encode_response(
                 model_name=name,
@@ -477,8 +481,11 @@ class InferenceServer:
         elapsed: float,
         request_id: str | None,
     ) -> None:
-        rid = request.id or request_id or uuid.uuid4().hex
         shadow = endpoint.shadow if endpoint is not None else None
+        log_it = self.logger.sampled()
+        if shadow is None and not log_it:
+            return
+        rid = request.id or request_id or uuid.uuid4().hex
         if (
             shadow is not None
             and shadow.version != served.version
@@ -491,7 +498,7 @@ class InferenceServer:
             )
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        if self.logger.sampled():
+        if log_it:
             self.logger.log(
                 PredictionRecord(
                     request_id=rid,
