@@ -3,7 +3,8 @@
 Run with ``make bench-experiments`` (or ``.venv/bin/python benchmarks/experiments_assign.py``).
 
 Every contender assigns the same list of distinct unit ids to a 50/50 experiment, in process,
-after a warm-up; the figure is wall time / assignments (µs per assignment, lower is better).
+after a warm-up; the figure is wall time / assignments (µs per assignment, lower is better),
+the best of three passes (the machine is shared: the best pass is the least disturbed one).
 
 * Flywheel ``Experiments.assign``: stored experiment (SQLite metadata), layer check, variant
   table, propensity, and an exposure row buffered for the background writer (which runs
@@ -50,19 +51,20 @@ def track(experiment, result, **kwargs):
 exp = Experiment(key="checkout", variations=["control", "green"], weights=[0.5, 0.5])
 for u in units[:2000]:
     GrowthBook(attributes={"id": u}, on_experiment_viewed=track).run(exp)
-seen.clear()
-t0 = time.perf_counter()
-for u in units:
-    GrowthBook(attributes={"id": u}, on_experiment_viewed=track).run(exp)
-per_instance = (time.perf_counter() - t0) / n * 1e6
-assert len(seen) == n, len(seen)
-gb = GrowthBook(attributes={"id": "x"}, on_experiment_viewed=track)
-seen.clear()
-t0 = time.perf_counter()
-for u in units:
-    gb.set_attributes({"id": u})
-    gb.run(exp)
-reused = (time.perf_counter() - t0) / n * 1e6
+per_instance = reused = float("inf")
+for _ in range(3):  # best of 3 passes, as for Flywheel
+    seen.clear()
+    t0 = time.perf_counter()
+    for u in units:
+        GrowthBook(attributes={"id": u}, on_experiment_viewed=track).run(exp)
+    per_instance = min(per_instance, (time.perf_counter() - t0) / n * 1e6)
+    assert len(seen) == n, len(seen)
+    gb = GrowthBook(attributes={"id": "x"}, on_experiment_viewed=track)
+    t0 = time.perf_counter()
+    for u in units:
+        gb.set_attributes({"id": u})
+        gb.run(exp)
+    reused = min(reused, (time.perf_counter() - t0) / n * 1e6)
 print(json.dumps({"per_instance_us": per_instance, "reused_us": reused,
                   "version": getattr(growthbook, "__version__", "?"), "tracked": len(seen)}))
 """
@@ -103,13 +105,17 @@ def run_growthbook(units: int) -> dict[str, Any] | None:
     return result
 
 
-def time_loop(fn: Any, units: list[str], *args: Any) -> float:
+def time_loop(fn: Any, units: list[str], repeat: int = 3) -> float:
+    """Best of ``repeat`` timed passes over ``units`` (µs per call), after a warm-up."""
     for u in units[:2000]:
-        fn(*args, u) if args else fn(u)
-    t0 = time.perf_counter()
-    for u in units:
-        fn(*args, u) if args else fn(u)
-    return (time.perf_counter() - t0) / len(units) * 1e6
+        fn(u)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for u in units:
+            fn(u)
+        best = min(best, (time.perf_counter() - t0) / len(units) * 1e6)
+    return best
 
 
 def run_flywheel(units: list[str]) -> tuple[dict[str, float], dict[str, Any]]:

@@ -165,3 +165,14 @@ def test_choose_arm_matches_vectorised_choice() -> None:
 def test_bandit_config_errors_name_the_field(data: dict[str, object], field: str) -> None:
     with pytest.raises(InvalidExperiment, match=f"bandit.{field}"):
         BanditConfig.from_dict(data)
+
+
+def test_linucb_single_context_path_matches_the_batch_path() -> None:
+    config = _config("linucb", 3, context=["a", "b"])
+    rng = np.random.default_rng(8)
+    x = np.column_stack([np.ones(200), rng.normal(size=(200, 2))])
+    state = BanditState.initial(config).updated(rng.integers(0, 3, 200), rng.random(200), x)
+    policy = PreparedPolicy(config, state)
+    batch = policy.probabilities_batch(x[:20])
+    for i in range(20):
+        assert np.allclose(policy.probabilities(x[i]), batch[i])

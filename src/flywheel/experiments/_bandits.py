@@ -20,6 +20,7 @@ Policies: Thompson sampling with a Beta-Bernoulli or Gaussian posterior, UCB1 (A
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -120,12 +121,12 @@ def context_vector(config: BanditConfig, context: Mapping[str, Any] | None) -> F
         value = None if context is None else context.get(name)
         if isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, int | float) or not np.isfinite(value):
+        if not isinstance(value, int | float) or not math.isfinite(value):
             raise InvalidExperiment(
                 f"context.{name}", f"the bandit needs a finite number here, got {value!r}"
             )
         values.append(float(value))
-    return np.asarray(values)
+    return np.array(values)
 
 
 def _argmax_share(scores: FloatArray) -> FloatArray:
@@ -211,6 +212,19 @@ class PreparedPolicy:
             return self._fixed
         if context is None:
             raise InvalidExperiment("context", "this bandit is contextual and needs a context")
+        if self.config.policy is PolicyKind.linucb:  # the hot path: three small products
+            gram_inv_x = self._gram_inv @ context  # (K, d)
+            widths = (gram_inv_x @ context).tolist()
+            means = (self._theta @ context).tolist()
+            alpha = self.config.alpha
+            scores = [
+                m + alpha * math.sqrt(max(w, 0.0)) for m, w in zip(means, widths, strict=True)
+            ]
+            top = max(scores)
+            best = [s >= top for s in scores]
+            floor = self.config.min_exploration
+            share = (1.0 - self.k * floor) / sum(best)
+            return np.array([floor + share * b for b in best])
         return self.probabilities_batch(context[None, :])[0]
 
     def probabilities_batch(self, contexts: FloatArray | None) -> FloatArray:

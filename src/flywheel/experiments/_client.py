@@ -486,7 +486,7 @@ class Experiments:
             if bandit.context:
                 x = context_vector(bandit, context)
                 probabilities = c.policy.probabilities(x)
-                stored_context = json.dumps(x.tolist())
+                stored_context = "[" + ",".join(map(repr, x.tolist())) + "]"  # JSON, fast
             else:
                 probabilities = c.policy.probabilities()
             if bandit.sticky:
