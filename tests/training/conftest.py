@@ -38,12 +38,14 @@ class FakeExecutor:
     def logs(self, job: Job, attempt: int | None = None) -> dict[str, str]:
         return {}
 
-    def exit(self, job: Job | str, code: int, attempt: int | None = None) -> None:
+    def exit(
+        self, job: Job | str, code: int, attempt: int | None = None, *, stopped: bool = False
+    ) -> None:
         job_id = job if isinstance(job, str) else job.id
         if attempt is None:
             attempt = max(a for j, a in self.statuses if j == job_id)
         self.statuses[(job_id, attempt)] = ProcessStatus(
-            ProcessState.EXITED, exit_code=code, signalled=bool(code)
+            ProcessState.EXITED, exit_code=code, signalled=bool(code), stopped=stopped
         )
 
     def lose(self, job_id: str, attempt: int) -> None:

@@ -32,7 +32,7 @@ HELLO = str(WORKLOADS / "hello.py")
 
 
 def _env(**extra: object) -> dict[str, str]:
-    return {"OMP_NUM_THREADS": "1", **{k: str(v) for k, v in extra.items()}}
+    return {"OMP_NUM_THREADS": "1", "EPOCHS": "1", **{k: str(v) for k, v in extra.items()}}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def train_spec(name: str, digest_out: Path, data: Path, **kw: object) -> JobSpec
         entrypoint=TRAIN,
         dataset=str(data),
         resources=kw.pop("resources", Resources(procs_per_node=2)),  # type: ignore[arg-type]
-        env={"OUT": str(digest_out), **env},  # type: ignore[dict-item]
+        env={"OUT": str(digest_out), "EPOCHS": "1", **env},  # type: ignore[dict-item]
         **kw,  # type: ignore[arg-type]
     )
 
@@ -81,14 +81,14 @@ def test_sigkill_worker_restart_resumes_bit_identical(
     out = tmp_path / "digest"
     job = s.store.submit(
         train_spec("crash", out, parquet_file, max_restarts=2,
-                   env={"CRASH_AT_STEP": "13", "CRASH_RANK": "1"})
+                   env={"CRASH_AT_STEP": "8", "CRASH_RANK": "1"})
     )  # fmt: skip
     run_until_done(s, [job.id])
     done = s.store.get(job.id)
     logs = all_logs(project, job.id)
     assert done.state is JobState.SUCCEEDED, logs[-3000:]
     assert done.attempt == 1 and done.restarts == 1
-    assert "start step=10 epoch=0 position=10 restart=1" in logs
+    assert "start step=5 epoch=0 position=5 restart=1" in logs
     assert out.read_text() == reference_digest
     # Per-rank logs of both torchrun attempts were archived in the artifact store.
     keys = project.artifacts.list_named(f"training/jobs/{job.id}/attempt-1")
@@ -105,7 +105,7 @@ def test_preemption_checkpoints_requeues_and_resumes(
     out = tmp_path / "digest"
     low = s.store.submit(
         train_spec("low", out, parquet_file, priority=10,
-                   env={"STEP_SLEEP": "0.15", "CKPT_EVERY": "1000"})
+                   env={"STEP_SLEEP": "0.3", "CKPT_EVERY": "1000"})
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while not s.store.metrics(low.id) and time.monotonic() < deadline:
@@ -147,7 +147,7 @@ def _start_scheduler(project: Project, log: Path) -> subprocess.Popen[bytes]:
 def test_scheduler_kill9_readopts_running_job(any_project: Project, tmp_path: Path) -> None:
     store = JobStore(any_project.db)
     job = store.submit(
-        JobSpec(name="sleepy", entrypoint=HELLO, env={"SLEEP": "6"},
+        JobSpec(name="sleepy", entrypoint=HELLO, env={"SLEEP": "4"},
                 resources=Resources(procs_per_node=1))
     )  # fmt: skip
     log = tmp_path / "scheduler.log"

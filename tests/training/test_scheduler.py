@@ -114,7 +114,7 @@ def test_preemption_requeues_and_resumes_next_attempt(
     assert s.store.get(high.id).state is JobState.QUEUED  # waits for the room
     s.tick()
     assert fake_executor.sigterms(low.id) == 1  # not signalled twice, no second victim
-    fake_executor.exit(low.id, 0)  # it checkpointed and exited
+    fake_executor.exit(low.id, 0, stopped=True)  # it checkpointed and exited
     report = s.tick()
     assert report.finished[low.id] is JobState.PREEMPTED
     assert high.id in report.launched
@@ -128,6 +128,19 @@ def test_preemption_requeues_and_resumes_next_attempt(
     states = [e.to_state for e in s.store.events(low.id)]
     assert states[-3:] == [JobState.QUEUED, JobState.ADMITTED, JobState.RUNNING]
     assert JobState.PREEMPTED in states
+
+
+def test_job_that_finished_before_preemption_succeeds(
+    any_project: Project, fake_executor: FakeExecutor
+) -> None:
+    s = sched(any_project, fake_executor, cpus=2)
+    low = s.store.submit(spec("low", prio=10, procs=2))
+    s.tick()
+    s.store.submit(spec("high", prio=90, procs=2))
+    assert s.tick().preempting == [low.id]
+    fake_executor.exit(low.id, 0)  # it ended on its own, without stopping early
+    assert s.tick().finished[low.id] is JobState.SUCCEEDED
+    assert s.store.get(low.id).preemptions == 0
 
 
 def test_restarted_scheduler_adopts_and_never_relaunches(

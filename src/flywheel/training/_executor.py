@@ -41,6 +41,7 @@ ENV_ATTEMPT = "FLYWHEEL_JOB_ATTEMPT"
 ENV_SPEC = "FLYWHEEL_JOB_SPEC"
 ENV_CHECKPOINT_DIR = "FLYWHEEL_CHECKPOINT_DIR"
 ENV_DATASET = "FLYWHEEL_DATASET"
+ENV_STOP_MARKER = "FLYWHEEL_STOP_MARKER"
 
 
 class ProcessState(enum.StrEnum):
@@ -56,6 +57,8 @@ class ProcessStatus:
     exit_code: int | None = None
     signalled: bool = False
     restarts: int = 0
+    # The workers checkpointed and stopped early on request (``runtime`` wrote the marker).
+    stopped: bool = False
 
 
 class Executor(Protocol):
@@ -168,6 +171,7 @@ class LocalExecutor:
         for i, slot in enumerate(job.placement or ()):
             agent_env = dict(env)
             agent_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in slot.gpus)
+            agent_env[ENV_STOP_MARKER] = str(adir / "stopped")
             agents.append(
                 {
                     "node": slot.node,
@@ -218,6 +222,7 @@ class LocalExecutor:
                 exit_code=int(data["exit_code"]),
                 signalled=bool(data.get("signalled")),
                 restarts=self.restarts(job),
+                stopped=(adir / "stopped").exists(),
             )
         return ProcessStatus(ProcessState.LOST, restarts=self.restarts(job))
 
@@ -285,6 +290,7 @@ __all__ = [
     "ENV_DATASET",
     "ENV_JOB_ID",
     "ENV_SPEC",
+    "ENV_STOP_MARKER",
     "Executor",
     "LocalExecutor",
     "ProcessState",

@@ -191,7 +191,7 @@ class Scheduler:
                 if job.cancel_requested or job.preempt_requested:
                     self._signal(job)
             elif status.state is ProcessState.EXITED:
-                self._finish(job, status.exit_code or 0, status.restarts, report)
+                self._finish(job, status.exit_code or 0, status.restarts, status.stopped, report)
             elif status.state is ProcessState.LOST:
                 self._archive(job)
                 self.store.transition(
@@ -231,15 +231,19 @@ class Scheduler:
             with contextlib.suppress(OSError):  # logs stay on local disk; never block a move
                 archive(job)
 
-    def _finish(self, job: Job, exit_code: int, restarts: int, report: TickReport) -> None:
+    def _finish(
+        self, job: Job, exit_code: int, restarts: int, stopped: bool, report: TickReport
+    ) -> None:
         self._archive(job)
         common: dict[str, Any] = {"exit_code": exit_code, "restarts": restarts, "pid": None}
-        if job.cancel_requested:
+        # A job that finished on its own before a stop request reached it simply succeeded.
+        finished_anyway = exit_code == 0 and not stopped
+        if job.cancel_requested and not finished_anyway:
             self.store.transition(
                 job.id, JobState.RUNNING, JobState.CANCELLED, job.reason or "cancelled", **common
             )
             report.finished[job.id] = JobState.CANCELLED
-        elif job.preempt_requested:
+        elif job.preempt_requested and not finished_anyway:
             moved = self.store.transition(
                 job.id,
                 JobState.RUNNING,

@@ -285,53 +285,63 @@ class JobStore:
         """Move many queued jobs to admitted with their placements in ONE transaction.
 
         Each job moves only if it is still queued (others are skipped); returns the ids moved.
+        The rows are locked first (SQLite: the write lock taken at BEGIN; Postgres:
+        ``SELECT ... FOR UPDATE``), so the batched UPDATE cannot race a concurrent cancel.
         """
         if not admissions:
             return []
         now = _now()
-        moved: list[str] = []
         with self.db.write() as conn:
             attempts: dict[str, int] = {}
             ids = [job_id for job_id, _ in admissions]
             for i in range(0, len(ids), 500):
-                rows = conn.execute(
-                    sa.select(jobs_table.c.id, jobs_table.c.attempt).where(
-                        jobs_table.c.id.in_(ids[i : i + 500]),
-                        jobs_table.c.state == JobState.QUEUED.value,
-                    )
+                query = sa.select(jobs_table.c.id, jobs_table.c.attempt).where(
+                    jobs_table.c.id.in_(ids[i : i + 500]),
+                    jobs_table.c.state == JobState.QUEUED.value,
                 )
-                attempts.update({r.id: r.attempt for r in rows})
-            events = []
+                if self.db.dialect == "postgresql":
+                    query = query.with_for_update()
+                attempts.update({r.id: r.attempt for r in conn.execute(query)})
+            rows: list[dict[str, Any]] = []
+            events: list[dict[str, Any]] = []
             for job_id, slots in admissions:
                 if job_id not in attempts:
                     continue
-                result = conn.execute(
+                why = reason or f"admitted on {', '.join(s.node for s in slots)}"
+                rows.append(
+                    {
+                        "b_id": job_id,
+                        "b_placement": json.dumps([s.to_dict() for s in slots]),
+                        "b_attempt": attempts[job_id] + 1,
+                        "b_reason": why,
+                    }
+                )
+                events.append(
+                    {
+                        "job_id": job_id,
+                        "at": now,
+                        "from_state": JobState.QUEUED.value,
+                        "to_state": JobState.ADMITTED.value,
+                        "attempt": attempts[job_id] + 1,
+                        "reason": why,
+                    }
+                )
+            if rows:
+                conn.execute(
                     jobs_table.update()
-                    .where(jobs_table.c.id == job_id, jobs_table.c.state == JobState.QUEUED.value)
+                    .where(jobs_table.c.id == sa.bindparam("b_id"))
                     .values(
                         state=JobState.ADMITTED.value,
-                        placement=json.dumps([s.to_dict() for s in slots]),
-                        attempt=attempts[job_id] + 1,
+                        placement=sa.bindparam("b_placement"),
+                        attempt=sa.bindparam("b_attempt"),
+                        reason=sa.bindparam("b_reason"),
                         exit_code=None,
-                        reason=reason or f"admitted on {', '.join(s.node for s in slots)}",
                         updated_at=now,
-                    )
+                    ),
+                    rows,
                 )
-                if result.rowcount == 1:
-                    moved.append(job_id)
-                    events.append(
-                        {
-                            "job_id": job_id,
-                            "at": now,
-                            "from_state": JobState.QUEUED.value,
-                            "to_state": JobState.ADMITTED.value,
-                            "attempt": attempts[job_id] + 1,
-                            "reason": f"admitted on {', '.join(s.node for s in slots)}",
-                        }
-                    )
-            if events:
                 conn.execute(events_table.insert(), events)
-        return moved
+        return [str(r["b_id"]) for r in rows]
 
     def update(self, job_id: str, expected: JobState, **fields: Any) -> bool:
         """Set columns without a state change, if the job is still in ``expected``."""

@@ -258,6 +258,10 @@ class Checkpointer:
             due = elapsed
         if due or stop:
             self.save(step)
+        if stop and self.ctx.is_main:
+            marker = os.environ.get("FLYWHEEL_STOP_MARKER")
+            if marker:  # tells the scheduler this attempt stopped early, with a checkpoint
+                Path(marker).write_text(str(step))
         self.stopped = stop
         return stop
 

@@ -22,6 +22,7 @@ import os
 import random
 import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -155,7 +156,20 @@ def init(
     if seed is not None:
         seed_everything(seed)
     _CURRENT["ctx"] = ctx
+    if rank == 0 and ctx.job_id and os.environ.get("FLYWHEEL_CONFIG"):
+        # Import the metadata/tracking stack while the process group warms up, not at the
+        # first log_metrics() call, where every other rank would wait for it.
+        threading.Thread(target=_warm_reporting, name="flywheel-warmup", daemon=True).start()
     return ctx
+
+
+def _warm_reporting() -> None:
+    try:
+        from flywheel.training.runtime import _report
+
+        _report.warm_up()
+    except Exception:  # a warm-up only; the real call reports any error
+        return
 
 
 def should_stop() -> bool:

@@ -31,6 +31,13 @@ def _project() -> Any | None:
     return _STATE["project"]
 
 
+def warm_up() -> None:
+    """Open the project and import tracking ahead of the first metric (rank 0, off-thread)."""
+    _project()
+    import flywheel.tracking
+    import flywheel.training._store  # noqa: F401
+
+
 def tracking_run() -> Any | None:
     """The job's tracking run (rank 0; started on first use), or ``None`` without tracking."""
     ctx = current()
