@@ -83,6 +83,24 @@ def test_quota_and_priority_order(any_project: Project, fake_executor: FakeExecu
         s.check_fits(spec("toobig", team="capped", procs=2))
 
 
+def test_gang_job_is_never_partly_placed(any_project: Project, fake_executor: FakeExecutor) -> None:
+    nodes = [NodeCapacity("a", 2), NodeCapacity("b", 2)]
+    s = Scheduler(any_project, executor=fake_executor, inventory=nodes)
+    small = s.store.submit(spec("small"))
+    s.tick()
+    gang = s.store.submit(
+        JobSpec(name="gang", entrypoint="m:f", resources=Resources(nodes=2, procs_per_node=2))
+    )
+    s.tick()
+    waiting = s.store.get(gang.id)
+    assert waiting.state is JobState.QUEUED and waiting.placement == ()
+    fake_executor.exit(small, 0)
+    s.tick()
+    placed = s.store.get(gang.id)
+    assert placed.state is JobState.RUNNING
+    assert sorted(slot.node for slot in placed.placement) == ["a", "b"]
+
+
 def test_cancel_queued_and_running(any_project: Project, fake_executor: FakeExecutor) -> None:
     s = sched(any_project, fake_executor, cpus=1)
     running = s.store.submit(spec("r"))

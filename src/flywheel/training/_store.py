@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import json
 import secrets
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -202,8 +203,32 @@ class JobStore:
     # -- writes ----------------------------------------------------------------------------------
 
     def submit(self, spec: JobSpec, *, job_id: str | None = None) -> Job:
-        """Queue a job. Returns it in state ``queued``."""
-        job_id = job_id or new_job_id(spec.name)
+        """Queue a job. Returns it in state ``queued``.
+
+        Submission order (``seq``) is the next number; two concurrent submitters on Postgres
+        may pick the same one, in which case the loser retries (the insert is atomic).
+        """
+        for attempt in range(10):
+            try:
+                return self._submit_once(spec, job_id or new_job_id(spec.name))
+            except sa.exc.IntegrityError:
+                if job_id is not None and attempt == 0 and self._exists(job_id):
+                    from flywheel.errors import ConflictError
+
+                    raise ConflictError(f"training job {job_id!r} already exists") from None
+                time.sleep(0.01 * (attempt + 1))
+        raise sa.exc.InvalidRequestError(
+            "could not allocate a submission number"
+        )  # pragma: no cover
+
+    def _exists(self, job_id: str) -> bool:
+        with self.db.read() as conn:
+            return (
+                conn.execute(sa.select(jobs_table.c.id).where(jobs_table.c.id == job_id)).first()
+                is not None
+            )
+
+    def _submit_once(self, spec: JobSpec, job_id: str) -> Job:
         now = _now()
         with self.db.write() as conn:
             seq = conn.execute(
