@@ -452,11 +452,12 @@ def tune_blend_weights(
     max_users: int = 2_000,
     seed: int = 0,
 ) -> tuple[dict[str, float], ViewMetrics]:
-    """Coordinate ascent on validation NDCG@20 over each generator's weight (first fixed at 1).
+    """Coordinate ascent on validation NDCG@20 over the generators' blend weights.
 
     ``generators`` must already be fitted on ``validation.train``. At most ``max_users``
     validation users (a seeded sample) are used. Returns the weights and their metrics.
-    The first generator's weight stays 1 (it sets the scale); the others are searched.
+    The generator best alone on validation gets weight 1 (it sets the scale); the others'
+    weights are searched over ``grid``.
     """
     import copy
 
@@ -490,11 +491,14 @@ def tune_blend_weights(
         return metrics_from_rankings(top_k(np.where(proposed, total, -np.inf), k), truth, k)
 
     names = [g.name for g in generators]
-    weights = {n: (1.0 if i == 0 else 0.0) for i, n in enumerate(names)}
-    best = metrics(weights)
+    # The anchor (weight 1, sets the scale) is the generator that is best alone on validation.
+    alone = {n: metrics({n: 1.0}) for n in names}
+    anchor = max(names, key=lambda n: (alone[n].ndcg, -names.index(n)))
+    weights = {n: (1.0 if n == anchor else 0.0) for n in names}
+    best = alone[anchor]
     for _ in range(rounds):
         changed = False
-        for name in names[1:]:
+        for name in [n for n in names if n != anchor]:
             for w in grid:
                 if w == weights[name]:
                     continue

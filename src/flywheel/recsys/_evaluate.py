@@ -202,8 +202,13 @@ class _Family:
     grid: tuple[dict[str, Any], ...]
 
 
-def generator_families(embedder: TextEmbedder) -> list[_Family]:
-    """The generators of the table and their validation grids."""
+def generator_families(embedders: Sequence[TextEmbedder]) -> list[_Family]:
+    """The generators of the table and their validation grids.
+
+    ``content`` is tried with each embedder (e.g. MiniLM and TF-IDF): the text method is a
+    hyper-parameter like the others, chosen on validation.
+    """
+    by_method = {e.method_used or e.method: e for e in embedders}
     return [
         _Family(
             "repeat",
@@ -231,8 +236,10 @@ def generator_families(embedder: TextEmbedder) -> list[_Family]:
         ),
         _Family(
             "content",
-            lambda p: ContentSimilarity(embedder=embedder, **p),
-            tuple({"half_life_days": h} for h in (None, 30.0, 90.0)),
+            lambda p: ContentSimilarity(
+                embedder=by_method[p["text"]], half_life_days=p["half_life_days"]
+            ),
+            tuple({"text": m, "half_life_days": h} for m in by_method for h in (None, 30.0, 90.0)),
         ),
     ]
 
@@ -259,10 +266,15 @@ def evaluate_offline(
     say("splitting train / validation / test")
     split = build_split(lines, train_end, test_end)
     val = validation_split(lines, split.train_end, split.test_end)
-    embedder = TextEmbedder(text_method, cache_dir=cache_dir)
-    say("embedding product texts")
     texts = [str(t) for t in val.train.item_text] + [str(t) for t in split.train.item_text]
-    embedder.prepare(texts)
+    embedders: list[TextEmbedder] = []
+    # "auto": MiniLM when it loads, and TF-IDF too; validation picks per view.
+    for method in ("minilm", "tfidf") if text_method == "auto" else (text_method,):
+        say(f"embedding product texts ({method})")
+        embedder = TextEmbedder("auto" if method == "minilm" else method, cache_dir=cache_dir)
+        embedder.prepare(texts)
+        if embedder.method_used not in {e.method_used for e in embedders}:
+            embedders.append(embedder)
     report = EvaluationReport(
         source=source.description if source else "a data frame",
         real_data=source.is_real if source else False,
@@ -275,12 +287,12 @@ def evaluate_offline(
             "test_users": str(len(val.test_users)),
         },
         stats=split.stats,
-        text_method=embedder.method_used,
+        text_method=" + ".join(e.method_used for e in embedders),
     )
 
     # 1-2. Each generator alone, parameters chosen per view on validation.
     chosen: dict[str, dict[View, dict[str, Any]]] = {}
-    for fam in generator_families(embedder):
+    for fam in generator_families(embedders):
         t0 = time.perf_counter()
         say(f"generator {fam.name}: tuning on validation")
         best: dict[View, tuple[float, dict[str, Any]]] = {}
@@ -310,7 +322,7 @@ def evaluate_offline(
             )
         )
 
-    families = {f.name: f for f in generator_families(embedder)}
+    families = {f.name: f for f in generator_families(embedders)}
 
     def build(view: View) -> list[CandidateGenerator]:
         return [families[n].make(chosen[n][view]) for n in families]
