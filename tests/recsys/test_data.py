@@ -190,3 +190,15 @@ def test_download_unpacks_into_the_cache_once(
     assert again == path and len(hits) == 1  # served from the cache the second time
     with pytest.raises(DataUnavailableError, match="cannot download"):
         download_online_retail(tmp_path / "other", url=UNREACHABLE)
+
+
+def test_xlsx_reads_like_the_other_formats(real_raw: pd.DataFrame, tmp_path: Path) -> None:
+    pytest.importorskip("openpyxl", reason="openpyxl (a dependency) is not installed in this venv")
+    part = real_raw.iloc[:300]
+    part.to_excel(tmp_path / "Online Retail.xlsx", index=False)
+    got = read_online_retail(tmp_path)
+    pd.testing.assert_frame_equal(
+        got.reset_index(drop=True),
+        normalize_online_retail(part).reset_index(drop=True),
+        check_dtype=False,
+    )
