@@ -208,10 +208,10 @@ def running_server(app: Any) -> Iterator[str]:
 
 def serving_app(project: Project, source: FakeSource) -> Any:
     from flywheel.api import create_app
-    from flywheel.serving import server_for
+    from flywheel.serving import server_for, with_inference_fast_path
 
     server_for(project, source)
-    return create_app(project, systems=["serving"])
+    return with_inference_fast_path(create_app(project, systems=["serving"]))
 
 
 @pytest.fixture

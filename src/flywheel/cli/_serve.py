@@ -30,10 +30,11 @@ def serving_app_from_env() -> Any:
     """``uvicorn --factory`` target: the serving app of the project in $FLYWHEEL_CONFIG."""
     from flywheel.api import create_app
     from flywheel.project import Project
+    from flywheel.serving import with_inference_fast_path
 
     project = Project.open(os.environ.get(CONFIG_ENV_VAR))
     project.prepare()
-    return create_app(project, systems=["serving"])
+    return with_inference_fast_path(create_app(project, systems=["serving"]))
 
 
 @app.callback()

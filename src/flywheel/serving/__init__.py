@@ -4,14 +4,16 @@ Public API::
 
     server_for(project) -> InferenceServer       # the process's server (started by the app)
     serving_service(project)                      # SYSTEM_SERVICES entry (reconciler lifetime)
-    router                                        # SYSTEM_ROUTERS entry (/v2/..., /serving/...)
+    flywheel.serving._api:router                  # SYSTEM_ROUTERS entry (/v2/..., /serving/...)
     deploy / set_routes / set_shadow / rollback   # endpoint operations (CLI and HTTP use them)
     drift_report(project, endpoint, window="1h")  # PSI / chi-square / KS against the reference
     encode_request / decode_response              # V2 tensors for clients and benchmarks
+    with_inference_fast_path(app)                 # V2 inference bypasses framework middleware
 
 Errors: see ``flywheel.serving._errors`` (``ServingError`` and below).
 """
 
+from flywheel.serving._asgi import with_inference_fast_path
 from flywheel.serving._batching import BatchingPolicy, DynamicBatcher
 from flywheel.serving._canary import CanaryPlan, LatencyHistogram, RolloutState
 from flywheel.serving._codec import (
@@ -80,4 +82,5 @@ __all__ = [
     "serving_service",
     "set_routes",
     "set_shadow",
+    "with_inference_fast_path",
 ]

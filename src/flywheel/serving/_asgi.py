@@ -119,6 +119,45 @@ class InferEndpoint:
         await _send(send, result.status, result.body, headers)
 
 
+class InferenceFastPath:
+    """Outermost ASGI wrapper: V2 inference requests skip the framework's middleware and routing.
+
+    ``POST /v2/models/{name}[/versions/{v}]/infer`` goes straight to ``InferEndpoint``; everything
+    else reaches ``app`` unchanged. Shedding a request with 429 then costs little more than
+    reading its body, which keeps the server responsive at many times its capacity. The serving
+    metrics (``flywheel_serving_*``) still count every request.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._infer = InferEndpoint()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            if path.startswith("/v2/models/") and path.endswith("/infer"):
+                parts = path[len("/v2/models/") : -len("/infer")].split("/")
+                params = None
+                if len(parts) == 1 and parts[0]:
+                    params = {"name": parts[0]}
+                elif len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+                    params = {"name": parts[0], "version": parts[2]}
+                if params is not None:
+                    scope = {**scope, "app": self.app, "path_params": params}
+                    await self._infer(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    @property
+    def state(self) -> Any:
+        return self.app.state
+
+
+def with_inference_fast_path(app: Any) -> Any:
+    """Wrap an ASGI app (``create_app(...)``) so that V2 inference skips its middleware stack."""
+    return InferenceFastPath(app)
+
+
 class HealthEndpoint:
     """``GET /v2/health/live`` and ``/v2/health/ready``."""
 
@@ -147,4 +186,11 @@ class ServerMetadataEndpoint:
         await _send(send, 200, body, [_JSON])
 
 
-__all__ = ["SERVER_EXTENSIONS", "HealthEndpoint", "InferEndpoint", "ServerMetadataEndpoint"]
+__all__ = [
+    "SERVER_EXTENSIONS",
+    "HealthEndpoint",
+    "InferEndpoint",
+    "InferenceFastPath",
+    "ServerMetadataEndpoint",
+    "with_inference_fast_path",
+]

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -153,11 +153,7 @@ class DynamicBatcher:
         if self._closed:
             raise QueueFull(f"model {self.name!r} is shutting down", retry_after=1.0)
         if len(self._queue) >= self.policy.max_queue_size:
-            raise QueueFull(
-                f"model {self.name!r} has {len(self._queue)} requests queued (the limit); "
-                "retry later",
-                retry_after=max(1.0, self.last_latency_s * len(self._queue)),
-            )
+            self.reject_full()
         future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
         item = _Pending(inputs, rows, deadline, future)
         # Mean gap between arrivals (exponentially weighted), for the adaptive wait.
@@ -178,6 +174,13 @@ class DynamicBatcher:
             raise DeadlineExceeded(
                 f"model {self.name!r} did not answer within the request's deadline"
             ) from None
+
+    def reject_full(self) -> NoReturn:
+        """Raise the ``QueueFull`` (429) that a request to a full queue gets."""
+        raise QueueFull(
+            f"model {self.name!r} has {len(self._queue)} requests queued (the limit); retry later",
+            retry_after=max(1.0, self.last_latency_s * len(self._queue)),
+        )
 
     async def close(self) -> None:
         """Stop accepting requests, finish the queued ones, and stop the dispatcher."""

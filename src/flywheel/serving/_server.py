@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import time
 import uuid
 import weakref
@@ -187,6 +188,10 @@ class InferenceServer:
             return
         self._reset()
         self._loop = loop
+        if self.config.gil_switch_interval_us:
+            # Worker threads hand results back through the GIL; at the default 5 ms switch
+            # interval a busy event loop delays every batch by up to that much.
+            sys.setswitchinterval(self.config.gil_switch_interval_us / 1e6)
         self._executor = ThreadPoolExecutor(
             self.config.worker_threads, thread_name_prefix="flywheel-infer"
         )
@@ -392,6 +397,9 @@ class InferenceServer:
         outputs: Tensors = {}
         try:
             served, endpoint = await self.target(name, version, routing_key)
+            batcher = served.batcher
+            if batcher.depth >= batcher.policy.max_queue_size:
+                batcher.reject_full()  # shed before paying for decoding
             request = decode_request(
                 body, header_length, served.signature, model=name, allow_nan=served.allow_nan
             )
