@@ -13,7 +13,8 @@ Run with ``make bench-registry`` (or ``.venv/bin/python benchmarks/registry_benc
    sha256 verification.
 
 Bounded: Flywheel logs ``FLYWHEEL_BENCH_POINTS`` points (default 200,000); MLflow at most
-``MLFLOW_BENCH_POINTS`` (default 3,000) synchronous points. Everything runs on 127.0.0.1.
+``MLFLOW_BENCH_POINTS`` (default 1,000) synchronous and ``MLFLOW_BENCH_ASYNC_POINTS``
+(default 2,000) asynchronous points. Everything runs on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ BENCH_VENV = ROOT / ".bench" / "mlflow-venv"
 MLFLOW_VERSION = "3.17.2"
 POSTGRES = os.environ.get("FLYWHEEL_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 FLYWHEEL_POINTS = int(os.environ.get("FLYWHEEL_BENCH_POINTS", "200000"))
-MLFLOW_POINTS = int(os.environ.get("MLFLOW_BENCH_POINTS", "3000"))
-MLFLOW_ASYNC_POINTS = int(os.environ.get("MLFLOW_BENCH_ASYNC_POINTS", "20000"))
+MLFLOW_POINTS = int(os.environ.get("MLFLOW_BENCH_POINTS", "1000"))
+MLFLOW_ASYNC_POINTS = int(os.environ.get("MLFLOW_BENCH_ASYNC_POINTS", "2000"))
 
 MLFLOW_CHILD = r"""
 import json, sys, time, warnings
@@ -150,11 +151,16 @@ def bench_logging(tmp: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     pg_db = f"bench_{uuid.uuid4().hex[:8]}"
     base = POSTGRES.rsplit("/", 1)[0]
+    # One database each: the two products' tables must not meet (both have "experiments").
     _pg_database(pg_db, create=True)
+    _pg_database(pg_db + "_mlflow", create=True)
     try:
         backends = {
             "SQLite": (f"sqlite:///{tmp / 'fw-metadata.db'}", f"sqlite:///{tmp / 'mlflow.db'}"),
-            "PostgreSQL": (f"{base}/{pg_db}", f"{base}/{pg_db}"),
+            "PostgreSQL": (
+                f"{base}/{pg_db}",
+                f"{base}/{pg_db}_mlflow".replace("postgresql://", "postgresql+psycopg2://", 1),
+            ),
         }
         for backend, (fw_url, ml_url) in backends.items():
             project = flywheel_project(tmp / f"fw-{backend}", fw_url)
@@ -176,6 +182,7 @@ def bench_logging(tmp: Path) -> list[dict[str, Any]]:
             )
     finally:
         _pg_database(pg_db, create=False)
+        _pg_database(pg_db + "_mlflow", create=False)
     return rows
 
 

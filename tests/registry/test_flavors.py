@@ -17,8 +17,8 @@ class TwoTower(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.user = torch.nn.Linear(4, 8)
-        self.item = torch.nn.Linear(3, 8)
+        self.user = torch.nn.Linear(4, 64)
+        self.item = torch.nn.Linear(3, 64)
 
     def forward(self, user: torch.Tensor, item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u, i = torch.relu(self.user(user)), torch.relu(self.item(item))

@@ -138,6 +138,7 @@ class PytorchFlavor:
                 str(path),
                 dynamo=True,
                 dynamic_shapes=_dynamic_batch(example),
+                external_data=False,  # one self-contained file (weights inside)
                 verbose=False,
             )
 
