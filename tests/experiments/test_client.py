@@ -338,3 +338,33 @@ def test_bad_definitions_name_the_field(
     with pytest.raises(InvalidExperiment, match=field):
         experiments.create(_spec(**change))
     assert experiments.list() == []
+
+
+def test_concurrent_assignment_logs_every_exposure_once(experiments: Experiments) -> None:
+    import threading
+
+    import sqlalchemy as sa
+
+    ex = experiments
+    ex.exposures._batch_size = 100  # make the writer thread flush while the workers assign
+    ex.create(_spec())
+    results: list[list[str]] = [[] for _ in range(4)]
+
+    def work(k: int) -> None:
+        for i in range(1_500):
+            a = ex.assign("checkout", f"t{k}-{i}")
+            assert a.decision_id is not None
+            results[k].append(a.decision_id)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ex.flush()
+    with ex.project.db.read() as conn:
+        stored = conn.execute(
+            sa.text("SELECT COUNT(DISTINCT decision_id), COUNT(*) FROM experiment_exposures")
+        ).one()
+    assert tuple(stored) == (6_000, 6_000)
+    assert len({d for r in results for d in r}) == 6_000

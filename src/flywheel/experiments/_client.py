@@ -223,7 +223,7 @@ class Experiments:
         self._defs_version = -1
         self._next_check = 0.0
         self._last_forced = 0.0
-        self._refresh_lock = threading.Lock()
+        self._refresh_lock = threading.RLock()
         self._id_prefix = os.urandom(6).hex()
         self._counter = itertools.count(1)
 
@@ -386,30 +386,30 @@ class Experiments:
         self._next_check = 0.0
 
     def _refresh(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now < self._next_check:
+        """Reload what changed (definitions, bandit states) if ``refresh_seconds`` have passed.
+
+        Threads arriving during a refresh wait for it; a failed refresh keeps the cache (and is
+        retried after ``refresh_seconds``) unless there is nothing cached yet.
+        """
+        if not force and time.monotonic() < self._next_check:
             return
         with self._refresh_lock:
-            if not force and now < self._next_check:
-                return
-            self._next_check = now + self.refresh_seconds
+            if not force and time.monotonic() < self._next_check:
+                return  # another thread refreshed while this one waited
             try:
                 version, bandit_versions = self.store.versions()
+                cache = self._cache
                 if version != self._defs_version:
                     with self.project.db.read() as conn:
                         rows = self.store.list_all(conn)
-                    old = self._cache
                     fresh = {r.name: _Compiled(r) for r in rows}
                     for name, compiled in fresh.items():
-                        previous = old.get(name)
+                        previous = cache.get(name)
                         if previous is not None and previous.policy is not None:
-                            compiled.policy, compiled.state_version = (
-                                previous.policy,
-                                previous.state_version,
-                            )
-                    self._cache = fresh
-                    self._defs_version = version
-                for name, compiled in self._cache.items():
+                            compiled.policy = previous.policy
+                            compiled.state_version = previous.state_version
+                    cache = fresh
+                for name, compiled in cache.items():
                     wanted = bandit_versions.get(name)
                     bandit = compiled.spec.bandit
                     if (
@@ -418,10 +418,13 @@ class Experiments:
                         and wanted != compiled.state_version
                     ):
                         self._load_policy(compiled)
+                self._cache = cache  # published whole, policies loaded
+                self._defs_version = version
             except Exception as exc:  # keep serving from the cache
                 if not self._cache:
-                    raise
+                    raise  # nothing to serve from: the caller sees why (and retries at once)
                 log.warning("refreshing experiments failed (serving cached ones): %s", exc)
+            self._next_check = time.monotonic() + self.refresh_seconds
 
     def _load_policy(self, compiled: _Compiled) -> None:
         assert compiled.spec.bandit is not None
@@ -438,11 +441,16 @@ class Experiments:
         self._refresh()
         compiled = self._cache.get(name)
         if compiled is None:
-            now = time.monotonic()
-            if now - self._last_forced > 0.05:  # maybe created a moment ago elsewhere
-                self._last_forced = now
-                self._refresh(force=True)
+            # Maybe created a moment ago (here or in another process): wait for a refresh in
+            # flight, then force one, at most every 50 ms, so unknown names cannot hammer the
+            # database.
+            with self._refresh_lock:
                 compiled = self._cache.get(name)
+                now = time.monotonic()
+                if compiled is None and now - self._last_forced > 0.05:
+                    self._last_forced = now
+                    self._refresh(force=True)
+                    compiled = self._cache.get(name)
             if compiled is None:
                 raise ExperimentNotFound(name)
         return compiled

@@ -11,6 +11,7 @@ dropped and counted in ``dropped``, so a database outage cannot exhaust memory.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ class ExposureLogger:
         self._flush_seconds = flush_seconds
         self._batch_size = batch_size
         self._max_pending = max_pending
-        self._pending: list[tuple[Any, ...]] = []
+        self._pending: collections.deque[tuple[Any, ...]] = collections.deque()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
@@ -47,12 +48,25 @@ class ExposureLogger:
         self.failures = 0
 
     def add(self, row: tuple[Any, ...]) -> None:
-        """Queue one exposure row (a tuple in ``EXPOSURE_COLUMNS`` order; never blocks on I/O)."""
-        self._pending.append(row)
+        """Queue one exposure row (a tuple in ``EXPOSURE_COLUMNS`` order; never blocks on I/O).
+
+        ``deque.append`` and ``popleft`` are atomic, so ``add`` needs no lock against the writer.
+        """
+        pending = self._pending
+        pending.append(row)
         if self._thread is None:
             self._start()
-        if len(self._pending) >= self._batch_size and not self._wake.is_set():
+        size = len(pending)
+        if size >= self._batch_size and not self._wake.is_set():
             self._wake.set()
+        if size > self._max_pending:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        with self._lock:
+            while len(self._pending) > self._max_pending:
+                self._pending.popleft()
+                self.dropped += 1
 
     def _start(self) -> None:
         with self._lock:
@@ -79,20 +93,16 @@ class ExposureLogger:
     def flush(self) -> int:
         """Write every queued exposure now; returns how many rows were written."""
         with self._flush_lock:
-            with self._lock:
-                batch, self._pending = self._pending, []
+            pending = self._pending
+            batch = [pending.popleft() for _ in range(len(pending))]
             if not batch:
                 return 0
             try:
                 for start in range(0, len(batch), self._batch_size):
                     self._writer(batch[start : start + self._batch_size])
             except Exception:
-                with self._lock:
-                    self._pending = batch + self._pending
-                    overflow = len(self._pending) - self._max_pending
-                    if overflow > 0:
-                        del self._pending[:overflow]
-                        self.dropped += overflow
+                pending.extendleft(reversed(batch))  # retried whole: inserts are idempotent
+                self._drop_oldest()
                 raise
             self.written += len(batch)
             return len(batch)
