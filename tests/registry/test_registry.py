@@ -293,3 +293,25 @@ def test_versions_are_content_addressed(project: Project, xy: XY) -> None:
     assert (a.version, b.version) == (1, 2)
     data = project.artifacts.get_bytes(a.artifact_sha256)
     assert hashlib.sha256(data).hexdigest() == a.artifact_sha256
+
+
+def test_module_level_helpers_use_the_configured_project(
+    project: Project, xy: XY, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flywheel import registry, tracking
+
+    monkeypatch.setenv("FLYWHEEL_CONFIG", str(project.root / "flywheel.yaml"))
+    x, y = xy
+    with tracking.start_run("helpers", params={"C": 1}) as run:
+        run.log_metric("acc", 0.75)
+        mv = registry.register_model(
+            "helper", LogisticRegression().fit(x, y), flavor="sklearn", input_example=x[:3], run=run
+        )
+    assert registry.get_version("helper", 1).metrics == {"acc": 0.75}
+    registry.set_stage("helper", mv.version, "staging", reason="try")
+    model = registry.load("models:/helper@staging")
+    assert model.predict(x[:2])["predictions"].shape == (2,)
+    assert registry.lineage("helper", 1).root.id == "helper/1"
+    with pytest.raises(StageConflict):
+        registry.rollback("helper", "staging")
+    assert Tracker(project).get_run(run.id).params == {"C": "1"}
