@@ -64,3 +64,16 @@ def test_bad_input_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     assert _run(["recs", "evaluate", "--data", str(tmp_path / "x.csv"), "--text", "bert"]) == 1
     assert "--text" in capsys.readouterr().err
+
+
+def test_synthetic_flag_says_so(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    args = ["recs", "evaluate", "--synthetic", "--synthetic-users", "300"]
+    code = _run([*args, "--synthetic-items", "80", "--text", "tfidf", "--no-ials", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["real_data"] is False and report["source"].startswith("SYNTHETIC data")
+    assert _run(["recs", "evaluate", "--synthetic", "--data", str(tmp_path)]) == 1
+    assert "exclude each other" in capsys.readouterr().err

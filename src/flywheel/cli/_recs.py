@@ -41,6 +41,9 @@ def evaluate(
         bool, typer.Option(help="Try the UCI download when no local file is found.")
     ] = True,
     ials: Annotated[bool, typer.Option(help="Include the iALS baseline.")] = True,
+    synthetic: Annotated[
+        bool, typer.Option("--synthetic", help="Use the seeded synthetic shop, not a file.")
+    ] = False,
     synthetic_users: Annotated[
         int, typer.Option(min=1, help="Users of the synthetic shop, when it is used.")
     ] = 20_000,
@@ -56,21 +59,33 @@ def evaluate(
     """
     from flywheel.recsys import (
         TEXT_METHODS,
+        DataSource,
+        LoadedTransactions,
         RecsysError,
         SyntheticConfig,
         clean_transactions,
         evaluate_offline,
+        generate_transactions,
         load_transactions,
     )
     from flywheel.recsys._data import default_cache_root
 
     if text not in TEXT_METHODS:
         raise RecsysError(f"--text: {text!r} is not one of {', '.join(TEXT_METHODS)}")
-    loaded = load_transactions(
-        data,
-        allow_download=download,
-        synthetic=SyntheticConfig(n_users=synthetic_users, n_items=synthetic_items),
-    )
+    shop = SyntheticConfig(n_users=synthetic_users, n_items=synthetic_items)
+    if synthetic:
+        if data is not None:
+            raise RecsysError("--synthetic and --data exclude each other")
+        loaded = LoadedTransactions(
+            generate_transactions(shop),
+            DataSource(
+                "synthetic",
+                f"SYNTHETIC data (seeded generator, --synthetic; seed {shop.seed}, "
+                f"{shop.n_users:,} users, {shop.n_items:,} items)",
+            ),
+        )
+    else:
+        loaded = load_transactions(data, allow_download=download, synthetic=shop)
     if not as_json:
         print(f"data: {loaded.source.description}", flush=True)
     lines = clean_transactions(loaded.frame)
