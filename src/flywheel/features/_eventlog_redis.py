@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 from flywheel.errors import ServiceUnavailable
 from flywheel.features._eventlog import Event
 from flywheel.features._online_redis import split_prefix
+from flywheel.features._resp import RespConnection, RespError, connection_args, pack
 
 
 class RedisEventLog:
@@ -22,6 +24,27 @@ class RedisEventLog:
         self._redis = redis
         self.client = redis.Redis.from_url(clean, socket_connect_timeout=5)
         self._groups: set[tuple[str, str]] = set()
+        self._fast_args = None if url.startswith("rediss") else connection_args(self.client)
+        self._local = threading.local()
+
+    def _raw(self, packed: list[bytes], timeout: float = 10.0) -> list[Any]:
+        assert self._fast_args is not None
+        conn: RespConnection | None = getattr(self._local, "conn", None)
+        try:
+            if conn is None:
+                conn = RespConnection(*self._fast_args)
+                self._local.conn = conn
+            conn.set_timeout(timeout)
+            replies = conn.execute(packed)
+        except (OSError, ConnectionError, ValueError) as exc:
+            self._local.conn = None
+            if conn is not None:
+                conn.close()
+            raise ServiceUnavailable(f"event log (Redis) unreachable: {exc}") from None
+        for r in replies:
+            if isinstance(r, RespError):
+                raise self._redis.ResponseError(str(r))
+        return replies
 
     def _key(self, stream: str) -> str:
         return f"{self.prefix}stream:{stream}"
@@ -33,6 +56,13 @@ class RedisEventLog:
             raise ServiceUnavailable(f"event log (Redis) unreachable: {exc}") from None
 
     def append(self, stream: str, payloads: Sequence[bytes]) -> list[str]:
+        if self._fast_args is not None:
+            bkey = self._key(stream).encode()
+            cmds = [pack([b"MULTI"])]
+            cmds += [pack([b"XADD", bkey, b"*", b"p", p]) for p in payloads]
+            cmds.append(pack([b"EXEC"]))
+            ids = self._raw(cmds)[-1]
+            return [i.decode() for i in ids]
         pipe = self.client.pipeline(transaction=True)
         key = self._key(stream)
         for p in payloads:
@@ -56,7 +86,8 @@ class RedisEventLog:
         for eid, fields in entries or []:
             if not fields:  # deleted entry still pending
                 continue
-            out.append((eid.decode() if isinstance(eid, bytes) else eid, fields[b"p"]))
+            payload = fields[b"p"] if isinstance(fields, dict) else fields[1]
+            out.append((eid.decode() if isinstance(eid, bytes) else eid, payload))
         return out
 
     def read(
@@ -64,6 +95,8 @@ class RedisEventLog:
     ) -> list[Event]:
         self._ensure_group(stream, group)
         key = self._key(stream)
+        if self._fast_args is not None:
+            return self._read_fast(key, group, consumer, count, block_ms)
         mine = self._call(self.client.xreadgroup, group, consumer, {key: "0"}, count=count)
         events = self._events(mine[0][1]) if mine else []
         if events:
@@ -78,7 +111,34 @@ class RedisEventLog:
         )
         return self._events(new[0][1]) if new else []
 
+    def _read_fast(
+        self, key: str, group: str, consumer: str, count: int, block_ms: int
+    ) -> list[Event]:
+        head = [b"XREADGROUP", b"GROUP", group.encode(), consumer.encode(), b"COUNT", b"%d" % count]
+        tail = [b"STREAMS", key.encode()]
+        (mine,) = self._raw([pack([*head, *tail, b"0"])])
+        events = self._events(mine[0][1]) if mine else []
+        if events:
+            return events
+        block = [b"BLOCK", b"%d" % max(1, block_ms)] if block_ms > 0 else []
+        (new,) = self._raw([pack([*head, *block, *tail, b">"])], timeout=block_ms / 1000 + 10)
+        return self._events(new[0][1]) if new else []
+
     def ack(self, stream: str, group: str, ids: Sequence[str]) -> None:
+        if ids and self._fast_args is not None:
+            self._raw(
+                [
+                    pack(
+                        [
+                            b"XACK",
+                            self._key(stream).encode(),
+                            group.encode(),
+                            *[i.encode() for i in ids],
+                        ]
+                    )
+                ]
+            )
+            return
         if ids:
             self._call(self.client.xack, self._key(stream), group, *ids)
 
@@ -112,4 +172,8 @@ class RedisEventLog:
         return int(self._call(self.client.xlen, key))
 
     def close(self) -> None:
+        conn: RespConnection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
         self.client.close()

@@ -94,20 +94,42 @@ def normalise_entity_df(entity_df: pd.DataFrame, join_keys: Sequence[str]) -> pd
     return df
 
 
+def _files_cte(path: Path) -> str:
+    """Files of a source in name order, numbered (later files win ties)."""
+    return (
+        f"SELECT file AS filename, row_number() OVER (ORDER BY file) AS __file "
+        f"FROM glob({_lit(parquet_glob(path))})"
+    )
+
+
 def _view_sql(v: ViewQuery, i: int) -> str:
     keys = ", ".join(f"{_q(k)}" for k in v.join_keys)
-    created = (
-        f"{_q(v.created_timestamp_field)} DESC NULLS LAST, " if v.created_timestamp_field else ""
-    )
     feats = ", ".join(f"{_q(src)} AS {_q(f'__f{i}_{j}')}" for j, (src, _) in enumerate(v.features))
-    src = (
-        f"SELECT {keys}, CAST({_q(v.timestamp_field)} AS TIMESTAMP) AS __ts, {feats} "
-        f"FROM read_parquet({_lit(parquet_glob(v.path))}, filename=true, file_row_number=true, "
-        "union_by_name=true) "
-        f"WHERE {_q(v.timestamp_field)} IS NOT NULL "
-        f"QUALIFY row_number() OVER (PARTITION BY {keys}, __ts "
-        f"ORDER BY {created}filename DESC, file_row_number DESC) = 1"
+    reader = (
+        f"read_parquet({_lit(parquet_glob(v.path))}, filename=true, file_row_number=true, "
+        "union_by_name=true)"
     )
+    ts = f"CAST({_q(v.timestamp_field)} AS TIMESTAMP)"
+    if v.created_timestamp_field:
+        # Ties broken by created time first: deduplicate explicitly.
+        created = f"{_q(v.created_timestamp_field)} DESC NULLS LAST, "
+        src = (
+            f"SELECT {keys}, {ts} AS __ts, {feats}, "
+            f"CAST(epoch_us({ts}) AS HUGEINT) << 48 AS __k FROM {reader} "
+            f"WHERE {_q(v.timestamp_field)} IS NOT NULL "
+            f"QUALIFY row_number() OVER (PARTITION BY {keys}, __ts "
+            f"ORDER BY {created}filename DESC, file_row_number DESC) = 1"
+        )
+    else:
+        # Ties at equal event time go to the later file / row: fold that order into the ASOF key
+        # (time << 48 | file << 36 | row), which is cheaper than a window over every row.
+        src = (
+            f"SELECT {keys}, {ts} AS __ts, {feats}, "
+            f"(CAST(epoch_us({ts}) AS HUGEINT) << 48) + (CAST(fl.__file AS HUGEINT) << 36) "
+            f"+ file_row_number AS __k "
+            f"FROM {reader} r JOIN ({_files_cte(v.path)}) fl USING (filename) "
+            f"WHERE {_q(v.timestamp_field)} IS NOT NULL"
+        )
     on = " AND ".join(f"e.{_q(k)} = f.{_q(k)}" for k in v.join_keys)
     if v.ttl_seconds is not None:
         ttl_us = int(v.ttl_seconds * 1_000_000)
@@ -121,9 +143,14 @@ def _view_sql(v: ViewQuery, i: int) -> str:
             f"f.{_q(f'__f{i}_{j}')} AS {_q(out)}" for j, (_, out) in enumerate(v.features)
         )
     ekeys = ", ".join(f"{_q(k)}" for k in v.join_keys)
+    entity = (
+        f"SELECT {ROW}, {ekeys}, {_q(ENTITY_TS)}, "
+        f"(CAST(epoch_us({_q(ENTITY_TS)}) AS HUGEINT) << 48) + ((1::HUGEINT << 48) - 1) AS __k "
+        "FROM entity_df"
+    )
     return (
-        f"SELECT e.{ROW}, {outs} FROM (SELECT {ROW}, {ekeys}, {_q(ENTITY_TS)} FROM entity_df) e "
-        f"ASOF LEFT JOIN ({src}) f ON {on} AND e.{_q(ENTITY_TS)} >= f.__ts"
+        f"SELECT e.{ROW}, {outs} FROM ({entity}) e "
+        f"ASOF LEFT JOIN ({src}) f ON {on} AND e.__k >= f.__k"
     )
 
 
