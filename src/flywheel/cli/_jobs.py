@@ -93,9 +93,13 @@ def list_jobs(
     if as_json:
         print(json.dumps([j.to_dict() for j in jobs], indent=2))
         return
-    table = Table(
-        "id", "state", "team", "prio", "procs", "attempt", "restarts", "submitted", "reason"
-    )
+    table = Table()
+    table.add_column("id", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    for name in ("team", "pri", "np", "try", "rst"):
+        table.add_column(name)
+    table.add_column("submitted", no_wrap=True)
+    table.add_column("reason", max_width=40, overflow="ellipsis", no_wrap=True)
     for j in jobs:
         table.add_row(
             j.id,
@@ -105,8 +109,8 @@ def list_jobs(
             str(j.spec.resources.procs),
             str(j.attempt),
             str(j.restarts),
-            f"{j.submitted_at:%Y-%m-%d %H:%M:%S}",
-            (j.reason or "")[:60],
+            f"{j.submitted_at:%m-%d %H:%M}",
+            j.reason or "",
         )
     console.print(table)
 
@@ -141,7 +145,7 @@ def show(
         return
     console.print(f"[bold]{job.id}[/]  {_state(str(job.state))}  {job.reason}")
     res = job.spec.resources
-    console.print(f"entrypoint: {job.spec.entrypoint} {' '.join(job.spec.args)}")
+    console.print(f"entrypoint: {' '.join([job.spec.entrypoint, *job.spec.args])}")
     console.print(
         f"team {job.team}, priority {job.priority}; {res.nodes} node(s) x {res.procs_per_node} "
         f"proc(s), {res.cpus} CPUs, {res.gpus} GPUs; attempt {job.attempt}, torchrun restarts "

@@ -34,6 +34,8 @@ def weights_digest(model: torch.nn.Module) -> str:
     inner = getattr(model, "module", model)
     h = hashlib.sha256()
     for name, tensor in sorted(inner.state_dict().items()):
+        if hasattr(tensor, "full_tensor"):  # FSDP shard (DTensor): gather it (collective)
+            tensor = tensor.full_tensor()
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
