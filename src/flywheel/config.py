@@ -118,6 +118,15 @@ class ServingConfig(_Section):
     drift_webhook: str | None = None
 
 
+class ExperimentsConfig(_Section):
+    """``experiments:`` — event-log streams whose JSON events feed experiment metrics and bandit
+    rewards while ``flywheel up`` runs (see ``flywheel.experiments.EventStreamConsumer``)."""
+
+    event_streams: tuple[str, ...] = ()
+    unit_field: str = "user_id"
+    type_field: str = "event_type"
+
+
 class FlywheelConfig(_Section):
     """The whole of ``flywheel.yaml``. Every key is optional; defaults are the embedded stores."""
 
@@ -131,6 +140,7 @@ class FlywheelConfig(_Section):
     server: ServerConfig = ServerConfig()
     training: TrainingConfig = TrainingConfig()
     serving: ServingConfig = ServingConfig()
+    experiments: ExperimentsConfig = ExperimentsConfig()
     # The folder that holds flywheel.yaml; relative paths are resolved against it. Not a YAML key.
     root: Path = Field(default=Path("."), exclude=True)
 

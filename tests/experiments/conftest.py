@@ -36,3 +36,14 @@ AB_SPEC: dict[str, object] = {
         {"name": "latency", "kind": "mean", "event": "latency_ms", "direction": "decrease"}
     ],
 }
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def event_log_url(request: pytest.FixtureRequest, tmp_path: object) -> str:
+    """An event log on embedded SQLite, then on the real Redis (own key prefix)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/events.db"
+    request.applymarker(pytest.mark.integration)
+    url: str = request.getfixturevalue("redis_url")
+    prefix: str = request.getfixturevalue("redis_prefix")
+    return f"{url}?prefix={prefix}"

@@ -106,3 +106,37 @@ def test_bad_requests_are_4xx_with_an_error_message(
     r = getattr(client, method)(path, headers=writer, **({"json": body} if body else {}))
     assert r.status_code == status
     assert "error" in r.json()
+
+
+def test_flywheel_up_consumes_configured_streams_and_updates_bandits(tmp_path: object) -> None:
+    import json
+    import time
+    from pathlib import Path
+
+    from flywheel.experiments import Experiments
+    from flywheel.features import open_event_log
+    from tests.conftest import make_project
+
+    project = make_project(Path(str(tmp_path)) / "p", experiments={"event_streams": ["clicks"]})
+    ex = Experiments(project)
+    ex.create({"name": "bandit", "bandit": {"policy": "thompson", "arms": ["a", "b"]}})
+    decision = ex.assign("bandit", "u1")
+    ex.close()
+    log = open_event_log(project.config.event_log_url, namespace=project.config.project)
+    event = {
+        "user_id": "u1",
+        "event_type": "reward",
+        "value": 1.0,
+        "experiment": "bandit",
+        "decision_id": decision.decision_id,
+    }
+    log.append("clicks", [json.dumps(event).encode()])
+    with TestClient(create_app(project, systems=["experiments"])):
+        deadline = time.time() + 10
+        while time.time() < deadline and log.lag("clicks", "flywheel-experiments"):
+            time.sleep(0.1)
+        time.sleep(0.2)
+    log.close()
+    with Experiments(project) as check:
+        assert check.bandit_state("bandit").pulls.sum() == 1
+    project.close()

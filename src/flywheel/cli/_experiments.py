@@ -271,6 +271,41 @@ def log_events(
     console.print(f"stored {inserted} new events of {len(events)}")
 
 
+@app.command("consume")
+def consume(
+    stream: Annotated[str, typer.Argument(help="Event-log stream to read (JSON events).")],
+    unit_field: Annotated[str, typer.Option(help="Field holding the unit id.")] = "user_id",
+    type_field: Annotated[str, typer.Option(help="Field holding the event type.")] = "event_type",
+    event_type: Annotated[
+        str | None, typer.Option(help="One event type for every event of the stream.")
+    ] = None,
+    follow: Annotated[bool, typer.Option(help="Keep reading until interrupted.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Store a stream's events as experiment events (and bandit rewards), exactly once."""
+    from flywheel.experiments import ConsumeStats, EventStreamConsumer
+
+    total = ConsumeStats()
+    with _client(config) as ex:
+        consumer = EventStreamConsumer(
+            ex, stream, unit_field=unit_field, type_field=type_field, event_type=event_type
+        )
+        try:
+            while True:
+                stats = consumer.poll(count=5_000, block_ms=1_000 if follow else 0)
+                total.add(stats)
+                if not stats.read and not follow:
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            consumer.close()
+    console.print(
+        f"read {total.read} events from {stream}: stored {total.stored}, skipped {total.skipped}"
+        f", bandit updates {total.bandits_updated}"
+    )
+
+
 @app.command("update-bandit")
 def update_bandit(name: NameArgument, config: ConfigOption = None) -> None:
     """Fold pending rewards into a bandit's state (servers do this every second)."""

@@ -54,6 +54,7 @@ from flywheel.experiments._stats import (
     srm_test,
     welch_ttest,
 )
+from flywheel.experiments._stream import ConsumeStats, EventStreamConsumer
 
 __all__ = [
     "AnalysisError",
@@ -61,7 +62,9 @@ __all__ = [
     "BanditConfig",
     "BanditState",
     "Comparison",
+    "ConsumeStats",
     "Estimate",
+    "EventStreamConsumer",
     "ExperimentError",
     "ExperimentExists",
     "ExperimentInfo",

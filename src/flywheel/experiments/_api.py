@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
@@ -24,6 +25,8 @@ from flywheel.project import Project, current_project
 
 require_reader = cast(Callable[..., Principal], _require_reader)
 require_writer = cast(Callable[..., Principal], _require_writer)
+
+log = logging.getLogger(__name__)
 
 _clients: weakref.WeakKeyDictionary[Project, Experiments] = weakref.WeakKeyDictionary()
 
@@ -227,14 +230,32 @@ def evaluate(
 
 @contextlib.asynccontextmanager
 async def bandit_updater(project: Project) -> AsyncIterator[None]:
-    """``flywheel up`` service: folds pending rewards into bandit state every second."""
+    """``flywheel up`` service: every second, folds pending rewards into bandit state and
+    consumes the event-log streams named in ``experiments.event_streams``."""
+    from flywheel.experiments._stream import EventStreamConsumer
+
     client = experiments_for(project)
+    settings = project.config.experiments
+    consumers = [
+        EventStreamConsumer(
+            client, stream, unit_field=settings.unit_field, type_field=settings.type_field
+        )
+        for stream in settings.event_streams
+    ]
     stop = asyncio.Event()
+
+    def work() -> None:
+        for consumer in consumers:
+            while consumer.poll(count=5_000).read:
+                pass
+        client.update_all_bandits()
 
     async def loop() -> None:
         while not stop.is_set():
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(client.update_all_bandits)
+            try:
+                await asyncio.to_thread(work)
+            except Exception as exc:  # a store is down: retry in a second
+                log.warning("experiments background work failed: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
 
@@ -245,6 +266,8 @@ async def bandit_updater(project: Project) -> AsyncIterator[None]:
         stop.set()
         await task
         await asyncio.to_thread(client.close)
+        for consumer in consumers:
+            consumer.close()
 
 
 __all__ = ["bandit_updater", "experiments_for", "router"]
