@@ -83,6 +83,8 @@ def test_params_are_immutable_and_ended_runs_refuse_logging(project: Project) ->
         run.log_metric("loss", 1.0)
     with pytest.raises(TrackingError, match="metric key"):
         tracker.start_run("exp").log_metric("", 1.0)
+    with pytest.raises(TrackingError, match="64 bits"):
+        tracker.start_run("exp").log_metric("loss", 1.0, step=2**63)
 
 
 def test_non_zero_rank_logs_nothing_unless_all_ranks(
@@ -140,3 +142,19 @@ def test_compare_runs_side_by_side(project: Project) -> None:
     assert table["metrics"]["loss"][0]["min"] == 0.3
     with pytest.raises(RunNotFound):
         tracker.compare_runs([a.id, "nope"])
+
+
+def test_metric_summaries_merge_across_batches(any_project: Project) -> None:
+    tracker = Tracker(any_project)
+    with tracker.start_run("exp", batch_size=100) as run:
+        for step in range(250):
+            run.log_metric("x", float(step), step=step)
+        run.flush()
+        run.log_metric("x", -1.0, step=10)  # an older step: the new min, not the last value
+        run.log_metric("x", float("nan"), step=3)
+        run.log_metric("y", 5.0)
+    summary = tracker.get_run(run.id).metrics["x"]
+    assert (summary.last, summary.last_step) == (249.0, 249)
+    assert (summary.min, summary.max, summary.count) == (-1.0, 249.0, 252)
+    assert len(tracker.metric_history(run.id, "x")) == 252
+    assert tracker.latest_metrics(run.id) == {"x": 249.0, "y": 5.0}

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from flywheel.tracking._tracker import Tracker
 
 MAX_KEY_LENGTH = 250
+_INT64 = 2**63
 
 
 def _param_text(value: Any) -> str:
@@ -94,7 +95,10 @@ class Run:
     def log_metric(
         self, key: str, value: float, step: int | None = None, timestamp: float | None = None
     ) -> None:
-        """Queue one point of ``key`` (written in the background; see the class docstring)."""
+        """Queue one point of ``key`` (written in the background; see the class docstring).
+
+        ``value`` may be NaN or infinite; it is stored as given.
+        """
         writer = self._writer
         if writer is None:
             return
@@ -105,6 +109,8 @@ class Run:
         steps = self._steps
         if step is None:
             step = steps.get(key, -1) + 1
+        elif not -_INT64 <= step < _INT64:
+            raise TrackingError(f"metric {key!r}: step {step} does not fit in 64 bits")
         steps[key] = step
         queue = writer.queue
         queue.append(

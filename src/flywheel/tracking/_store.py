@@ -8,6 +8,8 @@ PostgreSQL, which is what lets a training loop log hundreds of thousands of poin
 from __future__ import annotations
 
 import json
+import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,6 +48,17 @@ metrics_t = sa.table(
     sa.column("value", sa.Float),
     sa.column("step", sa.BigInteger),
     sa.column("timestamp", sa.Float),
+)
+summaries_t = sa.table(
+    "tracking_metric_summaries",
+    sa.column("run_id", sa.String),
+    sa.column("key", sa.String),
+    sa.column("last", sa.Float),
+    sa.column("last_step", sa.BigInteger),
+    sa.column("last_timestamp", sa.Float),
+    sa.column("min", sa.Float),
+    sa.column("max", sa.Float),
+    sa.column("count", sa.BigInteger),
 )
 artifacts_t = sa.table(
     "tracking_artifacts",
@@ -155,6 +168,55 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
+_STEP_THEN_TIME = operator.itemgetter(3, 4)
+_RUN_KEY = operator.itemgetter(0, 1)
+
+
+def _group(rows: Sequence[MetricRow]) -> dict[tuple[str, str], Sequence[MetricRow]]:
+    groups: dict[tuple[str, str], list[MetricRow]] = {}
+    for row in rows:
+        group = groups.get((row[0], row[1]))
+        if group is None:
+            groups[(row[0], row[1])] = [row]
+        else:
+            group.append(row)
+    return dict(groups)
+
+
+def _num(value: float | None) -> float:
+    """A stored metric value; SQLite keeps NaN as NULL."""
+    return math.nan if value is None else float(value)
+
+
+def _fmin(a: float, b: float) -> float:
+    return b if math.isnan(a) else a if math.isnan(b) else min(a, b)
+
+
+def _fmax(a: float, b: float) -> float:
+    return b if math.isnan(a) else a if math.isnan(b) else max(a, b)
+
+
+def summarise(rows: Sequence[MetricRow]) -> dict[tuple[str, str], list[Any]]:
+    """Per ``(run_id, key)`` of a batch: ``[last, last_step, last_ts, min, max, count]``.
+
+    "Last" is the point with the highest step, ties broken by the later timestamp; NaN values
+    count but never become the min or max unless every value is NaN.
+    """
+    pairs = set(map(_RUN_KEY, rows))
+    groups: dict[tuple[str, str], Sequence[MetricRow]] = {}
+    if len(pairs) == 1:  # the common batch: one metric of one run, no grouping needed
+        groups[pairs.pop()] = rows
+    else:
+        groups = _group(rows)
+    out: dict[tuple[str, str], list[Any]] = {}
+    for pair, group in groups.items():
+        last = max(group, key=_STEP_THEN_TIME)
+        values = [r[2] for r in group]
+        finite = [v for v in values if v == v] or [math.nan]
+        out[pair] = [last[2], last[3], last[4], min(finite), max(finite), len(group)]
+    return out
+
+
 class TrackingStore:
     """Every read and write of the tracking tables, over one ``Database``."""
 
@@ -255,9 +317,11 @@ class TrackingStore:
     # -- metric points ------------------------------------------------------------------------
 
     def write_metrics(self, rows: Sequence[MetricRow]) -> None:
-        """Insert metric rows ``(run_id, key, value, step, timestamp)`` in one transaction."""
+        """Insert metric rows ``(run_id, key, value, step, timestamp)`` in one transaction, and
+        fold them into the per-key summaries in the same transaction."""
         if not rows:
             return
+        batch = summarise(rows)
         with self.db.write() as conn:
             dbapi = conn.connection.dbapi_connection
             if dbapi is None:  # pragma: no cover - a pooled connection always has one
@@ -278,6 +342,46 @@ class TrackingStore:
                     )
             finally:
                 cursor.close()
+            self._merge_summaries(conn, batch)
+
+    @staticmethod
+    def _merge_summaries(conn: sa.Connection, batch: dict[tuple[str, str], list[Any]]) -> None:
+        run_ids = sorted({run_id for run_id, _ in batch})
+        existing = {
+            (r.run_id, r.key): r
+            for r in conn.execute(
+                sa.select(summaries_t).where(summaries_t.c.run_id.in_(run_ids))
+            ).all()
+        }
+        for (run_id, key), (last, step, ts, vmin, vmax, count) in batch.items():
+            old = existing.get((run_id, key))
+            if old is None:
+                conn.execute(
+                    summaries_t.insert().values(
+                        run_id=run_id,
+                        key=key,
+                        last=last,
+                        last_step=step,
+                        last_timestamp=ts,
+                        min=vmin,
+                        max=vmax,
+                        count=count,
+                    )
+                )
+                continue
+            newer = (step, ts) >= (old.last_step, old.last_timestamp)
+            conn.execute(
+                summaries_t.update()
+                .where((summaries_t.c.run_id == run_id) & (summaries_t.c.key == key))
+                .values(
+                    last=last if newer else old.last,
+                    last_step=step if newer else old.last_step,
+                    last_timestamp=ts if newer else old.last_timestamp,
+                    min=_fmin(_num(old.min), vmin),
+                    max=_fmax(_num(old.max), vmax),
+                    count=int(old._mapping["count"]) + count,
+                )
+            )
 
     def metric_history(self, run_id: str, key: str) -> list[MetricPoint]:
         with self.db.read() as conn:
@@ -286,46 +390,28 @@ class TrackingStore:
                 .where((metrics_t.c.run_id == run_id) & (metrics_t.c.key == key))
                 .order_by(metrics_t.c.step, metrics_t.c.timestamp)
             ).all()
-        return [MetricPoint(int(r.step), float(r.value), float(r.timestamp)) for r in rows]
+        return [MetricPoint(int(r.step), _num(r.value), float(r.timestamp)) for r in rows]
 
     def metric_summaries(self, run_ids: Sequence[str]) -> dict[str, dict[str, MetricSummary]]:
         """Per run, per key: last value (highest step, then latest time), min, max, count."""
         out: dict[str, dict[str, MetricSummary]] = {r: {} for r in run_ids}
         if not run_ids:
             return out
-        agg = (
-            sa.select(
-                metrics_t.c.run_id,
-                metrics_t.c.key,
-                sa.func.min(metrics_t.c.value).label("vmin"),
-                sa.func.max(metrics_t.c.value).label("vmax"),
-                sa.func.count().label("n"),
-                sa.func.max(metrics_t.c.step).label("last_step"),
-            )
-            .where(metrics_t.c.run_id.in_(list(run_ids)))
-            .group_by(metrics_t.c.run_id, metrics_t.c.key)
-        )
         with self.db.read() as conn:
-            aggs = conn.execute(agg).all()
-            for a in aggs:
-                last = conn.execute(
-                    sa.select(metrics_t.c.value)
-                    .where(
-                        (metrics_t.c.run_id == a.run_id)
-                        & (metrics_t.c.key == a.key)
-                        & (metrics_t.c.step == a.last_step)
-                    )
-                    .order_by(metrics_t.c.timestamp.desc())
-                    .limit(1)
-                ).scalar_one()
-                out[a.run_id][a.key] = MetricSummary(
-                    key=a.key,
-                    last=float(last),
-                    last_step=int(a.last_step),
-                    min=float(a.vmin),
-                    max=float(a.vmax),
-                    count=int(a.n),
-                )
+            rows = conn.execute(
+                sa.select(summaries_t)
+                .where(summaries_t.c.run_id.in_(list(run_ids)))
+                .order_by(summaries_t.c.run_id, summaries_t.c.key)
+            ).all()
+        for r in rows:
+            out[r.run_id][r.key] = MetricSummary(
+                key=r.key,
+                last=_num(r.last),
+                last_step=int(r.last_step),
+                min=_num(r.min),
+                max=_num(r.max),
+                count=int(r._mapping["count"]),
+            )
         return out
 
     # -- reads --------------------------------------------------------------------------------
