@@ -368,3 +368,26 @@ def test_concurrent_assignment_logs_every_exposure_once(experiments: Experiments
         ).one()
     assert tuple(stored) == (6_000, 6_000)
     assert len({d for r in results for d in r}) == 6_000
+
+
+def test_offline_evaluation_of_an_ab_test(experiments: Experiments) -> None:
+    ex = experiments
+    ex.create(_spec(variants=[{"name": "control", "weight": 3}, {"name": "green", "weight": 1}]))
+    rng = np.random.default_rng(6)
+    rewards = []
+    for i in range(4_000):
+        a = ex.assign("checkout", f"u{i}")
+        rate = 0.2 if a.variant == "control" else 0.3
+        rewards.append(
+            {
+                "unit_id": a.unit_id,
+                "decision_id": a.decision_id,
+                "reward": float(rng.random() < rate),
+            }
+        )
+    ex.log_rewards("checkout", rewards)
+    result = ex.evaluate("checkout", "arm:green")
+    assert result.decisions == 4_000
+    assert result.ips.ci_low <= 0.3 <= result.ips.ci_high
+    assert result.doubly_robust.ci_low <= 0.3 <= result.doubly_robust.ci_high
+    assert not result.logged_value.ci_low <= 0.3 <= result.logged_value.ci_high

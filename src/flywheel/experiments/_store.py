@@ -367,11 +367,12 @@ class ExperimentStore:
         return int(conn.execute(query).scalar_one())
 
     def logged_decisions(self, conn: Connection, name: str) -> list[Any]:
-        """Exposures of ``name`` with the sum of the rewards logged against each decision."""
+        """Exposures of ``name`` with the sum of the rewards logged against each decision id
+        (rewards logged by unit only are not tied to one decision and are left out)."""
         t, e = exposures_table, events_table
         rewards = (
             sa.select(e.c.decision_id, sa.func.sum(e.c.value).label("reward"))
-            .where(e.c.experiment == name, e.c.decision_id.is_not(None), e.c.applied == sa.true())
+            .where(e.c.experiment == name, e.c.decision_id.is_not(None))
             .group_by(e.c.decision_id)
             .subquery()
         )
