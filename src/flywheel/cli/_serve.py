@@ -80,8 +80,10 @@ def _print_json(data: Any) -> None:
 
 
 def _show(ep: dict[str, Any]) -> None:
+    from rich.markup import escape
+
     routes = ", ".join(f"v{r['version']}:{r['weight']:g}" for r in ep["effective_routes"])
-    line = f"[bold]{ep['name']}[/] -> {ep['model']} [{routes}]"
+    line = f"[bold]{ep['name']}[/] -> {ep['model']} " + escape(f"[{routes}]")
     if ep.get("shadow"):
         line += f" shadow v{ep['shadow']['version']} ({ep['shadow']['share']:.0%})"
     console.print(line + f" (revision {ep['revision']})")

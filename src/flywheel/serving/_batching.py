@@ -12,7 +12,6 @@ When a batch fails, its requests are retried one by one so that one bad request 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from collections import deque
@@ -122,13 +121,11 @@ class DynamicBatcher:
         self._on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
-        self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(policy.instances)
+        self._loop = asyncio.get_running_loop()
+        self._free = policy.instances
+        self._timer: asyncio.TimerHandle | None = None
         self._inflight: set[asyncio.Future[Any]] = set()
         self._closed = False
-        self._task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
-            self._dispatch_forever(), name=f"batcher:{name}"
-        )
         self.batches_run = 0
         self._last_arrival = time.monotonic()
         self._mean_gap = 1.0
@@ -162,7 +159,7 @@ class DynamicBatcher:
         self._mean_gap += 0.2 * (min(gap, 1.0) - self._mean_gap)
         self._queue.append(item)
         self._queued_rows += rows
-        self._wakeup.set()
+        self._dispatch()
         if deadline is None:
             return await future
         remaining = deadline - time.monotonic()
@@ -185,36 +182,35 @@ class DynamicBatcher:
     async def close(self) -> None:
         """Stop accepting requests, finish the queued ones, and stop the dispatcher."""
         self._closed = True
-        self._wakeup.set()
+        self._dispatch()
         while self._queue or self._inflight:
             await asyncio.sleep(0.005)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     # -- dispatcher ------------------------------------------------------------------------------
 
     def _preferred_hit(self) -> bool:
         return self._queued_rows in self.policy.preferred_batch_sizes
 
-    async def _wait_for_more(self, first: _Pending) -> None:
-        """Wait until the batch is full, a preferred size is reached, or the delay is over.
+    def _should_wait(self) -> float:
+        """Seconds to wait for more requests before dispatching (0: dispatch now).
 
-        Waiting is skipped when requests arrive more slowly than the delay (the recent mean gap
-        between arrivals is longer than the time left): at low load a request would only wait
-        for nobody, which is what makes naive dynamic batching slow at concurrency 1.
+        Wait while the batch is neither full nor at a preferred size and the oldest request's
+        delay has time left, but not when requests arrive more slowly than that time left (the
+        recent mean gap between arrivals): at low load a request would only wait for nobody,
+        which is what makes naive dynamic batching slow at concurrency 1.
         """
         policy = self.policy
-        until = first.enqueued + policy.max_queue_delay_us / 1e6
-        while self._queued_rows < policy.max_batch_size and not self._preferred_hit():
-            remaining = until - time.monotonic()
-            if remaining <= 0 or self._closed or self._mean_gap > remaining:
-                return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return
+        if not policy.enabled or self._closed:
+            return 0.0
+        if self._queued_rows >= policy.max_batch_size or self._preferred_hit():
+            return 0.0
+        remaining = self._queue[0].enqueued + policy.max_queue_delay_us / 1e6 - time.monotonic()
+        if remaining <= 0 or self._mean_gap > remaining:
+            return 0.0
+        return remaining
 
     def _take_batch(self) -> list[_Pending]:
         policy = self.policy
@@ -257,29 +253,51 @@ class DynamicBatcher:
             self._queue.appendleft(item)
         return batch
 
-    async def _dispatch_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            await self._slots.acquire()
-            if self.policy.enabled and self._queue:
-                await self._wait_for_more(self._queue[0])
+    def _dispatch(self) -> None:
+        """Start batches while an instance is free and the queue has work (loop thread only).
+
+        Called when a request arrives, when a batch finishes and when the wait timer fires, so
+        a batch starts in the same event-loop step that made it possible: under heavy load the
+        loop is busy and every extra step would add latency.
+        """
+        while self._free > 0 and self._queue:
+            wait = self._should_wait()
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = self._loop.call_later(wait, self._on_timer)
+                return
             batch = self._take_batch()
             if not batch:
-                self._slots.release()
                 continue
-            fut = loop.run_in_executor(self._executor, self._execute, batch)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._free -= 1
+            fut = self._loop.run_in_executor(self._executor, self._execute, batch)
             self._inflight.add(fut)
             fut.add_done_callback(functools.partial(self._finish, batch=batch))
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch_after_wait()
+
+    def _dispatch_after_wait(self) -> None:
+        # The delay is over: dispatch what is queued even if the batch is not full.
+        while self._free > 0 and self._queue:
+            batch = self._take_batch()
+            if not batch:
+                continue
+            self._free -= 1
+            fut = self._loop.run_in_executor(self._executor, self._execute, batch)
+            self._inflight.add(fut)
+            fut.add_done_callback(functools.partial(self._finish, batch=batch))
+        self._dispatch()
 
     def _finish(
         self, fut: asyncio.Future[list[Tensors | BaseException]], batch: list[_Pending]
     ) -> None:
         self._inflight.discard(fut)
-        self._slots.release()
+        self._free += 1
         try:
             results = fut.result()
         except BaseException as exc:  # the executor itself failed
@@ -291,6 +309,7 @@ class DynamicBatcher:
                 item.future.set_exception(result)
             else:
                 item.future.set_result(result)
+        self._dispatch()
 
     # -- worker thread ---------------------------------------------------------------------------
 
