@@ -22,16 +22,19 @@ momentum, StepLR) trained with CPU DDP (gloo) on a 512-row Parquet file read thr
   uninterrupted run.
 
 Bounded by ``TRAINING_BENCH_SOAK`` (platform repeats, default 20) and ``TRAINING_BENCH_PLAIN``
-(stock and prefix-only repeats, default 10).
+(stock and prefix-only repeats, default 5); a run that hangs for
+``TRAINING_BENCH_RUN_TIMEOUT`` seconds (default 180) is killed and counts as a failure.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -44,7 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TRAIN = ROOT / "tests" / "training" / "workloads" / "ddp_train.py"
 SOAK = int(os.environ.get("TRAINING_BENCH_SOAK", "20"))
-PLAIN = int(os.environ.get("TRAINING_BENCH_PLAIN", "10"))
+PLAIN = int(os.environ.get("TRAINING_BENCH_PLAIN", "5"))
+RUN_TIMEOUT = float(os.environ.get("TRAINING_BENCH_RUN_TIMEOUT", "180"))
 STEP_LINE = re.compile(r"step (\d+) loss \S+ t=([\d.]+)")
 
 
@@ -86,10 +90,39 @@ def raw_torchrun(
         "--redirects=3",
         str(TRAIN),
     ]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_LOG_DIR": str(log_dir), **env}
     t0 = time.perf_counter()
-    rc = subprocess.run(argv, env=full_env, capture_output=True, timeout=600).returncode
+    proc = subprocess.Popen(
+        argv,
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        rc = proc.wait(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:  # a hung restart counts as a failure
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        rc = -9
+    kill_workers(log_dir)
     return rc, time.perf_counter() - t0, log_dir
+
+
+def kill_workers(log_dir: Path) -> None:
+    """Workers live in their own sessions; kill any left behind by a hung or killed run."""
+    marker = str(TRAIN).encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline and str(log_dir).encode() in environ:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(proc.name), signal.SIGKILL)
 
 
 def samples_per_s(text: str, batch: int, world: int) -> float:

@@ -18,6 +18,7 @@ Files of one job (under ``.flywheel/training/jobs/<job id>/``)::
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import fcntl
 import json
@@ -245,11 +246,37 @@ class LocalExecutor:
             return
         try:
             if sig == signal.SIGKILL:
-                os.killpg(pid, signal.SIGKILL)  # the supervisor's session: agents and workers
+                os.killpg(pid, signal.SIGKILL)  # the supervisor's session: the agents
+                self.kill_leftovers(job)  # workers live in sessions of their own
             else:
                 os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+    def kill_leftovers(self, job: Job) -> int:
+        """SIGKILL every process of this attempt still alive, wherever it was reparented.
+
+        torchrun starts workers in their own sessions, so a killed supervisor or agent can
+        leave them running; they are found by the job id and attempt in their environment.
+        Returns how many were killed.
+        """
+        wanted = {
+            f"{ENV_JOB_ID}={job.id}".encode(),
+            f"{ENV_ATTEMPT}={job.attempt}".encode(),
+        }
+        killed = 0
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                environ = set((proc / "environ").read_bytes().split(b"\0"))
+            except OSError:
+                continue
+            if wanted <= environ:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    killed += 1
+        return killed
 
     def log_files(self, job: Job, attempt: int | None = None) -> dict[str, Path]:
         """Log files of an attempt by a stable name: ``node0/agent.log``, ``node0/r2/rank1.log``."""

@@ -193,6 +193,9 @@ class Scheduler:
             elif status.state is ProcessState.EXITED:
                 self._finish(job, status.exit_code or 0, status.restarts, status.stopped, report)
             elif status.state is ProcessState.LOST:
+                leftovers = getattr(self.executor, "kill_leftovers", None)
+                if leftovers is not None:
+                    leftovers(job)  # never let an orphaned worker run beside the next attempt
                 self._archive(job)
                 self.store.transition(
                     job.id,

@@ -138,6 +138,8 @@ def init(
         else:
             dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
     signal.signal(signal.SIGTERM, _request_stop)
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        _die_with_agent()
     spec = json.loads(os.environ.get("FLYWHEEL_JOB_SPEC") or "{}")
     dataset = os.environ.get("FLYWHEEL_DATASET") or ""
     ctx = JobContext(
@@ -170,6 +172,17 @@ def _warm_reporting() -> None:
         _report.warm_up()
     except Exception:  # a warm-up only; the real call reports any error
         return
+
+
+def _die_with_agent() -> None:
+    """Exit with the torchrun agent: workers run in sessions of their own and would otherwise
+    outlive an agent killed with -9 (and train on beside a requeued attempt)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def should_stop() -> bool:
