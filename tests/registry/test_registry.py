@@ -315,3 +315,18 @@ def test_module_level_helpers_use_the_configured_project(
     with pytest.raises(StageConflict):
         registry.rollback("helper", "staging")
     assert Tracker(project).get_run(run.id).params == {"C": "1"}
+
+
+def test_a_loaded_model_serves_several_threads(project: Project, xy: XY) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, y = xy
+    model = LogisticRegression().fit(x, y)
+    registry = Registry(project)
+    mv = registry.register_model("threads", model, flavor="sklearn", input_example=x[:3])
+    for loaded in (registry.load(mv), registry.load(mv, prefer_onnx=True)):
+        batches = [x[i : i + 17] for i in range(0, 170, 17)]
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(loaded.predict, [{"input": b} for b in batches]))
+        for batch, out in zip(batches, results, strict=True):
+            np.testing.assert_array_equal(out["predictions"], model.predict(batch))
