@@ -391,3 +391,22 @@ def test_offline_evaluation_of_an_ab_test(experiments: Experiments) -> None:
     assert result.ips.ci_low <= 0.3 <= result.ips.ci_high
     assert result.doubly_robust.ci_low <= 0.3 <= result.doubly_robust.ci_high
     assert not result.logged_value.ci_low <= 0.3 <= result.logged_value.ci_high
+
+
+def test_several_treatments_get_holm_adjusted_p_values(experiments: Experiments) -> None:
+    ex = experiments
+    ex.create(_spec(variants=["control", "b", "c", "d"]))
+    rng = np.random.default_rng(7)
+    events = []
+    for i in range(4_000):
+        a = ex.assign("checkout", f"u{i}")
+        if rng.random() < (0.2 if a.variant == "d" else 0.1):
+            events.append({"unit_id": f"u{i}", "event_type": "purchase", "ts": 4e9})
+    ex.log_events(events)
+    comparisons = ex.report("checkout").to_dict()["metrics"][0]["comparisons"]
+    by_variant = {c["variant"]: c for c in comparisons}
+    assert by_variant["d"]["significant"]
+    for c in comparisons:
+        assert c["p_value_adjusted"] >= c["p_value"]
+    ranked = sorted(comparisons, key=lambda c: c["p_value"])
+    assert ranked[0]["p_value_adjusted"] == pytest.approx(min(1.0, 3 * ranked[0]["p_value"]))

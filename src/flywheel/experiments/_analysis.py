@@ -305,6 +305,7 @@ def _analyse_metric(
             if i == control:
                 continue
             comparisons.append(_compare(m, role, data, y, x, den, control, i, arm, arms, alpha))
+        _holm(comparisons, alpha)
     return {
         "name": m.name,
         "role": role,
@@ -400,6 +401,22 @@ def _compare(
         breached=bool(breached),
     )
     return out
+
+
+def _holm(comparisons: list[dict[str, Any]], alpha: float) -> None:
+    """Holm-adjusted p-values over the treatments of one metric; ``significant`` uses them, so
+    testing several treatments against one control keeps the family-wise error at ``alpha``."""
+    tested = sorted(
+        (c for c in comparisons if c["p_value"] is not None), key=lambda c: c["p_value"]
+    )
+    k = len(tested)
+    running = 0.0
+    for rank, c in enumerate(tested):
+        running = max(running, min(1.0, (k - rank) * c["p_value"]))
+        c["p_value_adjusted"] = running
+        c["significant"] = bool(running < alpha)
+    for c in comparisons:
+        c.setdefault("p_value_adjusted", None)
 
 
 def _sequential(y: np.ndarray, variant: np.ndarray, a: int, b: int) -> float:
