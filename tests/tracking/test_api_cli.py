@@ -39,6 +39,10 @@ def test_http_read_api(project: Project) -> None:
     history = client.get(f"/tracking/runs/{a}/metrics/train/loss").json()
     assert history["steps"] == [0, 1, 2, 3, 4] and history["values"][-1] == pytest.approx(0.6)
     assert client.get(f"/tracking/runs/{a}/artifacts/report.json").json() == {"ok": True}
+    ordered = client.get("/tracking/runs", params={"order_by": "train/loss"}).json()
+    assert [r["id"] for r in ordered] == [b, a]
+    assert client.get("/tracking/runs", params={"status": "running"}).json() == []
+    assert client.get("/tracking/runs", params={"status": "paused"}).status_code == 422
     compared = client.get("/tracking/compare", params={"run_ids": [a, b]}).json()
     assert compared["params"]["lr"] == ["0.1", "0.2"]
     assert client.get("/tracking/runs/nope").status_code == 404
@@ -50,6 +54,8 @@ def test_cli_list_show_compare(project: Project, capsys: pytest.CaptureFixture[s
     config = str(project.root / "flywheel.yaml")
     main(["runs", "list", "--experiment", "exp", "--json", "--config", config])
     assert {r["id"] for r in json.loads(capsys.readouterr().out)} == {a, b}
+    main(["runs", "list", "--order-by=-train/loss", "--json", "--config", config])
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [a, b]
     main(["runs", "show", a, "--json", "--config", config])
     assert json.loads(capsys.readouterr().out)["metrics"]["train/loss"]["last"] == 0.6
     main(["runs", "show", a, "--config", config])

@@ -158,3 +158,42 @@ def test_metric_summaries_merge_across_batches(any_project: Project) -> None:
     assert (summary.min, summary.max, summary.count) == (-1.0, 249.0, 252)
     assert len(tracker.metric_history(run.id, "x")) == 252
     assert tracker.latest_metrics(run.id) == {"x": 249.0, "y": 5.0}
+
+
+def test_list_runs_filters_by_status_and_orders_by_a_metric(any_project: Project) -> None:
+    tracker = Tracker(any_project)
+    ids = {}
+    for name, auc in (("a", 0.7), ("b", 0.9), ("c", None), ("d", 0.8)):
+        with tracker.start_run("search", run_name=name) as run:
+            if auc is not None:
+                run.log_metric("auc", auc)
+        ids[name] = run.id
+    running = tracker.start_run("search", run_name="live")
+    best_first = [r.name for r in tracker.list_runs("search", order_by="-auc")]
+    assert best_first[:3] == ["b", "d", "a"] and set(best_first[3:]) == {"c", "live"}
+    assert [r.name for r in tracker.list_runs("search", order_by="auc")][:3] == ["a", "d", "b"]
+    assert [r.name for r in tracker.list_runs("search", status="running")] == ["live"]
+    assert len(tracker.list_runs("search", limit=2)) == 2
+    with pytest.raises(TrackingError, match="status"):
+        tracker.list_runs(status="paused")
+    running.end("killed")
+
+
+def test_resume_run_continues_steps_after_a_restart(project: Project) -> None:
+    tracker = Tracker(project)
+    run = tracker.start_run("resume")
+    for loss in (0.9, 0.8):
+        run.log_metric("loss", loss)
+    run.end("killed")  # the job was preempted
+    resumed = tracker.resume_run(run.id)
+    assert tracker.get_run(run.id).status == "running"
+    resumed.log_metric("loss", 0.7)
+    resumed.end()
+    assert [(p.step, p.value) for p in tracker.metric_history(run.id, "loss")] == [
+        (0, 0.9),
+        (1, 0.8),
+        (2, 0.7),
+    ]
+    assert tracker.get_run(run.id).status == "finished"
+    with pytest.raises(RunNotFound):
+        tracker.resume_run("nope")

@@ -26,13 +26,22 @@ def list_runs(
         str | None, typer.Option("--experiment", "-e", help="Only this experiment.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many runs.")] = 50,
+    status: Annotated[
+        str | None, typer.Option(help="Only runs in this status (running, finished, ...).")
+    ] = None,
+    order_by: Annotated[
+        str | None,
+        typer.Option("--order-by", help="Sort by a metric's last value: KEY, or -KEY for desc."),
+    ] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Runs, newest first, with status and latest metrics."""
+    """Runs, newest first (or by a metric), with status and latest metrics."""
     from flywheel.tracking import Tracker
 
-    runs = Tracker(open_project(config)).list_runs(experiment, limit)
+    runs = Tracker(open_project(config)).list_runs(
+        experiment, limit, status=status, order_by=order_by
+    )
     if as_json:
         print(json.dumps([r.to_dict() for r in runs], indent=2))
         return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
@@ -35,9 +35,13 @@ def list_runs(
     project: Project = Depends(current_project),
     experiment: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    status: Literal["running", "finished", "failed", "killed"] | None = None,
+    order_by: Annotated[str | None, Query(max_length=251)] = None,
 ) -> list[dict[str, Any]]:
-    """Runs, newest first, with params, tags and metric summaries (last/min/max/count)."""
-    return [r.to_dict() for r in Tracker(project).list_runs(experiment, limit)]
+    """Runs with params, tags and metric summaries (last/min/max/count): newest first, or by a
+    metric's last value (``order_by=val_loss`` ascending, ``order_by=-auc`` descending)."""
+    runs = Tracker(project).list_runs(experiment, limit, status=status, order_by=order_by)
+    return [r.to_dict() for r in runs]
 
 
 @router.get("/runs/{run_id}", responses=_errors)

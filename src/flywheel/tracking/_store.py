@@ -449,12 +449,37 @@ class TrackingStore:
         ]
         return RunInfo(**{**info.__dict__, "metrics": summaries, "artifacts": artifacts})
 
-    def list_runs(self, experiment: str | None = None, limit: int = 100) -> list[RunInfo]:
-        query = sa.select(runs_t).order_by(runs_t.c.start_time.desc(), runs_t.c.id).limit(limit)
+    def list_runs(
+        self,
+        experiment: str | None = None,
+        limit: int = 100,
+        *,
+        status: str | None = None,
+        order_by: str | None = None,
+    ) -> list[RunInfo]:
+        """Runs, newest first; or by a metric's last value with ``order_by="key"`` (ascending)
+        or ``"-key"`` (descending; runs without the metric come last)."""
+        if status is not None and status not in RUN_STATUSES:
+            raise TrackingError(f"run status {status!r} is not one of {RUN_STATUSES}")
+        query = sa.select(runs_t)
         if experiment is not None:
             query = query.where(runs_t.c.experiment == experiment)
+        if status is not None:
+            query = query.where(runs_t.c.status == status)
+        if order_by:
+            key = order_by.removeprefix("-")
+            joined = runs_t.outerjoin(
+                summaries_t, (summaries_t.c.run_id == runs_t.c.id) & (summaries_t.c.key == key)
+            )
+            metric = summaries_t.c["last"]
+            direction = metric.desc() if order_by.startswith("-") else metric.asc()
+            query = query.select_from(joined).order_by(
+                metric.is_(None), direction, runs_t.c.start_time.desc(), runs_t.c.id
+            )
+        else:
+            query = query.order_by(runs_t.c.start_time.desc(), runs_t.c.id)
         with self.db.read() as conn:
-            rows = conn.execute(query).all()
+            rows = conn.execute(query.limit(limit)).all()
         infos = [self._row_to_info(r) for r in rows]
         summaries = self.metric_summaries([i.id for i in infos])
         return [RunInfo(**{**i.__dict__, "metrics": summaries[i.id]}) for i in infos]

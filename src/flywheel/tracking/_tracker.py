@@ -114,9 +114,29 @@ class Tracker:
         """The stored run with its params, tags, metric summaries and artifacts."""
         return self.store.get_run(run_id)
 
-    def list_runs(self, experiment: str | None = None, limit: int = 100) -> list[RunInfo]:
-        """Runs, newest first, optionally of one experiment."""
-        return self.store.list_runs(experiment, limit)
+    def list_runs(
+        self,
+        experiment: str | None = None,
+        limit: int = 100,
+        *,
+        status: str | None = None,
+        order_by: str | None = None,
+    ) -> list[RunInfo]:
+        """Runs, newest first, optionally of one experiment and/or status.
+
+        ``order_by="val_loss"`` sorts by that metric's last value ascending, ``"-auc"``
+        descending (runs without it come last).
+        """
+        return self.store.list_runs(experiment, limit, status=status, order_by=order_by)
+
+    def resume_run(self, run_id: str, *, batch_size: int | None = None) -> Run:
+        """Reopen a run (after a restart from a checkpoint, say): status ``running`` again, and
+        steps of metrics logged without ``step`` continue after the last stored one."""
+        info = self.store.get_run(run_id)
+        self.store.set_status(run_id, "running")
+        run = Run(self, run_id, info.experiment, info.name, batch_size=batch_size)
+        run._steps.update({k: m.last_step for k, m in info.metrics.items()})
+        return run
 
     def list_experiments(self) -> list[dict[str, Any]]:
         return self.store.list_experiments()
