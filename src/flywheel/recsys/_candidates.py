@@ -174,7 +174,13 @@ class CoOccurrence(_Generator):
         self._similarity = None
 
     def update(self, baskets: Iterable[Sequence[int]]) -> None:
-        """Add new baskets (item rows); equivalent to having fit with them included."""
+        """Add new, complete baskets (sequences of item rows) to the item-item counts.
+
+        The counts (and so ``similarity`` and ``similar_items``) end up exactly as if ``fit``
+        had seen these baskets too; each call's baskets are new baskets (an item listed twice
+        in one basket counts once). Users' purchase profiles are not changed here: they come
+        from ``fit`` (online, from the feature store's user history).
+        """
         import scipy.sparse as sp
 
         _ = self.train
