@@ -197,3 +197,25 @@ def test_resume_run_continues_steps_after_a_restart(project: Project) -> None:
     assert tracker.get_run(run.id).status == "finished"
     with pytest.raises(RunNotFound):
         tracker.resume_run("nope")
+
+
+@pytest.mark.slow
+def test_a_run_left_open_is_flushed_and_finished_at_interpreter_exit(project: Project) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from flywheel import tracking\n"
+        "run = tracking.start_run('atexit')\n"
+        "for i in range(10_000):\n"
+        "    run.log_metric('loss', float(i))\n"
+        "print(run.id)\n"
+    )
+    env = {**os.environ, "FLYWHEEL_CONFIG": str(project.root / "flywheel.yaml")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    info = Tracker(project).get_run(done.stdout.strip())
+    assert info.status == "finished" and info.metrics["loss"].count == 10_000
