@@ -31,6 +31,9 @@ def test_run_records_params_tags_metrics_and_system_info(any_project: Project) -
     assert info.system["python"] and info.git_commit
     history = tracker.metric_history(run.id, "loss")
     assert [p.step for p in history] == list(range(100))
+    thinned = tracker.metric_history(run.id, "loss", max_points=10)
+    assert len(thinned) == 10 and thinned[0].step == 0 and thinned[-1].step == 99
+    assert [p.step for p in tracker.metric_history(run.id, "loss", max_points=1)] == [99]
     assert [r.id for r in tracker.list_runs("exp")] == [run.id]
     assert tracker.list_experiments()[0]["runs"] == 1
 

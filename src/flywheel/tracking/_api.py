@@ -52,10 +52,13 @@ def get_run(run_id: str, project: Project = Depends(current_project)) -> dict[st
 
 @router.get("/runs/{run_id}/metrics/{key:path}", responses=_errors)
 def metric_history(
-    run_id: str, key: str, project: Project = Depends(current_project)
+    run_id: str,
+    key: str,
+    project: Project = Depends(current_project),
+    max_points: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
 ) -> dict[str, Any]:
-    """Every point of one metric of a run, by step."""
-    points = Tracker(project).metric_history(run_id, key)
+    """The points of one metric of a run, by step (``max_points``: evenly thinned for plots)."""
+    points = Tracker(project).metric_history(run_id, key, max_points)
     return {
         "run_id": run_id,
         "key": key,

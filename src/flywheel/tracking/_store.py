@@ -431,6 +431,13 @@ class TrackingStore:
             user=row.user,
         )
 
+    def run_exists(self, run_id: str) -> None:
+        """``RunNotFound`` unless the run exists (cheap: one primary-key lookup)."""
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(runs_t.c.id).where(runs_t.c.id == run_id)).first()
+        if row is None:
+            raise RunNotFound(f"run {run_id!r} does not exist")
+
     def get_run(self, run_id: str) -> RunInfo:
         with self.db.read() as conn:
             row = conn.execute(sa.select(runs_t).where(runs_t.c.id == run_id)).first()

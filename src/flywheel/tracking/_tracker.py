@@ -141,10 +141,20 @@ class Tracker:
     def list_experiments(self) -> list[dict[str, Any]]:
         return self.store.list_experiments()
 
-    def metric_history(self, run_id: str, key: str) -> list[MetricPoint]:
-        """Every point of ``key`` in ``run_id``, by step."""
-        self.store.get_run(run_id)
-        return self.store.metric_history(run_id, key)
+    def metric_history(
+        self, run_id: str, key: str, max_points: int | None = None
+    ) -> list[MetricPoint]:
+        """Every point of ``key`` in ``run_id``, by step; with ``max_points``, at most that many
+        evenly spaced points (the first and the last always included), for plotting."""
+        self.store.run_exists(run_id)
+        points = self.store.metric_history(run_id, key)
+        if max_points is None or len(points) <= max_points:
+            return points
+        if max_points < 2:
+            return points[-1:]
+        last = len(points) - 1
+        picks = sorted({round(i * last / (max_points - 1)) for i in range(max_points)})
+        return [points[i] for i in picks]
 
     def latest_metrics(self, run_id: str) -> dict[str, float]:
         """The last value (highest step) of each metric of a run."""
