@@ -192,3 +192,8 @@ def test_server_batches_sheds_and_times_out(project: Project, source: FakeSource
             in metrics
         )
         assert "flywheel_serving_batch_size_bucket" in metrics
+        assert 'flywheel_serving_requests_total{code="429",endpoint="slow"' in metrics
+        assert 'flywheel_serving_requests_total{code="200",endpoint="slow"' in metrics
+        assert 'flywheel_serving_requests_total{code="504",endpoint="slow"' in metrics
+        assert 'flywheel_serving_request_duration_seconds_bucket{endpoint="slow"' in metrics
+        assert 'flywheel_serving_queue_depth{model="slow",version="1"}' in metrics

@@ -47,6 +47,16 @@ def server(project: Project, source: FakeSource) -> Iterator[str]:
         config={"allow_nan": True},
         stage="production",
     )
+    source.add(
+        "two",
+        1,
+        FakeModel(lambda t: {"out": t["a"].sum(axis=1) + t["b"]}),
+        signature=Sig(
+            (Spec("a", "FP32", (-1, 2)), Spec("b", "INT64", (-1,))),
+            (Spec("out", "FP64", (-1,)),),
+        ),
+        stage="production",
+    )
     with running_server(serving_app(project, source)) as hostport:
         yield hostport
 
@@ -154,6 +164,13 @@ def test_missing_input_is_named(server: str) -> None:
     )
     assert response.status_code == 400
     assert "'text' is not an input" in response.json()["error"]
+    only_a = {"inputs": [{"name": "a", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
+    response = _post(server, only_a, path="two")
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("input 'b' is missing")
+    b = {"name": "b", "shape": [2], "datatype": "INT64", "data": [1, 2]}
+    mismatch = _post(server, {"inputs": [*only_a["inputs"], b]}, path="two")
+    assert mismatch.status_code == 400 and "batch size 2" in mismatch.json()["error"]
 
 
 def test_nan_refused_unless_allowed(server: str) -> None:
