@@ -19,7 +19,7 @@ from flywheel.features._online import table_name
 from tests.conftest import make_project
 from tests.features.conftest import T0, user_entity, user_stats_view
 
-N_USERS = 60_000
+N_USERS = 40_000
 
 SCRIPT = """
 import sys

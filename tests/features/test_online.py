@@ -98,7 +98,8 @@ def test_materialize_then_read_online(online_project: Project) -> None:
     assert list(df.columns) == ["user_id", "clicks", "spend", "country"]
 
 
-def test_incremental_watermark_and_errors(project: Project) -> None:
+def test_incremental_watermark_and_errors(any_project: Project) -> None:
+    project = any_project
     data = write_user_stats(project.root, n_users=10, rows=300)
     store = FeatureStore(project)
     store.apply([user_entity(), user_stats_view(ttl=None)])

@@ -159,3 +159,29 @@ def test_kill_9_processor_and_restart_loses_nothing_counts_nothing_twice(
     expected = pd.DataFrame(events)
     window = expected[expected["ts"] > t - timedelta(hours=1)]
     assert sum(clean_state["item_id_count_1h"]) == len(window)
+
+
+def test_two_processors_share_a_stream_without_double_counting(stream_project: Project) -> None:
+    import threading
+
+    store = _store(stream_project)
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    events = [
+        {**e, "ts": start + timedelta(seconds=i)} for i, e in enumerate(_events(600, 9, start))
+    ]
+    store.push("clicks", events)
+    stores = [FeatureStore(stream_project) for _ in range(2)]
+    procs = [s.processor(["clicks"], consumer=f"c{i}", batch_size=25) for i, s in enumerate(stores)]
+    threads = [
+        threading.Thread(target=p.run, kwargs={"until_idle": True, "block_ms": 5}) for p in procs
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(p.stats.applied > 0 for p in procs)  # both did work
+    assert sum(p.stats.applied for p in procs) == 600
+    t_end = start + timedelta(seconds=600)
+    snap = _snapshot(store, t_end)
+    window = [e for e in events if e["ts"] > t_end - timedelta(hours=1)]
+    assert sum(snap["item_id_count_1h"]) == len(window)

@@ -102,7 +102,44 @@ def _files_cte(path: Path) -> str:
     )
 
 
-def _view_sql(v: ViewQuery, i: int) -> str:
+@dataclass(frozen=True)
+class _Packing:
+    """How to pack (event time, file, row) into one BIGINT ASOF key, when it fits in 62 bits."""
+
+    base_us: int
+    max_us: int
+    row_bits: int
+    file_bits: int
+    unit_us: int = 1  # event times are whole multiples of this (1 s, 1 ms or 1 µs)
+
+
+def _packing(con: Any, v: ViewQuery) -> _Packing | None:
+    """From Parquet metadata (min/max/count, no scan): a BIGINT packing, or None (use HUGEINT)."""
+    ts = _q(v.timestamp_field)
+    reader = f"read_parquet({_lit(parquet_glob(v.path))}, union_by_name=true)"
+    rows = con.execute(
+        f"SELECT epoch_us(CAST(min({ts}) AS TIMESTAMP)), epoch_us(CAST(max({ts}) AS TIMESTAMP)), "
+        f"count(*) FROM {reader}"
+    ).fetchall()
+    lo, hi, count = rows[0]
+    n_files = len(con.execute(f"SELECT * FROM glob({_lit(parquet_glob(v.path))})").fetchall())
+    if lo is None or hi is None:
+        return None
+    row_bits, file_bits = int(count).bit_length(), n_files.bit_length()
+    if (hi - lo + 1).bit_length() + row_bits + file_bits <= 63:
+        return _Packing(int(lo), int(hi), row_bits, file_bits)
+    # Too wide in µs: if every time is a whole second or millisecond, count in those (one scan).
+    ((sec, ms),) = con.execute(
+        f"SELECT bool_and(epoch_us(CAST({ts} AS TIMESTAMP)) % 1000000 = 0), "
+        f"bool_and(epoch_us(CAST({ts} AS TIMESTAMP)) % 1000 = 0) FROM {reader}"
+    ).fetchall()
+    for ok, unit in ((sec, 1_000_000), (ms, 1000)):
+        if ok and ((hi - lo) // unit + 2).bit_length() + row_bits + file_bits <= 63:
+            return _Packing(int(lo), int(hi), row_bits, file_bits, unit)
+    return None
+
+
+def _view_sql(v: ViewQuery, i: int, packing: _Packing | None = None) -> str:
     keys = ", ".join(f"{_q(k)}" for k in v.join_keys)
     feats = ", ".join(f"{_q(src)} AS {_q(f'__f{i}_{j}')}" for j, (src, _) in enumerate(v.features))
     reader = (
@@ -120,9 +157,19 @@ def _view_sql(v: ViewQuery, i: int) -> str:
             f"QUALIFY row_number() OVER (PARTITION BY {keys}, __ts "
             f"ORDER BY {created}filename DESC, file_row_number DESC) = 1"
         )
-    else:
+    elif packing is not None:
         # Ties at equal event time go to the later file / row: fold that order into the ASOF key
-        # (time << 48 | file << 36 | row), which is cheaper than a window over every row.
+        # ((time - min) << (file+row bits) | file << row bits | row), cheaper than a window.
+        shift = packing.row_bits + packing.file_bits
+        src = (
+            f"SELECT {keys}, {ts} AS __ts, {feats}, "
+            f"(((epoch_us({ts}) - {packing.base_us}) // {packing.unit_us}) << {shift}) "
+            f"+ (fl.__file << {packing.row_bits}) + file_row_number AS __k "
+            f"FROM {reader} r JOIN ({_files_cte(v.path)}) fl USING (filename) "
+            f"WHERE {_q(v.timestamp_field)} IS NOT NULL"
+        )
+    else:
+        # The same folding in 128 bits when the time range and row counts need more than 62.
         src = (
             f"SELECT {keys}, {ts} AS __ts, {feats}, "
             f"(CAST(epoch_us({ts}) AS HUGEINT) << 48) + (CAST(fl.__file AS HUGEINT) << 36) "
@@ -143,11 +190,19 @@ def _view_sql(v: ViewQuery, i: int) -> str:
             f"f.{_q(f'__f{i}_{j}')} AS {_q(out)}" for j, (_, out) in enumerate(v.features)
         )
     ekeys = ", ".join(f"{_q(k)}" for k in v.join_keys)
-    entity = (
-        f"SELECT {ROW}, {ekeys}, {_q(ENTITY_TS)}, "
-        f"(CAST(epoch_us({_q(ENTITY_TS)}) AS HUGEINT) << 48) + ((1::HUGEINT << 48) - 1) AS __k "
-        "FROM entity_df"
-    )
+    if packing is not None and not v.created_timestamp_field:
+        shift = packing.row_bits + packing.file_bits
+        # Clamp to the source's time range: below it nothing matches (key -1), above it all do.
+        # In time units, rounded down: an entity time between two units matches up to the lower.
+        clamped = (
+            f"least(greatest(epoch_us({_q(ENTITY_TS)}), {packing.base_us - packing.unit_us}), "
+            f"{packing.max_us})"
+        )
+        units = f"floor((({clamped}) - {packing.base_us}) / {packing.unit_us})::BIGINT"
+        ekey = f"({units} * {1 << shift}) + {(1 << shift) - 1}"
+    else:
+        ekey = f"(CAST(epoch_us({_q(ENTITY_TS)}) AS HUGEINT) << 48) + ((1::HUGEINT << 48) - 1)"
+    entity = f"SELECT {ROW}, {ekeys}, {_q(ENTITY_TS)}, {ekey} AS __k FROM entity_df"
     return (
         f"SELECT e.{ROW}, {outs} FROM ({entity}) e "
         f"ASOF LEFT JOIN ({src}) f ON {on} AND e.__k >= f.__k"
@@ -231,7 +286,8 @@ def point_in_time_join(
             cols = ", ".join(f"CAST(NULL AS VARCHAR) AS {_q(out)}" for _, out in v.features)
             parts.append(f"SELECT {ROW}, {cols} FROM entity_df")
         else:
-            parts.append(_view_sql(v, i))
+            packing = None if v.created_timestamp_field else _packing(con, v)
+            parts.append(_view_sql(v, i, packing))
         outputs += [out for _, out in v.features]
     for a in aggregations:
         if not has_parquet(a.path):
