@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
     args = parser.parse_args(argv)
-    n = 1500 if args.quick else 6000
+    n = 1500 if args.quick else 5000
     limit = 20.0 if args.quick else 60.0
     if not shutil.which("taskset"):
         raise SystemExit("taskset (util-linux) is needed to pin server and client to CPUs")
@@ -334,17 +334,24 @@ def main(argv: list[str] | None = None) -> None:
         _wait_http(fw_port, "/v2/health/ready", fw)
         _wait_http(ml_port, "/v2/health/ready", ml)
         results: dict[str, dict[int, LoadResult]] = {"flywheel": {}, "mlserver": {}}
-        # Measure one server at a time so they never compete for CPU 0.
-        for name, port, proc in (("mlserver", ml_port, ml), ("flywheel", fw_port, fw)):
-            other = fw if name == "mlserver" else ml
-            os.killpg(other.pid, signal.SIGSTOP)
-            try:
-                for c in (1, 8, 64):
-                    results[name][c] = run_level(port, path, body, c, n if c > 1 else n // 2, limit)
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"{name} died at concurrency {c}")
-            finally:
-                os.killpg(other.pid, signal.SIGCONT)
+        servers = {"mlserver": (ml_port, ml), "flywheel": (fw_port, fw)}
+        # One server at a time (the other is stopped, so they never compete for CPU 0), and
+        # interleaved: each level runs MLServer, Flywheel, Flywheel, MLServer, keeping each
+        # server's best run, so that load drifting on a shared machine favours neither.
+        for c in (1, 8, 64):
+            for name in ("mlserver", "flywheel", "flywheel", "mlserver"):
+                port, proc = servers[name]
+                other = fw if name == "mlserver" else ml
+                os.killpg(other.pid, signal.SIGSTOP)
+                try:
+                    result = run_level(port, path, body, c, n if c > 1 else n // 2, limit)
+                finally:
+                    os.killpg(other.pid, signal.SIGCONT)
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} died at concurrency {c}")
+                best = results[name].get(c)
+                if best is None or result.throughput > best.throughput:
+                    results[name][c] = result
         for c in (1, 8, 64):
             rows.append(
                 (f"sklearn, concurrency {c}", results["flywheel"][c], results["mlserver"][c])
@@ -381,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"flywheel {flywheel.__version__} (1 process, uvicorn+uvloop); "
         f"MLServer {_pkg_version(str(MLSERVER_VENV / 'bin' / 'python'), 'mlserver')} "
-        f"(parallel_workers 0); requests per level: {n} (c=1: {n // 2}), "
+        f"(parallel_workers 0); requests per run: {n} (c=1: {n // 2}), best of 2 runs each, "
         f"V2 JSON, 1 row x {FEATURES} FP32"
     )
     print()
@@ -407,7 +414,10 @@ def main(argv: list[str] | None = None) -> None:
     print()
     shed = overload.statuses.count(429)
     other = len(overload.statuses) - shed - overload.statuses.count(200)
-    print("| sklearn, 640 connections (10x the 64 level), queue limit 64 | value |")
+    print(
+        "| sklearn, 640 connections (10x the 64 level), queue limit 64, "
+        "429s held 250 ms (`shed_delay_ms`) | value |"
+    )
     print("|---|---:|")
     print(f"| server still up afterwards | {'yes' if alive else 'NO'} |")
     print(f"| answered 200 / 429 / other | {overload.statuses.count(200)} / {shed} / {other} |")

@@ -103,6 +103,7 @@ class ServingConfig(_Section):
     max_queue_delay_us: int = Field(default=500, ge=0, le=10_000_000)
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = Field(default=512, ge=1)
+    shed_delay_ms: int = Field(default=250, ge=0, le=10_000)
     instances: int = Field(default=1, ge=1, le=64)
     worker_threads: int = Field(default=4, ge=1, le=256)
     request_timeout_ms: int | None = Field(default=None, ge=1)
@@ -127,6 +128,14 @@ class ExperimentsConfig(_Section):
     type_field: str = "event_type"
 
 
+class RecsysConfig(_Section):
+    """``recsys:`` — the recommender's request path (``GET /recommendations``)."""
+
+    deadline_ms: float = Field(default=50.0, gt=0.0, le=10_000.0)
+    feature_budget: float = Field(default=0.5, gt=0.0, le=1.0)
+    experiment: str | None = None
+
+
 class FlywheelConfig(_Section):
     """The whole of ``flywheel.yaml``. Every key is optional; defaults are the embedded stores."""
 
@@ -141,6 +150,7 @@ class FlywheelConfig(_Section):
     training: TrainingConfig = TrainingConfig()
     serving: ServingConfig = ServingConfig()
     experiments: ExperimentsConfig = ExperimentsConfig()
+    recsys: RecsysConfig = RecsysConfig()
     # The folder that holds flywheel.yaml; relative paths are resolved against it. Not a YAML key.
     root: Path = Field(default=Path("."), exclude=True)
 

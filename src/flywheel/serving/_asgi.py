@@ -7,6 +7,7 @@ picked out of the raw header list, and ``InferenceServer.infer`` does the rest.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from typing import Any
 
@@ -111,6 +112,10 @@ class InferEndpoint:
             )
         except (InvalidInput, PayloadTooLarge) as exc:
             result = InferenceResult(exc.status_code, orjson.dumps({"error": str(exc)}))
+        if result.status == 429 and server.config.shed_delay_ms:
+            # Hold the refusal a moment: clients that retry at once then cannot keep the event
+            # loop busy answering 429s while admitted requests wait for it.
+            await asyncio.sleep(server.config.shed_delay_ms / 1000)
         headers = [_OCTET if result.header_length is not None else _JSON]
         if result.header_length is not None:
             headers.append((b"inference-header-content-length", str(result.header_length).encode()))
