@@ -29,6 +29,7 @@ SYSTEM_ROUTERS: dict[str, str] = {
     "serving": "flywheel.serving._api:router",
     "experiments": "flywheel.experiments._api:router",
     "training": "flywheel.training._api:router",
+    "recsys": "flywheel.recsys._api:router",
 }
 
 # System name -> "module:attribute" of ``(project) -> async context manager``, run for the app's
@@ -38,6 +39,7 @@ SYSTEM_SERVICES: dict[str, str] = {
     "serving": "flywheel.serving._server:serving_service",
     "experiments": "flywheel.experiments._api:bandit_updater",
     "training": "flywheel.training._service:scheduler_service",
+    "recsys": "flywheel.recsys._api:recsys_service",
 }
 
 ServiceFactory = Callable[[Project], contextlib.AbstractAsyncContextManager[Any]]

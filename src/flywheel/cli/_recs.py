@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from flywheel.cli._output import console
+from flywheel.cli._context import ConfigOption, open_project
+from flywheel.cli._output import console, progress_bar
 
 app = typer.Typer(
     help="The real-time recommender: ingest, train, evaluate, serve.", no_args_is_help=True
@@ -137,3 +138,75 @@ def evaluate(
     print(report.format_table())
     print(report.format_notes())
     console.print(f"took {report.seconds:.0f} s")
+
+
+@app.command("ingest")
+def ingest_command(
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Online Retail file or folder (parquet, csv, csv.gz, xlsx). Default: "
+            "$FLYWHEEL_DATA, then ../shared/datasets/uci-online-retail/, then the UCI "
+            "download, then the synthetic generator.",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    download: Annotated[
+        bool, typer.Option(help="Try the UCI download when no local file is found.")
+    ] = True,
+    synthetic: Annotated[
+        bool, typer.Option("--synthetic", help="Use the seeded synthetic shop, not a file.")
+    ] = False,
+    synthetic_users: Annotated[
+        int, typer.Option(min=1, help="Users of the synthetic shop, when it is used.")
+    ] = 20_000,
+    synthetic_items: Annotated[
+        int, typer.Option(min=1, help="Items of the synthetic shop, when it is used.")
+    ] = 5_000,
+) -> None:
+    """Load and clean the data, define the recommender's features, write their Parquet
+    sources, apply and materialize them (item metadata, user RFM, item popularity; the
+    `recs_events` stream and its real-time views)."""
+    from flywheel.recsys import (
+        DataSource,
+        LoadedTransactions,
+        RecsysError,
+        SyntheticConfig,
+        clean_transactions,
+        generate_transactions,
+        ingest,
+        load_transactions,
+    )
+
+    shop = SyntheticConfig(n_users=synthetic_users, n_items=synthetic_items)
+    if synthetic:
+        if data is not None:
+            raise RecsysError("--synthetic and --data exclude each other")
+        loaded = LoadedTransactions(
+            generate_transactions(shop),
+            DataSource(
+                "synthetic",
+                f"SYNTHETIC data (seeded generator, --synthetic; seed {shop.seed}, "
+                f"{shop.n_users:,} users, {shop.n_items:,} items)",
+            ),
+        )
+    else:
+        loaded = load_transactions(data, allow_download=download, synthetic=shop)
+    print(f"data: {loaded.source.description}", flush=True)
+    project = open_project(config)
+    lines = clean_transactions(loaded.frame)
+    with progress_bar() as bar:
+        task = bar.add_task("ingesting", total=4)
+
+        def step(message: str, done: int, total: int) -> None:
+            bar.update(task, description=message, completed=done, total=total)
+
+        report = ingest(project, lines, step=step)
+    console.print(
+        f"ingested {report.lines:,} purchase lines: {report.users:,} users, "
+        f"{report.items:,} items in {report.categories} categories "
+        f"({report.start:%Y-%m-%d} → {report.end:%Y-%m-%d}) into {report.folder}"
+    )
+    for view, rows in sorted(report.materialized.items()):
+        console.print(f"  materialized {view}: {rows:,} rows")

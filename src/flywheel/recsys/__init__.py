@@ -14,7 +14,10 @@ Public API (everything else is private):
   ``ContentSimilarity`` (MiniLM / TF-IDF text embeddings, ``TextEmbedder``), their union with
   reasons (``CandidateUnion``) and a tuned blend (``HybridBlend``, ``tune_blend_weights``);
 * ``evaluate_offline`` — the whole OR-T1 table (``EvaluationReport``), as
-  ``flywheel recs evaluate`` prints it.
+  ``flywheel recs evaluate`` prints it;
+* online — ``feature_definitions`` / ``ingest`` (``IngestReport``) put the data into the feature
+  store; ``OnlineRecommender`` (``RecsysSettings``, ``OnlineState``, ``Event``,
+  ``Recommendation``) answers ``GET /recommendations/{user_id}`` and records ``POST /events``.
 
 Errors: ``RecsysError`` (root) > ``DataUnavailableError``, ``DataFormatError``,
 ``EmptySplitError``.
@@ -64,6 +67,14 @@ from flywheel.recsys._errors import (
     RecsysError,
 )
 from flywheel.recsys._evaluate import EvaluationReport, EvaluationRow, evaluate_offline
+from flywheel.recsys._ingest import (
+    EVENT_STREAM,
+    EVENT_TYPES,
+    IngestReport,
+    derive_categories,
+    feature_definitions,
+    ingest,
+)
 from flywheel.recsys._metrics import (
     VIEWS,
     ViewMetrics,
@@ -75,6 +86,13 @@ from flywheel.recsys._metrics import (
     recall_at_k,
     top_k,
     view_truth,
+)
+from flywheel.recsys._online import (
+    Event,
+    OnlineRecommender,
+    OnlineState,
+    Recommendation,
+    RecsysSettings,
 )
 from flywheel.recsys._protocol import (
     OR_T1_TRAIN_END,
@@ -89,6 +107,8 @@ from flywheel.recsys._text import TEXT_METHODS, TextEmbedder, embed_texts
 
 __all__ = [
     "EASE",
+    "EVENT_STREAM",
+    "EVENT_TYPES",
     "IALS",
     "NON_PRODUCT_CODES",
     "ONLINE_RETAIL_COLUMNS",
@@ -107,13 +127,19 @@ __all__ = [
     "EmptySplitError",
     "EvaluationReport",
     "EvaluationRow",
+    "Event",
     "HybridBlend",
+    "IngestReport",
     "ItemKNN",
     "LoadedTransactions",
     "MostPopular",
+    "OnlineRecommender",
+    "OnlineState",
     "Popularity",
+    "Recommendation",
     "Recommender",
     "RecsysError",
+    "RecsysSettings",
     "RepeatFrequency",
     "RepeatPurchase",
     "Split",
@@ -127,13 +153,16 @@ __all__ = [
     "clean_transactions",
     "decayed_user_item",
     "default_data_dir",
+    "derive_categories",
     "download_online_retail",
     "embed_texts",
     "evaluate_offline",
     "evaluate_view",
+    "feature_definitions",
     "find_data_file",
     "generate_transactions",
     "hit_at_k",
+    "ingest",
     "load_transactions",
     "metrics_from_rankings",
     "ndcg_at_k",
