@@ -9,6 +9,7 @@ closes it and the caller reconnects.
 from __future__ import annotations
 
 import socket
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,9 @@ class RespConnection:
     ) -> None:
         self.sock = socket.create_connection((host, port), timeout=10)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Closed when the connection object goes away (thread-local owners are not closed
+        # explicitly by threads that end), without an "unclosed socket" warning.
+        weakref.finalize(self, self.sock.close)
         self.buf = b""
         self.pos = 0
         if password:
