@@ -59,9 +59,19 @@ def _fallbacks(reason: str) -> float:
 
 def test_categories_are_head_nouns() -> None:
     cats = derive_categories(
-        pd.Series(["WHITE HANGING HEART T-LIGHT HOLDER", "RED T-LIGHT HOLDER", "ODD THING", None])
+        pd.Series(
+            [
+                "WHITE HANGING HEART T-LIGHT HOLDER",
+                "RED T-LIGHT HOLDERS SMALL",
+                "SET/4 BUTTERFLY MIRROR MAGNETS",
+                "ALARM CLOCK BAKELIKE RED",
+                "ALARM CLOCK BAKELIKE PINK",
+                None,
+            ]
+        ),
+        min_items=2,
     )
-    assert cats.tolist() == ["HOLDER", "HOLDER", "OTHER", "OTHER"]
+    assert cats.tolist() == ["HOLDER", "HOLDER", "OTHER", "BAKELIKE", "BAKELIKE", "OTHER"]
 
 
 def test_ingest_materializes_the_batch_views(shop: Project, tiny_lines: pd.DataFrame) -> None:
@@ -282,3 +292,22 @@ def test_nothing_ingested_is_404(project: Project) -> None:
     with TestClient(create_app(project, systems=["recsys"])) as client:
         r = client.get("/recommendations/1", headers={"Authorization": f"Bearer {reader}"})
         assert r.status_code == 404 and "recs ingest" in r.json()["error"]
+
+
+def test_purchases_update_co_occurrence_copy_on_write(shop: Project) -> None:
+    rec = OnlineRecommender(shop)
+    try:
+        st = rec.state
+        a, b = st.item_ids[0], st.item_ids[1]
+        ra, rb = st.item_index[a], st.item_index[b]
+        old = st.cooc
+        assert old is not None
+        before = old.counts[ra, rb]
+        rec.record_events([Event(7, a, "purchase"), Event(7, b, "purchase")])
+        assert st.cooc is not old and old.counts[ra, rb] == before  # readers kept the old one
+        assert st.cooc is not None and st.cooc.counts[ra, rb] == before + 1
+        trend_before = st.trending._scores[ra]
+        rec.record_events([Event(8, a, "view")])
+        assert st.trending._scores[ra] == trend_before + 1
+    finally:
+        rec.close()

@@ -151,13 +151,16 @@ def post_events(
 
 @contextlib.asynccontextmanager
 async def recsys_service(project: Project) -> AsyncIterator[None]:
-    """``flywheel up``: fit the recommender at start-up (when data was ingested)."""
+    """``flywheel up``: fit the recommender and open its stores at start-up (when data was
+    ingested), so that the first request does not pay for it."""
 
     def warm() -> None:
         try:
-            recommender_for(project)
+            rec = recommender_for(project)
         except Exception as exc:  # nothing ingested yet: the routes say so on use
             log.info("recsys not ready: %s", exc)
+            return
+        rec.warm_up()
 
     await asyncio.to_thread(warm)
     try:

@@ -58,22 +58,50 @@ def data_dir(project: Project) -> Path:
     return project.config.resolve_path(DATA_FOLDER)
 
 
-def derive_categories(descriptions: pd.Series, *, max_categories: int = 60) -> pd.Series:
-    """A category per product from its text: the head noun (the last word of the description).
+# Words that qualify a product rather than name it (colours, sizes, patterns, packaging).
+_MODIFIERS = frozenset(
+    " ".join(
+        (
+            "RED PINK BLUE GREEN WHITE BLACK IVORY CREAM GOLD SILVER PURPLE ORANGE YELLOW BROWN",
+            "GREY GRAY TURQUOISE LILAC CHOCOLATE NATURAL CLEAR PASTEL MULTI COLOUR COLOURS",
+            "COLOUR/S LARGE SMALL MEDIUM MINI JUMBO BIG GIANT TINY SET SETS OF ASSORTED DESIGN",
+            "DESIGNS RETROSPOT POLKADOT SPOT SPOTS STRIPE STRIPES VINTAGE WITH AND IN THE A TO",
+            "FOR S/2 S/3 S/4 S/6 OUTDOOR DOILY DOILEY",
+        )
+    ).split(" ")
+)
 
-    ``"WHITE HANGING HEART T-LIGHT HOLDER"`` -> ``"HOLDER"``. Nouns held by fewer than two
-    products, and beyond the ``max_categories`` most common, become ``"OTHER"``.
+
+def _head_noun(text: str) -> str:
+    words = [w for w in text.split() if not any(ch.isdigit() for ch in w)]
+    for w in reversed(words):
+        if w not in _MODIFIERS and len(w) > 2:
+            return w
+    return OTHER_CATEGORY
+
+
+def derive_categories(
+    descriptions: pd.Series, *, min_items: int = 5, max_categories: int = 100
+) -> pd.Series:
+    """A category per product from its text: its head noun, the last word that is not a
+    colour, size, pattern or number, with a plural folded into its singular.
+
+    ``"WHITE HANGING HEART T-LIGHT HOLDER"`` -> ``"HOLDER"``, ``"SET/4 BUTTERFLY MIRROR
+    MAGNETS"`` -> ``"MAGNET"``. Nouns held by fewer than ``min_items`` products, and beyond
+    the ``max_categories`` most common, become ``"OTHER"`` (on Online Retail: 100 categories
+    cover 60% of the products).
     """
-    words = (
+    text = (
         descriptions.fillna("")
         .astype(str)
         .str.upper()
-        .str.replace(r"[^A-Z0-9\- ]", " ", regex=True)
-        .str.split()
-        .map(lambda w: w[-1] if w else OTHER_CATEGORY)
+        .str.replace(r"[^A-Z0-9/\- ]", " ", regex=True)
     )
-    counts = words.value_counts()
-    keep = set(counts[counts >= 2].index[:max_categories])
+    words = text.map(_head_noun)
+    vocab = set(words)
+    words = words.map(lambda w: w[:-1] if w.endswith("S") and w[:-1] in vocab else w)
+    counts = words[words != OTHER_CATEGORY].value_counts()
+    keep = set(counts[counts >= min_items].index[:max_categories])
     return words.where(words.isin(keep), OTHER_CATEGORY)
 
 

@@ -26,6 +26,7 @@ processes see it through the stream features.
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import functools
 import threading
 import time
@@ -70,7 +71,7 @@ WEIGHTS: dict[str, float] = {
     "session": 1.2,
     "repeat": 1.0,
     "co-occurrence": 1.0,
-    "category": 0.8,
+    "category": 0.6,
     "trending": 0.3,
     "popularity": 0.2,
 }
@@ -180,7 +181,9 @@ class OnlineState:
         self.cooc: CoOccurrence | None = CoOccurrence(basket="invoice").fit(train)
         self.trending: Popularity = Popularity(half_life_days=half_life_days).fit(train)
         self.popularity: Popularity = Popularity().fit(train)
-        self.lock = threading.Lock()
+        self.cooc.similarity()  # computed once here, not by the first request
+        self.lock = threading.Lock()  # guards the in-place trending counts
+        self.update_lock = threading.Lock()  # serialises co-occurrence rebuilds
 
     @classmethod
     def from_project(cls, project: Project, half_life_days: float = 14.0) -> OnlineState:
@@ -242,6 +245,20 @@ class OnlineRecommender:
         self._sessions: OrderedDict[int, deque[tuple[str, str]]] = OrderedDict()
         self._session_lock = threading.Lock()
         self._experiments: Experiments | None = None
+
+    def warm_up(self) -> None:
+        """Open the stores and resolve the feature refs in every worker thread (one read each),
+        so the first requests are not served by a fallback."""
+        user = next(iter(self.state.user_index), 0)
+        futures = [self._pool.submit(self.read_features, user) for _ in range(4)]
+        for f in futures:
+            try:
+                f.result(timeout=30)
+            except Exception as exc:  # the request path has its fallbacks; say why here
+                import logging
+
+                logging.getLogger(__name__).warning("recsys warm-up read failed: %s", exc)
+        self.recommend(user, 20, deadline_ms=10_000)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -331,48 +348,49 @@ class OnlineRecommender:
         row = st.user_index.get(user_id)
         recent_rows = [st.item_index[i] for i in ctx.recent_items if i in st.item_index]
         missing = False
+        # Events swap in a new co-occurrence object (copy on write); read one snapshot.
+        repeat, cooc = st.repeat, st.cooc
         with st.lock:
-            if strategy != "popularity":
-                if strategy == "hybrid" and row is not None:
-                    if st.repeat is None:
-                        missing = True
-                    else:
-                        out["repeat"] = _top(st.repeat.score(np.asarray([row]))[0], n)
-                    if st.cooc is None:
-                        missing = True
-                    else:
-                        out["co-occurrence"] = _top(st.cooc.score(np.asarray([row]))[0], n)
-                if recent_rows:
-                    if st.cooc is None:
-                        missing = True
-                    else:
-                        weights = 0.8 ** np.arange(len(recent_rows))[::-1]
-                        sim = st.cooc.similarity()[np.asarray(recent_rows)]
-                        scores = np.asarray(sim.T @ weights).ravel()
-                        out["session"] = _top(scores, n)
-                if ctx.category_counts:
-                    trend = st.trending._scores
-                    total = sum(ctx.category_counts.values()) or 1.0
-                    scores = np.zeros(len(st.item_ids))
-                    for cat, count in ctx.category_counts.items():
-                        rows = st.category_rows.get(cat)
-                        if rows is not None and len(rows):
-                            t = trend[rows]
-                            scores[rows] = (count / total) * (1.0 + t / (t.max() or 1.0))
-                    out["category"] = _top(scores, n)
-                if surface == "product" and anchor is not None and anchor in st.item_index:
-                    a = st.item_index[anchor]
-                    scores = np.zeros(len(st.item_ids))
-                    same = st.category_rows.get(str(st.categories[a]), np.empty(0, dtype=int))
-                    scores[same] = 0.2
-                    if st.cooc is not None:
-                        sim = np.asarray(st.cooc.similarity()[a].todense()).ravel()
-                        scores += sim / (sim.max() or 1.0)
-                    else:
-                        missing = True
-                    scores[a] = 0.0
-                    out["similar"] = _top(scores, n)
-            out["trending"] = _top(st.trending._scores.copy(), n)
+            trend = st.trending._scores.copy()
+        if strategy != "popularity":
+            if strategy == "hybrid" and row is not None:
+                if repeat is None:
+                    missing = True
+                else:
+                    out["repeat"] = _top(repeat.score(np.asarray([row]))[0], n)
+                if cooc is None:
+                    missing = True
+                else:
+                    out["co-occurrence"] = _top(cooc.score(np.asarray([row]))[0], n)
+            if recent_rows:
+                if cooc is None:
+                    missing = True
+                else:
+                    weights = 0.8 ** np.arange(len(recent_rows))[::-1]
+                    sim = cooc.similarity()[np.asarray(recent_rows)]
+                    out["session"] = _top(np.asarray(sim.T @ weights).ravel(), n)
+            if ctx.category_counts:
+                total = sum(ctx.category_counts.values()) or 1.0
+                scores = np.zeros(len(st.item_ids))
+                for cat, count in ctx.category_counts.items():
+                    rows = st.category_rows.get(cat)
+                    if rows is not None and len(rows):
+                        t = trend[rows]
+                        scores[rows] = (count / total) * (1.0 + t / (t.max() or 1.0))
+                out["category"] = _top(scores, n)
+            if surface == "product" and anchor is not None and anchor in st.item_index:
+                a = st.item_index[anchor]
+                scores = np.zeros(len(st.item_ids))
+                same = st.category_rows.get(str(st.categories[a]), np.empty(0, dtype=int))
+                scores[same] = 0.2
+                if cooc is not None:
+                    sim_row = np.asarray(cooc.similarity()[a].todense()).ravel()
+                    scores += sim_row / (sim_row.max() or 1.0)
+                else:
+                    missing = True
+                scores[a] = 0.0
+                out["similar"] = _top(scores, n)
+        out["trending"] = _top(trend, n)
         if missing:
             fallbacks.append("generators_missing")
         return out
@@ -407,7 +425,7 @@ class OnlineRecommender:
         if total > 0:
             for r in score:
                 share = counts.get(str(st.categories[r]), 0.0) / total
-                score[r] *= 1.0 + share
+                score[r] *= 1.0 + 0.5 * share
         best = sorted(score, key=lambda r: (-score[r], r))[:k]
         return [
             {
@@ -558,8 +576,13 @@ class OnlineRecommender:
                     trending.append(row)
                     if r["event_type"] == "purchase":
                         baskets.setdefault(uid, []).append(row)
-        with st.lock:
-            if trending:
+        if trending:
+            with st.lock:
                 st.trending.update(trending)
-            if baskets and st.cooc is not None:
-                st.cooc.update(baskets.values())
+        if baskets and st.cooc is not None:
+            # Copy on write: requests keep reading the old matrix until the new one is ready.
+            with st.update_lock:
+                fresh = copy.copy(st.cooc)
+                fresh.update(baskets.values())
+                fresh.similarity()
+                st.cooc = fresh
