@@ -10,22 +10,48 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from flywheel.auth import TokenStore
+from flywheel.project import Project
 from tests.conftest import services_required
+from tests.ui import _seed
 
 CHROMIUM = "/usr/bin/chromium"
 OUTPUT_DIR = Path(__file__).resolve().parents[2] / "test-output" / "ui"
 
 
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@dataclass(frozen=True)
+class Server:
+    """A running ``flywheel up`` over a project filled with real data (see ``_seed``)."""
+
+    url: str
+    root: Path
+    writer_token: str
+    reader_token: str
+    seeded: dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("ui-project")
     cli = [sys.executable, "-m", "flywheel.cli"]
     subprocess.run([*cli, "init", str(root)], check=True, capture_output=True)
+    config = root / "flywheel.yaml"
+    # Log every prediction, so that the drift report has rows to compare.
+    config.write_text(config.read_text() + "\nserving:\n  prediction_log_sample_rate: 1.0\n")
+    project = Project.open(config)
+    try:
+        tokens = TokenStore(project.db)
+        writer = tokens.create("writer", "ui")[1]
+        reader = tokens.create("reader", "ui-reader")[1]
+    finally:
+        project.close()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -38,21 +64,33 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("flywheel up did not start") from None
+                time.sleep(0.2)
+        seeded = _seed.seed(root, url, writer)
+        yield Server(url, root, writer, reader, seeded)
+    finally:
+        proc.send_signal(signal.SIGINT)
         try:
-            httpx.get(f"{url}/healthz", timeout=2)
-            break
-        except httpx.TransportError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("flywheel up did not start") from None
-            time.sleep(0.2)
-    yield url
-    proc.send_signal(signal.SIGINT)
-    proc.wait(30)
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
+def server_url(server: Server) -> str:
+    return server.url
+
+
+@pytest.fixture(scope="session")
 def browser() -> Iterator[object]:
     if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
         message = f"{CHROMIUM} is not installed (apt-get install -y chromium)"

@@ -1,4 +1,6 @@
-"""Every dashboard page in a real browser: no console errors, no failed requests, charts drawn."""
+"""Every dashboard page in a real browser over real data: no console errors, no failed requests,
+charts drawn, screenshots saved; and what each page is for (search, compare, promote, drift, ...).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +11,10 @@ import httpx
 import pytest
 
 from flywheel.ui import PAGES
+from tests.ui._seed import AB_TEST, BANDIT, DRIFT_FEATURES, ENDPOINT, MODEL
+from tests.ui.conftest import Server
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 CANVAS_HAS_INK = """(sel) => {
   const canvases = [...document.querySelectorAll(sel + ' canvas')];
@@ -18,6 +24,7 @@ CANVAS_HAS_INK = """(sel) => {
     return false;
   });
 }"""
+VIEWS = [(slug, title, "") for slug, title, _ in PAGES] + [("experiments", "Experiments", BANDIT)]
 
 
 def open_page(
@@ -39,32 +46,53 @@ def open_page(
     return page, problems
 
 
-@pytest.mark.browser
-@pytest.mark.integration
-@pytest.mark.parametrize(("slug", "title"), [(s, t) for s, t, _ in PAGES])
-def test_page_loads_cleanly_and_draws(
-    browser: Any, server_url: str, output_dir: Path, slug: str, title: str
-) -> None:
-    page, problems = open_page(browser, f"{server_url}/ui/{slug}")
-    assert page.locator("h1").inner_text() == title
-    # Two scrapes of /metrics are needed before a rate exists; wait for ink on every chart.
+def wait_for_charts(page: Any) -> None:
+    """Every canvas chart has ink and every SVG chart has shapes."""
     page.wait_for_function(
-        "() => document.querySelectorAll('[data-testid=chart] canvas').length > 0", timeout=15000
+        "() => document.querySelectorAll('[data-testid=chart] canvas, [data-testid=svg-chart]')"
+        ".length > 0",
+        timeout=15000,
     )
     for chart in page.locator("[data-testid=chart]").all():
-        chart_id = chart.get_attribute("id")
-        page.wait_for_function(CANVAS_HAS_INK, arg=f"#{chart_id}", timeout=15000)
-    page.screenshot(path=str(output_dir / f"{slug}.png"), full_page=True)
+        page.wait_for_function(CANVAS_HAS_INK, arg=f"#{chart.get_attribute('id')}", timeout=15000)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=svg-chart]')]"
+        ".every((s) => s.querySelectorAll('rect, circle, path, line').length > 0)",
+        timeout=15000,
+    )
+
+
+@pytest.mark.parametrize(("slug", "title", "anchor"), VIEWS)
+def test_page_loads_cleanly_and_draws(
+    browser: Any, server: Server, output_dir: Path, slug: str, title: str, anchor: str
+) -> None:
+    page, problems = open_page(browser, f"{server.url}/ui/{slug}#{anchor}")
+    assert page.locator("h1").inner_text() == title
+    wait_for_charts(page)
+    page.screenshot(path=str(output_dir / f"{slug}{'-' + anchor if anchor else ''}.png"))
     assert problems == []
     page.close()
 
 
-@pytest.mark.browser
-@pytest.mark.integration
-def test_overview_shows_store_health_and_live_routes(browser: Any, server_url: str) -> None:
+@pytest.mark.parametrize("slug", [slug for slug, _, _ in PAGES])
+def test_narrow_window_has_no_horizontal_scroll(
+    browser: Any, server: Server, output_dir: Path, slug: str
+) -> None:
+    page, problems = open_page(browser, f"{server.url}/ui/{slug}", width=390, height=844)
+    page.wait_for_selector("main tbody tr")
+    overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    page.screenshot(path=str(output_dir / f"{slug}-narrow.png"))
+    assert overflow <= 0
+    assert problems == []
+    page.close()
+
+
+def test_overview_shows_health_routes_jobs_experiments_endpoints(
+    browser: Any, server: Server
+) -> None:
     for _ in range(5):
-        httpx.get(f"{server_url}/healthz")
-    page, problems = open_page(browser, f"{server_url}/ui/overview")
+        httpx.get(f"{server.url}/healthz")
+    page, problems = open_page(browser, f"{server.url}/ui/overview")
     page.wait_for_function("() => document.querySelectorAll('#stores tbody tr').length === 5")
     assert page.locator("#health-status").inner_text() == "ok"
     page.wait_for_function(
@@ -72,25 +100,170 @@ def test_overview_shows_store_health_and_live_routes(browser: Any, server_url: s
         ".some(td => td.textContent.includes('/healthz'))",
         timeout=15000,
     )
+    page.wait_for_selector(f"#endpoints-live td:has-text('{ENDPOINT}')", timeout=15000)
+    assert "ui-ticker" in page.locator("#jobs tbody").inner_text()
+    experiments = page.locator("#experiments tbody").inner_text()
+    assert AB_TEST in experiments and BANDIT in experiments
     assert problems == []
     page.close()
 
 
-@pytest.mark.browser
-@pytest.mark.integration
-def test_narrow_window_has_no_horizontal_scroll(
-    browser: Any, server_url: str, output_dir: Path
+def test_features_search_schema_and_lineage(browser: Any, server: Server) -> None:
+    page, problems = open_page(browser, f"{server.url}/ui/features#user_stats")
+    page.wait_for_selector("#schema td:has-text('spend_7d')")
+    assert "materialized until" in page.locator("#detail").inner_text()
+    page.fill("#search", "taste")  # a field name finds its view
+    page.wait_for_function("() => document.querySelectorAll('#catalog tbody tr').length === 1")
+    assert page.locator("#catalog tbody").inner_text().startswith("user_stats")
+    # The graph runs from the source file to the endpoint that serves the model.
+    page.wait_for_selector("#lineage svg [data-node]")
+    nodes = page.eval_on_selector_all(
+        "#lineage svg [data-node]", "els => els.map(e => e.dataset.node)"
+    )
+    for node in (
+        "data_source:data/user_stats.parquet",
+        "feature_view:user_stats@v1",
+        "feature_service:ranker_features",
+        "training_dataset:ui_ranker_train",
+        f"model_version:{MODEL}/1",
+        f"endpoint:{ENDPOINT}",
+    ):
+        assert node in nodes
+    assert page.locator("#lineage svg path").count() >= len(nodes) - 1
+    page.click("#lineage [data-node='feature_service:ranker_features'] a")
+    page.wait_for_function("() => location.hash === '#ranker_features'")
+    page.wait_for_selector("#detail-name:has-text('ranker_features')")
+    assert problems == []
+    page.close()
+
+
+def test_runs_compare_on_one_chart(browser: Any, server: Server) -> None:
+    page, problems = open_page(browser, f"{server.url}/ui/runs")
+    page.wait_for_selector("#chart-val_auc canvas")
+    legend = page.locator("#chart-val_auc .u-legend").inner_text()
+    assert legend.count("ui-ranker-") == 2  # both runs on the same chart
+    assert "lr" in page.locator("#compare").inner_text()
+    page.fill("#search", "lr=0.03")
+    page.wait_for_function("() => document.querySelectorAll('#runs tbody tr').length === 1")
+    page.locator("#runs tbody input[type=checkbox]").uncheck()
+    page.wait_for_function(
+        "() => (document.querySelector('#chart-val_auc .u-legend')?.innerText || '')"
+        ".split('ui-ranker-').length === 2"
+    )
+    assert problems == []
+    page.close()
+
+
+def test_promote_is_refused_without_a_writer_token_and_works_with_one(
+    browser: Any, server: Server, output_dir: Path
 ) -> None:
-    page, problems = open_page(browser, f"{server_url}/ui/overview", width=390, height=844)
-    page.wait_for_selector("#stores tbody tr")
-    overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
-    page.screenshot(path=str(output_dir / "overview-narrow.png"), full_page=True)
-    assert overflow <= 0
+    page, problems = open_page(browser, f"{server.url}/ui/models#{MODEL}")
+    promote = "#version-table [data-action='production-2']"
+    page.wait_for_selector(promote)
+
+    page.click(promote)  # no token
+    page.wait_for_selector("#flash.bad")
+    assert "refused (HTTP 401)" in page.locator("#flash").inner_text()
+    page.fill("#token", server.reader_token)
+    page.dispatch_event("#token", "change")
+    page.click(promote)
+    page.wait_for_selector("#flash.bad:has-text('HTTP 403')")
+    stages = httpx.get(f"{server.url}/registry/models").json()[0]["stages"]
+    assert stages["production"] == 1  # nothing changed
+
+    page.fill("#token", server.writer_token)
+    page.dispatch_event("#token", "change")
+    page.wait_for_load_state("networkidle")
+    page.reload()  # the token survives a reload (sessionStorage)
+    page.wait_for_selector(promote)
+    page.click(promote)
+    page.wait_for_selector("#flash.ok")
+    page.wait_for_selector("#audit td:has-text('promoted from the dashboard')")
+    assert httpx.get(f"{server.url}/registry/models").json()[0]["stages"]["production"] == 2
+    page.screenshot(path=str(output_dir / "models-promoted.png"))
+
+    page.click("[data-action='rollback-production']")
+    page.wait_for_selector("#flash.ok:has-text('rollback')")
+    assert httpx.get(f"{server.url}/registry/models").json()[0]["stages"]["production"] == 1
+    page.wait_for_load_state("networkidle")
+    # The only failed requests are the two refusals the test asked for (Chromium also logs each
+    # refused response to the console).
+    refused = [p for p in problems if "401" in p or "403" in p]
+    assert [p for p in problems if p not in refused] == []
+    assert [p for p in refused if p.startswith("HTTP")] == [
+        f"HTTP 401: {server.url}/registry/models/{MODEL}/versions/2/stage",
+        f"HTTP 403: {server.url}/registry/models/{MODEL}/versions/2/stage",
+    ]
+    page.close()
+
+
+def test_endpoint_split_latency_shadow_and_drift(browser: Any, server: Server) -> None:
+    page, problems = open_page(browser, f"{server.url}/ui/endpoints#{ENDPOINT}")
+    page.wait_for_selector("[data-testid=split] span")
+    assert page.locator("[data-testid=split]").inner_text().split() == ["v1", "80%", "v2", "20%"]
+    # Live traffic while the page watches: latency per version appears on the chart.
+    body = {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 50.0]}]}
+    with httpx.Client(base_url=server.url) as client:
+        for i in range(40):
+            client.post(
+                f"/v2/models/{ENDPOINT}/infer", json=body, headers={"x-routing-key": str(i)}
+            )
+        page.wait_for_function(
+            "() => document.querySelector('#chart-latency .u-legend')?.innerText.includes('v1')",
+            timeout=15000,
+        )
+        for i in range(40):
+            client.post(
+                f"/v2/models/{ENDPOINT}/infer", json=body, headers={"x-routing-key": str(i)}
+            )
+    page.wait_for_selector("#shadow svg rect")
+    assert "compared requests" in page.locator("#shadow").inner_text()
+    page.wait_for_selector("#drift-table")
+    drift = page.locator("#drift-table tbody").inner_text()
+    for feature in DRIFT_FEATURES:
+        assert feature in drift
+    assert page.locator("#drift svg rect").count() == len(DRIFT_FEATURES)
     assert problems == []
     page.close()
 
 
-def test_static_files_cannot_escape(server_url: str) -> None:
+def test_experiment_intervals_srm_and_bandit_allocation(browser: Any, server: Server) -> None:
+    page, problems = open_page(browser, f"{server.url}/ui/experiments#{AB_TEST}")
+    page.wait_for_selector("#metrics svg circle")
+    assert page.locator("#variants tbody tr").count() == 2
+    assert "SRM" in page.locator("#srm").inner_text()
+    assert "sequential p" in page.locator("#metrics").inner_text()
+    assert page.locator("#metrics svg circle").count() == 3  # 2 variants + 1 difference
+    assert problems == []
+    page.close()
+
+    page, more = open_page(browser, f"{server.url}/ui/experiments#{BANDIT}")
+    page.wait_for_selector("#probs svg rect")
+    arms = page.locator("#arms tbody").inner_text()
+    assert all(a in arms for a in ("popular", "personalized", "trending"))
+    assert page.locator("#ab-cards").is_hidden()
+    assert more == []
+    page.close()
+
+
+def test_training_job_log_tail_and_inventory(browser: Any, server: Server) -> None:
+    page, problems = open_page(browser, f"{server.url}/ui/training")
+    page.wait_for_function(
+        "() => document.querySelector('#log').textContent.includes('loss')", timeout=20000
+    )
+    first = page.locator("#log").text_content()
+    page.wait_for_function(  # the tail follows the running job
+        "(before) => document.querySelector('#log').textContent !== before",
+        arg=first,
+        timeout=20000,
+    )
+    assert "ranking" in page.locator("#jobs tbody").inner_text()
+    assert "1 / " in page.locator("#nodes tbody").inner_text()  # one CPU held by the job
+    assert problems == []
+    page.close()
+
+
+def test_static_files_cannot_escape(server: Server) -> None:
     for path in ("../_pages.py", "..%2F_pages.py", "vendor/../../__init__.py"):
-        r = httpx.get(f"{server_url}/ui/static/{path}")
+        r = httpx.get(f"{server.url}/ui/static/{path}")
         assert r.status_code == 404

@@ -26,6 +26,7 @@ SYSTEM_ROUTERS: dict[str, str] = {
     "features": "flywheel.features._api:router",
     "tracking": "flywheel.tracking._api:router",
     "registry": "flywheel.registry._api:router",
+    "ui": "flywheel.ui:router",
     "serving": "flywheel.serving._api:router",
     "experiments": "flywheel.experiments._api:router",
     "training": "flywheel.training._api:router",

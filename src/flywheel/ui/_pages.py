@@ -18,6 +18,12 @@ VENDOR_FILES = ("uPlot.iife.min.js", "uPlot.min.css")
 # (path, nav title, template). A page is listed only once the system it shows exists.
 PAGES: list[tuple[str, str, str]] = [
     ("overview", "Overview", "overview.html"),
+    ("features", "Features", "features.html"),
+    ("training", "Training", "training.html"),
+    ("runs", "Runs", "runs.html"),
+    ("models", "Models", "models.html"),
+    ("endpoints", "Endpoints", "endpoints.html"),
+    ("experiments", "Experiments", "experiments.html"),
 ]
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
