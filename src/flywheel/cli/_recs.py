@@ -210,3 +210,34 @@ def ingest_command(
     )
     for view, rows in sorted(report.materialized.items()):
         console.print(f"  materialized {view}: {rows:,} rows")
+
+
+@app.command("serve")
+def serve_command(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Address (default from config).")] = None,
+    port: Annotated[int, typer.Option(help="Port.")] = 8002,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes.")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve only the recommender (GET /recommendations, POST /events) and the feature routes,
+    without the rest of `flywheel up`. Each worker fits its own generators at start-up and
+    sees the others' events through the feature store's stream views."""
+    import os
+
+    import uvicorn
+
+    from flywheel.config import CONFIG_ENV_VAR, CONFIG_FILENAME
+
+    project = open_project(config)
+    host = host or project.config.server.host
+    os.environ[CONFIG_ENV_VAR] = str(Path(config or project.root / CONFIG_FILENAME).resolve())
+    console.print(f"recommender on http://{host}:{port} with {workers} worker(s)")
+    uvicorn.run(
+        "flywheel.recsys._api:create_recsys_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+    )
