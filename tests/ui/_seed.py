@@ -1,10 +1,10 @@
 """Real data for the dashboard tests, made through the systems' public Python APIs, CLI and HTTP.
 
 Against the project a running ``flywheel up`` serves: a feature repo applied and materialized, a
-training dataset, tracked runs with metric series, a registered sklearn model (two versions, one
-in production) linked to its run, dataset and feature service, an endpoint with a traffic split
-and some inference traffic, an A/B test with exposures and events, a bandit with rewards, and a
-training job.
+training dataset, the recommender's synthetic shop, tracked runs with metric series, a registered
+sklearn model (two versions, one in production) linked to its run, dataset and feature service, an
+endpoint with a traffic split, a shadow and inference traffic (half of it drifted), an A/B test
+with exposures and events, a bandit with rewards, and a running training job.
 """
 
 from __future__ import annotations
@@ -66,6 +66,17 @@ def seed(root: Path, url: str, token: str) -> dict[str, Any]:
     (root / "data").mkdir(exist_ok=True)
     shutil.copy(EXAMPLES / "features" / "data" / "user_stats.parquet", root / "data")
     cli(root, "features", "apply", "feature_repo")
+    # The recommender: a small seeded synthetic shop (its own feature views join the catalog).
+    cli(
+        root,
+        "recs",
+        "ingest",
+        "--synthetic",
+        "--synthetic-users",
+        "200",
+        "--synthetic-items",
+        "100",
+    )
     r = http.post(
         "/features/materialize",
         json={"start": "2026-11-01T00:00:00Z", "end": "2026-11-26T00:00:00Z"},

@@ -24,6 +24,8 @@ CANVAS_HAS_INK = """(sel) => {
     return false;
   });
 }"""
+COLD_USER = 990001  # not in the synthetic shop: starts from trending items
+
 VIEWS = [(slug, title, "") for slug, title, _ in PAGES] + [("experiments", "Experiments", BANDIT)]
 
 
@@ -259,6 +261,27 @@ def test_training_job_log_tail_and_inventory(browser: Any, server: Server) -> No
     )
     assert "ranking" in page.locator("#jobs tbody").inner_text()
     assert "1 / " in page.locator("#nodes tbody").inner_text()  # one CPU held by the job
+    assert problems == []
+    page.close()
+
+
+def test_playground_event_changes_the_list(browser: Any, server: Server, output_dir: Path) -> None:
+    page, problems = open_page(browser, f"{server.url}/ui/recommendations#{COLD_USER}")
+    page.wait_for_selector("#rec-table tbody tr")
+    page.wait_for_selector("#stages svg rect")
+    before = page.locator("#rec-table tbody td:nth-child(2)").all_inner_texts()
+    assert len(before) == 10
+    page.fill("#token", server.writer_token)
+    page.dispatch_event("#token", "change")
+    with page.expect_response(
+        lambda r: r.url.endswith("/events") and r.request.method == "POST"
+    ) as posted:
+        page.click(f"[data-action='buy-{before[0]}']")
+    assert posted.value.status == 200
+    page.wait_for_selector("#flash.ok:has-text('the list changed')", timeout=15000)
+    after = page.locator("#rec-table tbody td:nth-child(2)").all_inner_texts()
+    assert after != before
+    page.screenshot(path=str(output_dir / "recommendations-after-buy.png"))
     assert problems == []
     page.close()
 

@@ -24,6 +24,7 @@ PAGES: list[tuple[str, str, str]] = [
     ("models", "Models", "models.html"),
     ("endpoints", "Endpoints", "endpoints.html"),
     ("experiments", "Experiments", "experiments.html"),
+    ("recommendations", "Recommendations", "playground.html"),
 ]
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
