@@ -233,6 +233,22 @@ def test_slow_features_fall_back_to_defaults(shop: Project) -> None:
         rec.close()
 
 
+def test_feature_store_errors_fall_back_to_defaults(shop: Project) -> None:
+    rec = OnlineRecommender(shop)
+    try:
+
+        def broken(user_id: int) -> Any:
+            raise ConnectionError("online store unreachable")
+
+        rec.read_features = broken  # type: ignore[method-assign]
+        before = _fallbacks("features_error")
+        out = rec.recommend(next(iter(rec.state.user_index)), 10)
+        assert out.fallbacks == ["features_error"] and len(out.items) == 10
+        assert _fallbacks("features_error") == before + 1
+    finally:
+        rec.close()
+
+
 def test_missing_generators_fall_back_to_popularity(shop: Project) -> None:
     state = OnlineState.from_project(shop)
     state.repeat = None
@@ -262,7 +278,7 @@ def test_spent_deadline_serves_popularity(shop: Project) -> None:
 
 
 def test_experiment_variant_is_reported(shop: Project) -> None:
-    from flywheel.experiments import Experiments
+    from flywheel.experiments import EventStreamConsumer, Experiments
 
     exps = Experiments(shop)
     exps.create(
@@ -279,12 +295,30 @@ def test_experiment_variant_is_reported(shop: Project) -> None:
     exps.close()
     rec = OnlineRecommender(shop, RecsysSettings(experiment="recs_strategy"))
     try:
-        seen = {rec.recommend(u, 5).variant for u in range(40)}
-        assert seen == {"hybrid", "popularity"}
-        pop = next(u for u in range(40) if rec.recommend(u, 5).variant == "popularity")
+        variants = {u: rec.recommend(u, 5).variant for u in range(40)}
+        assert set(variants.values()) == {"hybrid", "popularity"}
+        pop = next(u for u, v in variants.items() if v == "popularity")
         assert rec.recommend(pop, 5).strategy == "popularity"
+        # The A/B loop: GET logged the exposures; purchases posted as events reach the
+        # experiment through the recs_events stream (what `experiments.event_streams` consumes).
+        buyers = list(range(0, 40, 4))
+        rec.record_events([Event(u, rec.state.item_ids[0], "purchase") for u in buyers])
     finally:
         rec.close()
+    exps = Experiments(shop)
+    try:
+        stats = EventStreamConsumer(exps, EVENT_STREAM).poll(block_ms=100)
+        assert stats.stored == len(buyers)
+        report = exps.report("recs_strategy").to_dict()
+        per_variant = {v["name"]: v["exposures"] for v in report["variants"]}
+        assert sum(per_variant.values()) == 40 + 1
+        conversion = {v["variant"]: v for v in report["metrics"][0]["variants"]}
+        for name in ("hybrid", "popularity"):
+            bought = sum(1 for u in buyers if variants[u] == name)
+            units = sum(1 for v in variants.values() if v == name)
+            assert conversion[name]["mean"] == pytest.approx(bought / units)
+    finally:
+        exps.close()
 
 
 def test_nothing_ingested_is_404(project: Project) -> None:
