@@ -202,7 +202,7 @@ def test_very_wide_time_range_uses_coarser_packing(project: Project) -> None:
     root = project.root
     (root / "data").mkdir()
     times = np.array(
-        ["1500-01-01", "2020-05-05", "2020-05-05", "29000-01-01"], dtype="datetime64[us]"
+        ["1500-01-01", "2020-05-05", "2020-05-05", "200000-01-01"], dtype="datetime64[us]"
     )
     pd.DataFrame({"user_id": [1, 1, 1, 1], "ts": times, "v": [1, 2, 3, 4]}).to_parquet(
         root / "data" / "wide.parquet", index=False
@@ -213,7 +213,7 @@ def test_very_wide_time_range_uses_coarser_packing(project: Project) -> None:
     )
     store.apply([user_entity(), view])
     when = np.array(
-        ["1400-01-01", "1500-01-01", "2020-05-05T00:00:00.5", "28999-12-31", "29500-01-01"],
+        ["1400-01-01", "1500-01-01", "2020-05-05T00:00:00.5", "199999-12-31", "250000-01-01"],
         dtype="datetime64[us]",
     )
     entity_df = pd.DataFrame({"user_id": [1] * 5, "event_timestamp": when})

@@ -125,7 +125,8 @@ def _packing(con: Any, v: ViewQuery) -> _Packing | None:
     n_files = len(con.execute(f"SELECT * FROM glob({_lit(parquet_glob(v.path))})").fetchall())
     if lo is None or hi is None:
         return None
-    row_bits, file_bits = int(count).bit_length(), n_files.bit_length()
+    # One file (the common case) needs no file number in the key, and no join to find it.
+    row_bits, file_bits = int(count).bit_length(), (0 if n_files == 1 else n_files.bit_length())
     if (hi - lo + 1).bit_length() + row_bits + file_bits <= 63:
         return _Packing(int(lo), int(hi), row_bits, file_bits)
     # Too wide in µs: if every time is a whole second or millisecond, count in those (one scan).
@@ -161,13 +162,19 @@ def _view_sql(v: ViewQuery, i: int, packing: _Packing | None = None) -> str:
         # Ties at equal event time go to the later file / row: fold that order into the ASOF key
         # ((time - min) << (file+row bits) | file << row bits | row), cheaper than a window.
         shift = packing.row_bits + packing.file_bits
-        src = (
-            f"SELECT {keys}, {ts} AS __ts, {feats}, "
-            f"(((epoch_us({ts}) - {packing.base_us}) // {packing.unit_us}) << {shift}) "
-            f"+ (fl.__file << {packing.row_bits}) + file_row_number AS __k "
-            f"FROM {reader} r JOIN ({_files_cte(v.path)}) fl USING (filename) "
-            f"WHERE {_q(v.timestamp_field)} IS NOT NULL"
-        )
+        time_part = f"(((epoch_us({ts}) - {packing.base_us}) // {packing.unit_us}) << {shift})"
+        if packing.file_bits == 0:
+            src = (
+                f"SELECT {keys}, {ts} AS __ts, {feats}, {time_part} + file_row_number AS __k "
+                f"FROM {reader} WHERE {_q(v.timestamp_field)} IS NOT NULL"
+            )
+        else:
+            src = (
+                f"SELECT {keys}, {ts} AS __ts, {feats}, "
+                f"{time_part} + (fl.__file << {packing.row_bits}) + file_row_number AS __k "
+                f"FROM {reader} r JOIN ({_files_cte(v.path)}) fl USING (filename) "
+                f"WHERE {_q(v.timestamp_field)} IS NOT NULL"
+            )
     else:
         # The same folding in 128 bits when the time range and row counts need more than 62.
         src = (
