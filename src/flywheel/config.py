@@ -136,14 +136,6 @@ class RecsysConfig(_Section):
     experiment: str | None = None
 
 
-class RecsysConfig(_Section):
-    """``recsys:`` — the recommender's request path (``GET /recommendations``)."""
-
-    deadline_ms: float = Field(default=50.0, gt=0.0, le=10_000.0)
-    feature_budget: float = Field(default=0.5, gt=0.0, le=1.0)
-    experiment: str | None = None
-
-
 class FlywheelConfig(_Section):
     """The whole of ``flywheel.yaml``. Every key is optional; defaults are the embedded stores."""
 
@@ -158,7 +150,6 @@ class FlywheelConfig(_Section):
     training: TrainingConfig = TrainingConfig()
     serving: ServingConfig = ServingConfig()
     experiments: ExperimentsConfig = ExperimentsConfig()
-    recsys: RecsysConfig = RecsysConfig()
     recsys: RecsysConfig = RecsysConfig()
     # The folder that holds flywheel.yaml; relative paths are resolved against it. Not a YAML key.
     root: Path = Field(default=Path("."), exclude=True)
