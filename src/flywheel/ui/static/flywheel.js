@@ -59,7 +59,8 @@ const Flywheel = (() => {
     const width = () => Math.max(240, container.clientWidth - 4);
     const plot = new uPlot({
       width: width(), height: 220,
-      scales: { x: { time: true } },
+      // At least the last minute on the x axis, so that the first points do not span years.
+      scales: { x: { time: true, range: (_u, min, max) => [Math.min(min ?? Date.now() / 1000, (max ?? Date.now() / 1000) - 60), max ?? Date.now() / 1000] } },
       series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.stroke, width: 2 }))],
       axes: [{}, { size: 50 }],
     }, data, container);
