@@ -343,5 +343,12 @@ def test_purchases_update_co_occurrence_copy_on_write(shop: Project) -> None:
         trend_before = st.trending._scores[ra]
         rec.record_events([Event(8, a, "view")])
         assert st.trending._scores[ra] == trend_before + 1
+        # A retried batch (same event ids) is counted once, in the stream and in memory.
+        retry = [Event(9, a, "view", event_id="e-1"), Event(9, b, "view", event_id="e-2")]
+        rec.record_events(retry)
+        rec.record_events(retry)
+        assert st.trending._scores[ra] == trend_before + 2
+        rec.store.processor().run(until_idle=True, block_ms=20)
+        assert rec.read_features(9).recent_items == [b, a]  # most recent first, no repeats
     finally:
         rec.close()

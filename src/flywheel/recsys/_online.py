@@ -116,7 +116,7 @@ class RecsysSettings:
 class UserContext:
     """What the features stage learned about a user (defaults when the read fell back)."""
 
-    recent_items: list[str] = field(default_factory=list)
+    recent_items: list[str] = field(default_factory=list)  # most recent first
     recent_categories: list[str] = field(default_factory=list)
     category_counts: dict[str, float] = field(default_factory=dict)
     rfm: dict[str, Any] = field(default_factory=dict)
@@ -244,6 +244,7 @@ class OnlineRecommender:
         self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="recsys-feat")
         self._sessions: OrderedDict[int, deque[tuple[str, str]]] = OrderedDict()
         self._session_lock = threading.Lock()
+        self._seen_ids: OrderedDict[str, None] = OrderedDict()  # retried event ids
         self._experiments: Experiments | None = None
 
     def warm_up(self) -> None:
@@ -316,12 +317,11 @@ class OnlineRecommender:
         # Merge what this process saw but the stream processor may not have applied yet.
         with self._session_lock:
             session = list(self._sessions.get(user_id, ()))
-        seen_items = list(ctx.recent_items)
+        # Most recent first, like the stream view's last_n: this process's events, then the rest.
+        seen_items = list(dict.fromkeys([i for i, _ in reversed(session)] + ctx.recent_items))
         counts = dict(ctx.category_counts)
         local: dict[str, float] = {}
-        for item, cat in session:
-            if item not in seen_items:
-                seen_items.append(item)
+        for _item, cat in session:
             local[cat] = local.get(cat, 0.0) + 1.0
         for cat, n in local.items():
             counts[cat] = max(counts.get(cat, 0.0), n)
@@ -366,7 +366,7 @@ class OnlineRecommender:
                 if cooc is None:
                     missing = True
                 else:
-                    weights = 0.8 ** np.arange(len(recent_rows))[::-1]
+                    weights = 0.8 ** np.arange(len(recent_rows))  # the latest counts most
                     sim = cooc.similarity()[np.asarray(recent_rows)]
                     out["session"] = _top(np.asarray(sim.T @ weights).ravel(), n)
             if ctx.category_counts:
@@ -550,11 +550,23 @@ class OnlineRecommender:
                 row["event_id"] = e.event_id
             rows.append(row)
         result = self.store.push(EVENT_STREAM, rows)
-        self._apply(rows)
+        self._apply([r for r in rows if self._first_time(r.get("event_id"))])
         m = recsys_metrics()
         for r in rows:
             m["events"].labels(r["event_type"]).inc()
         return result
+
+    def _first_time(self, event_id: str | None) -> bool:
+        """False for an ``event_id`` this process already applied (a retried request)."""
+        if event_id is None:
+            return True
+        with self._session_lock:
+            if event_id in self._seen_ids:
+                return False
+            self._seen_ids[event_id] = None
+            if len(self._seen_ids) > _MAX_SESSIONS:
+                self._seen_ids.popitem(last=False)
+            return True
 
     def _apply(self, rows: Sequence[Mapping[str, Any]]) -> None:
         st = self.state
