@@ -22,6 +22,7 @@ import httpx
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MODEL = "ui-ranker"
 ENDPOINT = "ui-shop"
+CANARY_ENDPOINT = "ui-canary"
 AB_TEST = "ui-checkout"
 BANDIT = "ui-home"
 DRIFT_FEATURES = ["orders_7d", "spend_7d"]
@@ -162,6 +163,16 @@ def seed(root: Path, url: str, token: str) -> dict[str, Any]:
         http.post(
             f"/v2/models/{ENDPOINT}/infer", json=body, headers={"x-routing-key": f"user-{i}"}
         ).raise_for_status()
+
+    # A second endpoint in the middle of a canary rollout of v2 (gated on errors and p99).
+    http.put(
+        f"/serving/endpoints/{CANARY_ENDPOINT}",
+        json={"model": MODEL, "routes": [{"version": 1, "weight": 100}]},
+    ).raise_for_status()
+    http.post(
+        f"/serving/endpoints/{CANARY_ENDPOINT}/deploy",
+        json={"version": 2, "canary": [20, 50, 100], "step_requests": 100_000, "max_p99_ms": 250},
+    ).raise_for_status()
 
     # Experiments: an A/B test with exposures and purchases, and a bandit with rewards.
     http.post(

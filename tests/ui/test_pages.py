@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from flywheel.ui import PAGES
-from tests.ui._seed import AB_TEST, BANDIT, DRIFT_FEATURES, ENDPOINT, MODEL
+from tests.ui._seed import AB_TEST, BANDIT, CANARY_ENDPOINT, DRIFT_FEATURES, ENDPOINT, MODEL
 from tests.ui.conftest import Server
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -225,6 +225,16 @@ def test_endpoint_split_latency_shadow_and_drift(browser: Any, server: Server) -
     for feature in DRIFT_FEATURES:
         assert feature in drift
     assert page.locator("#drift svg rect").count() == len(DRIFT_FEATURES)
+    assert problems == []
+    page.close()
+
+    page, problems = open_page(browser, f"{server.url}/ui/endpoints#{CANARY_ENDPOINT}")
+    page.wait_for_selector("[data-testid=canary-steps] span")
+    assert page.locator("[data-testid=canary-steps]").inner_text().split() == ["20%", "50%", "100%"]
+    canary = page.locator("#canary").inner_text()
+    assert "v2 over v1: 20% of traffic now" in canary
+    assert "250 ms" in page.locator("#gates").inner_text()
+    assert page.locator("[data-testid=split]").inner_text().split() == ["v1", "80%", "v2", "20%"]
     assert problems == []
     page.close()
 

@@ -98,29 +98,37 @@
       const r = await getJSON(`/serving/endpoints/${encodeURIComponent(name)}`);
       if (r.status !== 200) { empty(document.getElementById("split"), r.body.error || `HTTP ${r.status}`); return; }
       const ep = r.body, routes = ep.effective_routes || ep.routes, total = routes.reduce((a, x) => a + x.weight, 0) || 1;
+      for (const x of [...routes, ...(ep.shadow ? [ep.shadow] : [])]) knownVersions.add(String(x.version));
       document.getElementById("split").replaceChildren(
         el("div", { class: "split", "data-testid": "split" }, ...routes.map((x, i) => el("span", { style: `width:${(100 * x.weight) / total}%;background:${F.color(i)}` }, `v${x.version} ${((100 * x.weight) / total).toFixed(0)}%`))),
         el("p", { class: "muted" }, `model ${ep.model} · revision ${ep.revision} · updated ${when(ep.updated_at)}`, ep.shadow ? ` · shadow v${ep.shadow.version} gets ${fmt(ep.shadow.share * 100)}% of requests mirrored` : ""));
       const c = ep.canary, canary = document.getElementById("canary");
       if (!c) empty(canary, "No canary: the split above is static.");
       else {
-        const steps = c.steps || [];
+        const steps = c.steps || [], at = c.step ?? 0;
+        const stepColor = (i) => (c.state === "succeeded" || i < at ? "#12875a" : c.state === "rolled_back" && i === at ? "#c4320a" : i === at ? "#f79009" : "#98a2b3");
         canary.replaceChildren(
-          el("p", {}, pill(c.state || "running", c.state === "rolled_back" ? "bad" : "ok"), ` v${c.version} over v${c.baseline ?? c.baseline_version ?? "?"}`),
-          el("div", { class: "split" }, ...steps.map((s, i) => el("span", { style: `flex:1;background:${i < (c.step ?? c.step_index ?? 0) ? "#12875a" : i === (c.step ?? c.step_index ?? 0) ? "#f79009" : "#98a2b3"}` }, `${s}%`))),
-          el("dl", { class: "kv" }, ...Object.entries(c).filter(([k]) => !["steps"].includes(k)).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, typeof v === "object" ? JSON.stringify(v) : fmt(v))])));
+          el("p", {}, pill(c.state, c.state === "rolled_back" ? "bad" : "ok"), ` v${c.candidate} over v${c.baseline}: ${c.weight}% of traffic now`),
+          el("div", { class: "split", "data-testid": "canary-steps" }, ...steps.map((s, i) => el("span", { style: `flex:1;background:${stepColor(i)}` }, `${s}%`))),
+          el("h3", {}, "Gates (per step)"),
+          el("dl", { class: "kv", id: "gates" }, ...[["requests per step", c.step_requests], ["max error rate", c.max_error_rate],
+            ["max p99", c.max_p99_ms === null ? "none" : `${fmt(c.max_p99_ms)} ms`], ["step", `${Math.min(at + 1, steps.length)} of ${steps.length}`],
+            ["last verdict", c.reason || "–"], ["rollout", c.rollout_id]].flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v ?? "–")])));
       }
       fillTable(document.querySelector("#events tbody"), (ep.events || []).slice().reverse().slice(0, 50).map((e) => [when(e.at), e.kind, e.actor || "–",
         typeof e.detail === "object" ? (e.detail.reason || JSON.stringify(e.detail)).slice(0, 160) : String(e.detail)]));
     }
-    const versionsSeen = [];
+    const versionsSeen = [], knownVersions = new Set();
     let latencyPlot = null, errorPlot = null, rpsPlot = null;
     const series = { t: [], p99: new Map(), err: new Map(), rps: new Map() };
     function rebuild() {
       const mk = (id, label) => {
         const node = document.getElementById(id);
         node.replaceChildren();
-        return new uPlot({ width: Math.max(240, node.clientWidth - 4), height: 200, scales: { x: { time: true } },
+        const now = () => Date.now() / 1000;
+        return new uPlot({ width: Math.max(240, node.clientWidth - 4), height: 200,
+          scales: { x: { time: true, range: (_u, a, b) => [Math.min(a ?? now(), (b ?? now()) - 60), b ?? now()] },
+                    y: { range: (_u, a, b) => (a === null || b === null ? [0, 1] : [Math.min(0, a), b > a ? b * 1.1 : a + 1]) } },
           series: [{}, ...versionsSeen.map((v, i) => ({ label: `v${v} ${label}`, stroke: F.color(i), width: 2, spanGaps: true }))], axes: [{}, { size: 55 }] },
           [series.t, ...versionsSeen.map(() => [])], node);
       };
@@ -148,7 +156,7 @@
         const stats = F.servingStats(prev, curr, now - prevAt, (l) => (l.endpoint === name ? l.version : null));
         stats.delete(null);
         let grew = false;
-        for (const v of stats.keys()) if (!versionsSeen.includes(v)) { versionsSeen.push(v); versionsSeen.sort(); grew = true; }
+        for (const v of [...knownVersions, ...stats.keys()]) if (!versionsSeen.includes(v)) { versionsSeen.push(v); versionsSeen.sort(); grew = true; }
         series.t.push(now);
         for (const v of versionsSeen) {
           const s = stats.get(v);
@@ -158,12 +166,13 @@
           }
         }
         if (series.t.length > 150) { series.t.shift(); for (const k of ["p99", "err", "rps"]) for (const col of series[k].values()) col.shift(); }
-        if (grew || !latencyPlot) rebuild();
+        if (grew || !latencyPlot) rebuild(); // with no traffic yet: empty axes
         latencyPlot.setData([series.t, ...versionsSeen.map((v) => series.p99.get(v))]);
         errorPlot.setData([series.t, ...versionsSeen.map((v) => series.err.get(v))]);
         rpsPlot.setData([series.t, ...versionsSeen.map((v) => series.rps.get(v))]);
         const totals = [...stats.entries()].map(([v, s]) => ({ label: `v${v}`, value: s.total }));
-        document.getElementById("totals").replaceChildren(F.barsSVG(totals, { format: (x) => fmt(x, 0) }));
+        if (totals.length) document.getElementById("totals").replaceChildren(F.barsSVG(totals, { format: (x) => fmt(x, 0) }));
+        else empty(document.getElementById("totals"), "No requests yet.");
       }
       prev = curr; prevAt = now;
     }
