@@ -19,6 +19,7 @@ import ipaddress
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -190,7 +191,7 @@ def _authenticate(
     return principal
 
 
-def _requirement(role: Role, *, open_on_loopback: bool) -> object:
+def _requirement(role: Role, *, open_on_loopback: bool) -> Callable[..., Principal]:
     def dependency(
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),

@@ -4,6 +4,18 @@
 Errors from any route become ``{"error": "..."}`` with the status mapped in ``_errors``.
 """
 
-from flywheel.api._app import SYSTEM_ROUTERS, SYSTEM_SERVICES, create_app, create_app_from_env
+from flywheel.api._app import (
+    SYSTEM_ROUTERS,
+    SYSTEM_SERVICES,
+    create_app,
+    create_app_from_env,
+    create_server_app,
+)
 
-__all__ = ["SYSTEM_ROUTERS", "SYSTEM_SERVICES", "create_app", "create_app_from_env"]
+__all__ = [
+    "SYSTEM_ROUTERS",
+    "SYSTEM_SERVICES",
+    "create_app",
+    "create_app_from_env",
+    "create_server_app",
+]

@@ -133,8 +133,16 @@ def create_app(project: Project, systems: Iterable[str] | None = None) -> FastAP
     return app
 
 
-def create_app_from_env() -> FastAPI:
+def create_server_app(project: Project) -> Any:
+    """What ``flywheel up`` serves: ``create_app`` with V2 inference on serving's fast path,
+    which skips the framework middleware (serving records its own metrics and limits)."""
+    from flywheel.serving import with_inference_fast_path
+
+    return with_inference_fast_path(create_app(project))
+
+
+def create_app_from_env() -> Any:
     """Factory for ``uvicorn --factory`` (several workers): the project in $FLYWHEEL_CONFIG."""
     project = Project.open(os.environ.get(CONFIG_ENV_VAR))
     project.prepare()
-    return create_app(project)
+    return create_server_app(project)

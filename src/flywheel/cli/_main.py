@@ -92,7 +92,7 @@ def up(
     """Serve everything (features, inference, recommendations, UI, /metrics) in one process."""
     import uvicorn
 
-    from flywheel.api import create_app
+    from flywheel.api import create_server_app
 
     project = open_project(config)
     host = host or project.config.server.host
@@ -102,7 +102,7 @@ def up(
         f"on http://{host}:{port}  (docs: /docs, health: /healthz, metrics: /metrics)"
     )
     if workers == 1:
-        uvicorn.run(create_app(project), host=host, port=port, log_level=log_level)
+        uvicorn.run(create_server_app(project), host=host, port=port, log_level=log_level)
         return
     # Several workers need an import string; they find the project through $FLYWHEEL_CONFIG.
     config_path = project.config.root / CONFIG_FILENAME

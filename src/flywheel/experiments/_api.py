@@ -11,20 +11,15 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from flywheel.auth import Principal
-from flywheel.auth import require_reader as _require_reader
-from flywheel.auth import require_writer as _require_writer
+from flywheel.auth import Principal, require_reader, require_writer
 from flywheel.experiments._client import Experiments
 from flywheel.project import Project, current_project
-
-require_reader = cast(Callable[..., Principal], _require_reader)
-require_writer = cast(Callable[..., Principal], _require_writer)
 
 log = logging.getLogger(__name__)
 

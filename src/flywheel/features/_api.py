@@ -16,25 +16,22 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from flywheel.auth import require_reader as _require_reader
-from flywheel.auth import require_writer as _require_writer
+from flywheel.auth import require_reader, require_writer
 from flywheel.features._errors import FeatureStoreError
 from flywheel.features._metrics import metrics
 from flywheel.features._store import FeatureStore
 from flywheel.project import Project, current_project
 
 # The auth dependencies are typed ``object``; they are callables FastAPI resolves.
-require_reader = cast(Callable[..., Any], _require_reader)
-require_writer = cast(Callable[..., Any], _require_writer)
 
 _ERR = {"model": dict, "description": "Error: {'error': '...'}"}
 _RESPONSES: dict[int | str, dict[str, Any]] = {

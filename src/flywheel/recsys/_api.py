@@ -11,21 +11,16 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from flywheel.auth import Principal
-from flywheel.auth import require_reader as _require_reader
-from flywheel.auth import require_writer as _require_writer
+from flywheel.auth import Principal, require_reader, require_writer
 from flywheel.project import Project, current_project
 from flywheel.recsys._online import Event, OnlineRecommender, RecsysSettings
-
-require_reader = cast(Callable[..., Principal], _require_reader)
-require_writer = cast(Callable[..., Principal], _require_writer)
 
 log = logging.getLogger(__name__)
 

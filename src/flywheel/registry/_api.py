@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from flywheel.auth import Principal
-from flywheel.auth import require_reader as _require_reader
-from flywheel.auth import require_writer as _require_writer
+from flywheel.auth import Principal, require_reader, require_writer
 from flywheel.project import Project, current_project
 from flywheel.registry._errors import RegistryError
 from flywheel.registry._registry import Registry
@@ -22,8 +19,6 @@ _errors: dict[int | str, dict[str, Any]] = {
     409: {"description": "The stage change is not possible."},
 }
 # ``flywheel.auth`` types its dependencies as ``object``; give mypy their real shape.
-require_reader = cast(Callable[..., Principal], _require_reader)
-require_writer = cast(Callable[..., Principal], _require_writer)
 Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 router = APIRouter(prefix="/registry", tags=["registry"])

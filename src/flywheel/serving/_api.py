@@ -8,15 +8,12 @@ loopback unless ``auth.required``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from flywheel.auth import Principal
-from flywheel.auth import require_reader as _require_reader
-from flywheel.auth import require_writer as _require_writer
+from flywheel.auth import Principal, require_reader, require_writer
 from flywheel.project import Project, current_project
 from flywheel.serving import _control
 from flywheel.serving._asgi import HealthEndpoint, InferEndpoint, ServerMetadataEndpoint
@@ -32,8 +29,6 @@ _errors: dict[int | str, dict[str, Any]] = {
     409: {"description": "Conflicts with the endpoint's state (e.g. a canary is running)."},
 }
 
-require_reader = cast(Callable[..., Principal], _require_reader)
-require_writer = cast(Callable[..., Principal], _require_writer)
 
 router = APIRouter(tags=["serving"])
 _infer: Any = InferEndpoint()

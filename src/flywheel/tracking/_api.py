@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
-from flywheel.auth import Principal
-from flywheel.auth import require_reader as _require_reader
+from flywheel.auth import require_reader
 from flywheel.project import Project, current_project
 from flywheel.tracking._tracker import Tracker
 
@@ -19,7 +17,6 @@ _errors: dict[int | str, dict[str, Any]] = {
 }
 
 # ``flywheel.auth`` types its dependencies as ``object``; give mypy their real shape.
-require_reader = cast(Callable[..., Principal], _require_reader)
 
 router = APIRouter(prefix="/tracking", tags=["tracking"], dependencies=[Depends(require_reader)])
 

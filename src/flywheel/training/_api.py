@@ -7,22 +7,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from flywheel.auth import Principal
-from flywheel.auth import require_reader as _require_reader
-from flywheel.auth import require_writer as _require_writer
+from flywheel.auth import require_reader, require_writer
 from flywheel.project import Project, current_project
 from flywheel.training._service import TrainingService
 from flywheel.training._spec import parse_job_spec
-
-require_reader = cast(Callable[..., Principal], _require_reader)
-require_writer = cast(Callable[..., Principal], _require_writer)
 
 _errors: dict[int | str, dict[str, Any]] = {
     400: {"description": "Invalid job spec or query."},
