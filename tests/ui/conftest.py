@@ -37,6 +37,17 @@ class Server:
     seeded: dict[str, Any]
 
 
+def _cancel_job(url: str, token: str, job_id: str) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    httpx.post(f"{url}/training/jobs/{job_id}/cancel", headers=headers, timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = httpx.get(f"{url}/training/jobs/{job_id}", timeout=10).json().get("state")
+        if state in ("cancelled", "succeeded", "failed"):
+            return
+        time.sleep(0.3)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("ui-project")
@@ -64,6 +75,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
+    seeded: dict[str, Any] | None = None
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -77,6 +89,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         seeded = _seed.seed(root, url, writer)
         yield Server(url, root, writer, reader, seeded)
     finally:
+        if seeded is not None:  # jobs outlive the server: cancel ours through the API
+            _cancel_job(url, writer, seeded["job"])
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(30)
