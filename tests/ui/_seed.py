@@ -28,9 +28,15 @@ BANDIT = "ui-home"
 DRIFT_FEATURES = ["orders_7d", "spend_7d"]
 
 JOB_SCRIPT = """\
-import sys, time
+import time
+
+from flywheel.training import runtime as rt
+
+rt.init(seed=0)
 for i in range(240):  # two minutes at most, even if nobody cancels it
-    print(f"step {i}: loss {1.0 / (i + 1):.4f}", flush=True)
+    loss = 1.0 / (i + 1)
+    print(f"step {i}: loss {loss:.4f}", flush=True)
+    rt.log_metrics(i, loss=loss)
     time.sleep(0.5)
 """
 

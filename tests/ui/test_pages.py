@@ -141,9 +141,12 @@ def test_features_search_schema_and_lineage(browser: Any, server: Server) -> Non
 
 def test_runs_compare_on_one_chart(browser: Any, server: Server) -> None:
     page, problems = open_page(browser, f"{server.url}/ui/runs")
-    page.wait_for_selector("#chart-val_auc canvas")
-    legend = page.locator("#chart-val_auc .u-legend").inner_text()
-    assert legend.count("ui-ranker-") == 2  # both runs on the same chart
+    page.wait_for_selector("#runs tbody tr")
+    page.select_option("#experiment", MODEL)  # the training job logs a run of its own
+    page.wait_for_function(  # both runs of the experiment on the same chart
+        "() => (document.querySelector('#chart-val_auc .u-legend')?.innerText || '')"
+        ".split('ui-ranker-').length === 3"
+    )
     assert "lr" in page.locator("#compare").inner_text()
     page.fill("#search", "lr=0.03")
     page.wait_for_function("() => document.querySelectorAll('#runs tbody tr').length === 1")
@@ -270,6 +273,8 @@ def test_training_job_log_tail_and_inventory(browser: Any, server: Server) -> No
         timeout=20000,
     )
     assert "ranking" in page.locator("#jobs tbody").inner_text()
+    page.wait_for_function(CANVAS_HAS_INK, arg="#job-metrics", timeout=15000)  # rt.log_metrics
+    assert "loss" in page.locator("#job-metrics .u-legend").inner_text()
     assert "1 / " in page.locator("#nodes tbody").inner_text()  # one CPU held by the job
     assert problems == []
     page.close()

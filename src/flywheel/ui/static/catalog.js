@@ -205,11 +205,14 @@
           ...keys.map((k) => fmt(r.metrics?.[k]?.last))];
       }));
     }
+    let generation = 0;  // a newer call wins: an older one stops at its next await
     async function charts() {
+      const gen = ++generation;
       const ids = [...selected];
       const box = document.getElementById("metric-charts");
       if (!ids.length) { empty(box, "Tick runs to chart and compare them."); document.getElementById("compare").replaceChildren(); return; }
       const cmp = (await getJSON(`/tracking/compare?${ids.map((i) => `run_ids=${encodeURIComponent(i)}`).join("&")}`)).body;
+      if (gen !== generation) return;
       renderCompare(cmp, ids);
       box.replaceChildren();
       for (const key of metricKeys()) {
@@ -218,6 +221,7 @@
           if (!r?.metrics?.[key]) return { steps: [], values: [] };
           return (await getJSON(`/tracking/runs/${id}/metrics/${encodeURIComponent(key)}`)).body;
         }));
+        if (gen !== generation) return;
         const { xs, ys } = F.alignSeries(parts);
         const card = el("div", {}, el("h3", {}, key), el("div", { class: "chart", "data-testid": "chart", id: `chart-${key.replace(/[^a-zA-Z0-9_-]/g, "_")}` }));
         box.append(card);

@@ -163,6 +163,7 @@ const Flywheel = (() => {
 
   // A chart over numeric x (steps): xs shared, series = [{label, values}]; redraws in place.
   function xyChart(container, xs, series, { xLabel = "step", height = 220 } = {}) {
+    container.fwPlot?.destroy();
     container.replaceChildren();
     const width = () => Math.max(240, container.clientWidth - 4);
     const plot = new uPlot({
@@ -172,7 +173,10 @@ const Flywheel = (() => {
         label: s.label, stroke: s.stroke || color(i), width: 2, spanGaps: true }))],
       axes: [{ label: xLabel }, { size: 60 }],
     }, [xs, ...series.map((s) => s.values)], container);
-    new ResizeObserver(() => plot.setSize({ width: width(), height })).observe(container);
+    container.fwObserver?.disconnect();  // a redraw replaces the previous plot and observer
+    container.fwObserver = new ResizeObserver(() => plot.setSize({ width: width(), height }));
+    container.fwObserver.observe(container);
+    container.fwPlot = plot;
     return plot;
   }
 

@@ -38,11 +38,21 @@
       fillTable(document.querySelector("#quotas tbody"), Object.entries(inv.quotas || {}).map(([team, q]) => [team, q.cpus ?? "∞", q.gpus ?? "∞", q.jobs ?? "∞", q.weight ?? 1]));
       usage.push(Date.now() / 1000, [nodes.reduce((a, n) => a + n.cpus_used, 0), nodes.reduce((a, n) => a + n.gpus_used, 0), inv.queued_jobs]);
     }
-    let logTimer = null;
+    function drawJobMetrics(j) {
+      const chart = document.getElementById("job-metrics");
+      const keys = [...new Set((j.metrics || []).map((m) => m.key))];
+      if (keys.length) {
+        const parts = keys.map((k) => { const ms = j.metrics.filter((m) => m.key === k); return { steps: ms.map((m) => m.step), values: ms.map((m) => m.value) }; });
+        const { xs, ys } = F.alignSeries(parts);
+        chart.setAttribute("data-testid", "chart");
+        F.xyChart(chart, xs, keys.map((k, i) => ({ label: k, values: ys[i] })));
+      } else { chart.removeAttribute("data-testid"); empty(chart, "This job reported no metrics (yet)."); }
+    }
+    let logTimer = null, metricTimer = null;
     async function show() {
       const id = hashName() || jobs.find((j) => j.state === "running")?.id || jobs[0]?.id;
       const detail = document.getElementById("job"), logBox = document.getElementById("log");
-      clearInterval(logTimer);
+      clearInterval(logTimer); clearInterval(metricTimer);
       if (!id) { empty(detail, "No jobs yet: `flywheel jobs submit job.yaml`."); logBox.textContent = ""; return; }
       const r = await getJSON(`/training/jobs/${encodeURIComponent(id)}`);
       if (r.status !== 200) { empty(detail, r.body.error || `HTTP ${r.status}`); return; }
@@ -55,14 +65,7 @@
           .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v ?? "–")])),
         el("h3", {}, "History"),
         el("table", {}, el("tbody", {}, ...(j.events || []).map((e) => el("tr", {}, ...[when(e.at), `${e.from || "–"} → ${e.to}`, `attempt ${e.attempt}`, e.reason].map((c) => el("td", {}, c)))))));
-      const chart = document.getElementById("job-metrics");
-      const keys = [...new Set((j.metrics || []).map((m) => m.key))];
-      if (keys.length) {
-        const parts = keys.map((k) => { const ms = j.metrics.filter((m) => m.key === k); return { steps: ms.map((m) => m.step), values: ms.map((m) => m.value) }; });
-        const { xs, ys } = F.alignSeries(parts);
-        chart.setAttribute("data-testid", "chart");
-        F.xyChart(chart, xs, keys.map((k, i) => ({ label: k, values: ys[i] })));
-      } else { chart.removeAttribute("data-testid"); empty(chart, "This job reported no metrics."); }
+      drawJobMetrics(j);
       async function tail() {
         const logs = (await getJSON(`/training/jobs/${encodeURIComponent(id)}/logs`)).body.files || {};
         const text = Object.entries(logs).filter(([, t]) => t).map(([f, t]) => `==> ${f} <==\n${t.split("\n").slice(-80).join("\n")}`).join("\n");
@@ -71,7 +74,13 @@
         if (atEnd) logBox.scrollTop = logBox.scrollHeight;
       }
       await tail();
-      if (["running", "admitted", "queued"].includes(j.state)) logTimer = setInterval(() => tail().catch(console.warn), 2000);
+      if (["running", "admitted", "queued"].includes(j.state)) {
+        logTimer = setInterval(() => tail().catch(console.warn), 2000);
+        metricTimer = setInterval(async () => {
+          const again = await getJSON(`/training/jobs/${encodeURIComponent(id)}`);
+          if (again.status === 200) drawJobMetrics(again.body);
+        }, 5000);
+      }
     }
     stateSel.addEventListener("change", loadJobs);
     window.addEventListener("hashchange", show);
