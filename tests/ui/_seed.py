@@ -70,8 +70,9 @@ def seed(root: Path, url: str, token: str) -> dict[str, Any]:
 
     # Features: the example repo, materialized, and a training dataset from it.
     shutil.copytree(EXAMPLES / "features" / "feature_repo", root / "feature_repo")
-    (root / "data").mkdir(exist_ok=True)
-    shutil.copy(EXAMPLES / "features" / "data" / "user_stats.parquet", root / "data")
+    # The example's data is generated, not committed: make it here, beside the copied repo.
+    shutil.copy(EXAMPLES / "features" / "make_data.py", root / "make_data.py")
+    subprocess.run([sys.executable, str(root / "make_data.py")], check=True, capture_output=True)
     cli(root, "features", "apply", "feature_repo")
     # The recommender: a small seeded synthetic shop (its own feature views join the catalog).
     cli(
