@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import random
 import time
 from collections import Counter
 
@@ -286,6 +287,9 @@ def test_contextual_bandit_learns_and_evaluates_offline(experiments: Experiments
         }
     )
     rng = np.random.default_rng(4)
+    # Non-sticky bandit draws use the `random` module: seed it, so that this check of one
+    # 95% interval is the same run every time instead of failing one run in twenty or so.
+    random.seed(4)
     for batch in range(8):
         rows = []
         for i in range(100):

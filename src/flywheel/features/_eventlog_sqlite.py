@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flywheel.features._errors import FeatureStoreError
 from flywheel.features._eventlog import Event
+from flywheel.metadata import enable_sqlite_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -52,9 +53,9 @@ class SQLiteEventLog:
             conn = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
+            enable_sqlite_wal(conn)
+            conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from flywheel.features._errors import FeatureStoreError
 from flywheel.features._online import Row
+from flywheel.metadata import enable_sqlite_wal
 
 _CHUNK = 900  # stay well under SQLite's bound-parameter limit
 
@@ -40,9 +41,9 @@ class SQLiteOnlineStore:
             conn = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
+            enable_sqlite_wal(conn)
+            conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)

@@ -4,6 +4,11 @@ Each system owns its tables and adds them through its own migration branch, list
 ``MIGRATION_BRANCHES``; ``Database.upgrade()`` brings every branch to its head.
 """
 
-from flywheel.metadata._database import MIGRATION_BRANCHES, Database, create_engine
+from flywheel.metadata._database import (
+    MIGRATION_BRANCHES,
+    Database,
+    create_engine,
+    enable_sqlite_wal,
+)
 
-__all__ = ["MIGRATION_BRANCHES", "Database", "create_engine"]
+__all__ = ["MIGRATION_BRANCHES", "Database", "create_engine", "enable_sqlite_wal"]

@@ -12,6 +12,8 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import sqlite3
+import time
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -70,6 +72,22 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
     raise ConfigError("metadata", "metadata", f"unsupported database URL {url!r}")
 
 
+def enable_sqlite_wal(dbapi_conn: Any) -> None:
+    """Put a new sqlite3 connection's file in WAL mode.
+
+    Two connections opening a fresh file at the same moment can get "database is locked" from
+    this pragma without the busy handler being consulted, so it is retried for up to 5 s.
+    """
+    for attempt in range(200):
+        try:
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 199:
+                raise
+            time.sleep(0.025)
+
+
 def _install_sqlite_hooks(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -77,7 +95,7 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode=WAL")
+        enable_sqlite_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
