@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from flywheel.cli._context import ConfigOption, open_project
 from flywheel.cli._output import console, progress_bar
+
+if TYPE_CHECKING:
+    from flywheel.recsys import LoadedTransactions
 
 app = typer.Typer(
     help="The real-time recommender: ingest, train, evaluate, serve.", no_args_is_help=True
@@ -60,33 +63,15 @@ def evaluate(
     """
     from flywheel.recsys import (
         TEXT_METHODS,
-        DataSource,
-        LoadedTransactions,
         RecsysError,
-        SyntheticConfig,
         clean_transactions,
         evaluate_offline,
-        generate_transactions,
-        load_transactions,
     )
     from flywheel.recsys._data import default_cache_root
 
     if text not in TEXT_METHODS:
         raise RecsysError(f"--text: {text!r} is not one of {', '.join(TEXT_METHODS)}")
-    shop = SyntheticConfig(n_users=synthetic_users, n_items=synthetic_items)
-    if synthetic:
-        if data is not None:
-            raise RecsysError("--synthetic and --data exclude each other")
-        loaded = LoadedTransactions(
-            generate_transactions(shop),
-            DataSource(
-                "synthetic",
-                f"SYNTHETIC data (seeded generator, --synthetic; seed {shop.seed}, "
-                f"{shop.n_users:,} users, {shop.n_items:,} items)",
-            ),
-        )
-    else:
-        loaded = load_transactions(data, allow_download=download, synthetic=shop)
+    loaded = _load_transactions(data, synthetic, download, synthetic_users, synthetic_items)
     if not as_json:
         print(f"data: {loaded.source.description}", flush=True)
     lines = clean_transactions(loaded.frame)
@@ -169,30 +154,11 @@ def ingest_command(
     sources, apply and materialize them (item metadata, user RFM, item popularity; the
     `recs_events` stream and its real-time views)."""
     from flywheel.recsys import (
-        DataSource,
-        LoadedTransactions,
-        RecsysError,
-        SyntheticConfig,
         clean_transactions,
-        generate_transactions,
         ingest,
-        load_transactions,
     )
 
-    shop = SyntheticConfig(n_users=synthetic_users, n_items=synthetic_items)
-    if synthetic:
-        if data is not None:
-            raise RecsysError("--synthetic and --data exclude each other")
-        loaded = LoadedTransactions(
-            generate_transactions(shop),
-            DataSource(
-                "synthetic",
-                f"SYNTHETIC data (seeded generator, --synthetic; seed {shop.seed}, "
-                f"{shop.n_users:,} users, {shop.n_items:,} items)",
-            ),
-        )
-    else:
-        loaded = load_transactions(data, allow_download=download, synthetic=shop)
+    loaded = _load_transactions(data, synthetic, download, synthetic_users, synthetic_items)
     print(f"data: {loaded.source.description}", flush=True)
     project = open_project(config)
     lines = clean_transactions(loaded.frame)
@@ -240,4 +206,32 @@ def serve_command(
         port=port,
         workers=workers,
         log_level=log_level,
+    )
+
+
+def _load_transactions(
+    data: Path | None, synthetic: bool, download: bool, users: int, items: int
+) -> LoadedTransactions:
+    """The data a command asked for: the seeded synthetic shop, or a file (see the loader)."""
+    from flywheel.recsys import (
+        DataSource,
+        LoadedTransactions,
+        RecsysError,
+        SyntheticConfig,
+        generate_transactions,
+        load_transactions,
+    )
+
+    shop = SyntheticConfig(n_users=users, n_items=items)
+    if not synthetic:
+        return load_transactions(data, allow_download=download, synthetic=shop)
+    if data is not None:
+        raise RecsysError("--synthetic and --data exclude each other")
+    return LoadedTransactions(
+        generate_transactions(shop),
+        DataSource(
+            "synthetic",
+            f"SYNTHETIC data (seeded generator, --synthetic; seed {shop.seed}, "
+            f"{shop.n_users:,} users, {shop.n_items:,} items)",
+        ),
     )
