@@ -308,3 +308,28 @@ def test_triton_error_surfaces_as_client_error(server: str) -> None:
         client.infer("lin", [inp])
     assert info.value.status() == "400"
     assert "input 'input'" in info.value.message()
+
+
+def _http_requests(metrics: str, route: str, status: str) -> float:
+    """``flywheel_http_requests_total`` for POST ``route`` with ``status`` (0 when absent)."""
+    want = f'flywheel_http_requests_total{{method="POST",route="{route}",status="{status}"}}'
+    for line in metrics.splitlines():
+        if line.startswith(want):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_fast_path_requests_carry_their_route_in_http_metrics(server: str) -> None:
+    infer, versioned = "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"
+    before = httpx.get(f"http://{server}/metrics").text
+    for _ in range(3):
+        assert _post(server, {"inputs": [_tensor()]}).status_code == 200
+    assert _post(server, {"inputs": [_tensor()]}, path="lin/versions/2").status_code == 200
+    assert _post(server, {"inputs": [_tensor(datatype="INT8")]}).status_code == 400
+    after = httpx.get(f"http://{server}/metrics").text
+    assert _http_requests(after, infer, "200") - _http_requests(before, infer, "200") == 3
+    assert _http_requests(after, versioned, "200") - _http_requests(before, versioned, "200") == 1
+    assert _http_requests(after, infer, "400") - _http_requests(before, infer, "400") == 1
+    assert _http_requests(after, "unmatched", "200") == _http_requests(before, "unmatched", "200")
+    # The latency histogram is labelled the same way.
+    assert f'flywheel_http_request_duration_seconds_count{{method="POST",route="{infer}"}}' in after

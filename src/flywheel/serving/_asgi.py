@@ -3,12 +3,17 @@
 Mounted as Starlette routes on the serving router (``include_in_schema=False``): the body is read
 with the ``serving.max_request_bytes`` limit (413 beyond it), the few headers that matter are
 picked out of the raw header list, and ``InferenceServer.infer`` does the rest.
+
+Inference requests carry their route template in ``scope["route"]`` (an object with a ``path``,
+as framework routes have), so request metrics that label by route template (the app's
+``flywheel_http_*``) count them under ``/v2/models/{name}/infer`` rather than as unmatched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -50,6 +55,17 @@ def _project(scope: Scope) -> Any:
     return scope["app"].state.project
 
 
+@dataclass(frozen=True)
+class RouteTemplate:
+    """What route-labelling middleware reads from ``scope["route"]``: the path template."""
+
+    path: str
+
+
+INFER_ROUTE = RouteTemplate("/v2/models/{name}/infer")
+INFER_VERSION_ROUTE = RouteTemplate("/v2/models/{name}/versions/{version}/infer")
+
+
 class InferEndpoint:
     """``POST /v2/models/{name}[/versions/{version}]/infer``."""
 
@@ -57,6 +73,10 @@ class InferEndpoint:
         project = _project(scope)
         server = server_for(project)
         params = scope.get("path_params", {})
+        if not isinstance(scope.get("route"), RouteTemplate):
+            # Starlette's plain routes leave no "route" in the scope; label the request with
+            # its template (the middleware reads it after this returns, from the same dict).
+            scope["route"] = INFER_VERSION_ROUTE if "version" in params else INFER_ROUTE
         header_length: int | None = None
         timeout_s: float | None = None
         routing_key = request_id = encoding = None
@@ -127,15 +147,30 @@ class InferEndpoint:
 class InferenceFastPath:
     """Outermost ASGI wrapper: V2 inference requests skip the framework's middleware and routing.
 
-    ``POST /v2/models/{name}[/versions/{v}]/infer`` goes straight to ``InferEndpoint``; everything
-    else reaches ``app`` unchanged. Shedding a request with 429 then costs little more than
-    reading its body, which keeps the server responsive at many times its capacity. The serving
-    metrics (``flywheel_serving_*``) still count every request.
+    ``POST /v2/models/{name}[/versions/{v}]/infer`` goes straight to ``InferEndpoint``, wrapped
+    only in the app's own plain-ASGI middleware (``app.user_middleware``: request metrics, body
+    limit), skipping routing and the framework's exception handling; everything else reaches
+    ``app`` unchanged. Shedding a request with 429 then costs little more than reading its body,
+    which keeps the server responsive at many times its capacity. The serving metrics
+    (``flywheel_serving_*``) count every request, and the app's request metrics see it under its
+    route template.
     """
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self._infer = InferEndpoint()
+        self._stack: Any = None
+
+    def _infer_stack(self) -> Any:
+        """``InferEndpoint`` inside the app's user middleware, outermost first (built once, on
+        the first request, when the app's middleware list is final)."""
+        if self._stack is None:
+            stack: Any = self._infer
+            for middleware in reversed(list(getattr(self.app, "user_middleware", []) or [])):
+                cls, args, kwargs = middleware
+                stack = cls(stack, *args, **kwargs)
+            self._stack = stack
+        return self._stack
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -148,8 +183,9 @@ class InferenceFastPath:
                 elif len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
                     params = {"name": parts[0], "version": parts[2]}
                 if params is not None:
-                    scope = {**scope, "app": self.app, "path_params": params}
-                    await self._infer(scope, receive, send)
+                    route = INFER_VERSION_ROUTE if "version" in params else INFER_ROUTE
+                    scope = {**scope, "app": self.app, "path_params": params, "route": route}
+                    await self._infer_stack()(scope, receive, send)
                     return
         await self.app(scope, receive, send)
 
@@ -168,8 +204,10 @@ class HealthEndpoint:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+        self.route = RouteTemplate(f"/v2/health/{kind}")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope.setdefault("route", self.route)
         if self.kind == "live":
             await _send(send, 200, b'{"live":true}', [_JSON])
             return
@@ -184,7 +222,10 @@ class HealthEndpoint:
 class ServerMetadataEndpoint:
     """``GET /v2``: server name, version and the protocol extensions it supports."""
 
+    route = RouteTemplate("/v2")
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope.setdefault("route", self.route)
         body = orjson.dumps(
             {"name": "flywheel", "version": __version__, "extensions": SERVER_EXTENSIONS}
         )
@@ -192,10 +233,13 @@ class ServerMetadataEndpoint:
 
 
 __all__ = [
+    "INFER_ROUTE",
+    "INFER_VERSION_ROUTE",
     "SERVER_EXTENSIONS",
     "HealthEndpoint",
     "InferEndpoint",
     "InferenceFastPath",
+    "RouteTemplate",
     "ServerMetadataEndpoint",
     "with_inference_fast_path",
 ]
