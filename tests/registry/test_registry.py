@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression, Ridge
 
+from flywheel.lineage import Node, downstream
 from flywheel.project import Project
 from flywheel.registry import (
     ModelIntegrityError,
@@ -282,6 +283,34 @@ def test_run_metrics_commit_and_lineage_are_recorded(project: Project, xy: XY) -
         registry.register_model(
             "x", LogisticRegression().fit(x, y), flavor="sklearn", input_example=x[:3], run="nope"
         )
+
+
+def test_production_versions_lead_to_the_default_endpoint_in_lineage(
+    any_project: Project, xy: XY
+) -> None:
+    x, y = xy
+    registry = Registry(any_project)
+    model = LogisticRegression().fit(x, y)
+    for _ in range(3):
+        registry.register_model(
+            "m", model, flavor="sklearn", input_example=x[:3], export_onnx=False
+        )
+    registry.set_stage("m", 3, "staging")  # not served under the model's name: no edge
+    registry.set_stage("m", 1, "production")
+    registry.set_stage("m", 2, "production")
+    registry.rollback("m", "production")  # back to 1: the edge exists once
+    served = {n.id for n in downstream(any_project.db, Node("model_version", "m/1")).nodes} | {
+        n.id for n in downstream(any_project.db, Node("model_version", "m/2")).nodes
+    }
+    assert served == {"m/1", "m/2", "m"}
+    for version in (1, 2):
+        graph = registry.lineage("m", version).to_dict()
+        assert {"kind": "endpoint", "id": "m"} in graph["nodes"]
+        assert {"src": f"model_version:m/{version}", "dst": "endpoint:m", "relation": "serves"} in (
+            graph["edges"]
+        )
+    staging = downstream(any_project.db, Node("model_version", "m/3"))
+    assert staging.nodes == {Node("model_version", "m/3")}
 
 
 def test_versions_are_content_addressed(project: Project, xy: XY) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
+from flywheel.lineage import Node, downstream, record_edge
 from flywheel.project import Project
 from flywheel.serving import (
     Endpoint,
@@ -140,6 +141,32 @@ def test_endpoint_store_revisions_and_conflicts(any_project: Project, source: Fa
     assert back.canary is not None and back.canary.state is RolloutState.rolled_back
     assert [e.kind for e in store.events("e")] == ["update", "canary_start", "canary_rollback"]
     assert store.events("e")[-1].detail["reason"] == "looks wrong"
+
+
+def test_routed_canaried_and_shadowed_versions_lead_to_the_endpoint_in_lineage(
+    any_project: Project, source: FakeSource
+) -> None:
+    for v in (1, 2, 3, 4):
+        source.add("m", v, FakeModel(linear(float(v))), stage="production" if v == 1 else None)
+
+    def endpoints_of(version: int) -> dict[str, str]:
+        graph = downstream(any_project.db, Node("model_version", f"m/{version}"))
+        return {e.dst.id: e.relation for e in graph.edges if e.dst.kind == "endpoint"}
+
+    deploy(any_project, "shop", model="m", version=1, source=source)
+    assert endpoints_of(1) == {"shop": "serves"} and endpoints_of(2) == {}
+    deploy(any_project, "shop", version=2, canary="10,100", step_requests=5, source=source)
+    assert endpoints_of(2) == {"shop": "serves"}  # the candidate takes traffic at once
+    rollback(any_project, "shop", reason="test")
+    set_routes(any_project, "other", model="m", routes=[(1, 50), (3, 50)], source=source)
+    set_shadow(any_project, "other", version=4, share=0.5, source=source)
+    assert endpoints_of(1) == {"shop": "serves", "other": "serves"}
+    assert endpoints_of(3) == {"other": "serves"}
+    assert endpoints_of(4) == {"other": "shadows"}
+    # The graph is transitive: a run that made a version reaches the endpoints too.
+    record_edge(any_project.db, Node("run", "r1"), Node("model_version", "m/3"), "trained")
+    reached = downstream(any_project.db, Node("run", "r1")).nodes
+    assert Node("endpoint", "other") in reached and Node("endpoint", "shop") not in reached
 
 
 # -- over HTTP -----------------------------------------------------------------------------------

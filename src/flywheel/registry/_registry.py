@@ -41,6 +41,9 @@ from flywheel.registry._store import (
 from flywheel.registry._types import AuditEntry, ModelVersion, RegisteredModel, Signature
 from flywheel.tracking._sysinfo import current_user
 
+# The stage that serving answers under the model's own name with no configuration at all: moving
+# a version into it records the lineage edge ``model_version -> endpoint:<model name>``.
+SERVED_STAGE = "production"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 STAGE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 ARCHIVED = "archived"
@@ -505,7 +508,9 @@ class Registry:
     ) -> AuditEntry | None:
         """Point ``stage`` of ``name`` at ``version``; ``"archived"`` archives the version.
 
-        Returns the audit entry written, or ``None`` when the stage already pointed there.
+        Returns the audit entry written, or ``None`` when the stage already pointed there. A
+        version moved into ``production`` (here or by ``rollback``) gets the lineage edge
+        ``model_version -> endpoint:<name>``: serving answers under the model's name with it.
         """
         check_stage(stage)
         if stage == ARCHIVED:
@@ -523,6 +528,7 @@ class Registry:
                 return None
             self._point(conn, name, stage, mv.version)
             insert_audit(conn, name, stage, "set", current, mv.version, actor, reason)
+            self._record_served(conn, name, stage, mv.version)
             return self._last_audit(conn, name)
 
     def archive(self, name: str, version: int, reason: str = "", actor: str = "") -> AuditEntry:
@@ -595,7 +601,17 @@ class Registry:
                 )
             self._point(conn, name, stage, target)
             insert_audit(conn, name, stage, "rollback", current, target, actor, reason)
+            self._record_served(conn, name, stage, target)
             return self._last_audit(conn, name)
+
+    @staticmethod
+    def _record_served(conn: sa.Connection, name: str, stage: str, version: int) -> None:
+        """A version entering ``production`` is served under the model's name (the default
+        endpoint of every server): record ``model_version -> endpoint:<name>``."""
+        if stage == SERVED_STAGE:
+            record_edge(
+                conn, Node("model_version", f"{name}/{version}"), Node("endpoint", name), "serves"
+            )
 
     @staticmethod
     def _current(conn: sa.Connection, name: str, stage: str) -> int | None:

@@ -4,7 +4,9 @@ An endpoint maps a name to versions of one model. Its state lives in the metadat
 (``serving_endpoints``) and every change appends to ``serving_events`` in the same transaction,
 so replicas notice a change by polling one ``max(id)`` and converge within a poll interval.
 Changes use optimistic concurrency on ``revision``: of two replicas that advance the same canary,
-one wins and the other sees ``EndpointConflict`` (and simply reloads).
+one wins and the other sees ``EndpointConflict`` (and simply reloads). Every version an endpoint
+routes to, canaries or mirrors gets a lineage edge ``model_version -> endpoint`` in the same
+transaction (``flywheel.lineage``), so a version's downstream reaches the endpoints it served.
 
 Routing (``Endpoint.choose``) is a pure function: with a routing key the choice is
 ``flywheel.experiments.weighted_choice(endpoint salt, key, weights)`` (sticky: the same key
@@ -25,6 +27,7 @@ import orjson
 import sqlalchemy as sa
 
 from flywheel.experiments import weighted_choice
+from flywheel.lineage import Node, record_edge
 from flywheel.metadata import Database
 from flywheel.serving._canary import CanaryPlan, RolloutState
 from flywheel.serving._errors import EndpointConflict, ServingError, UnknownModel
@@ -330,6 +333,7 @@ class EndpointStore:
                 if result.rowcount != 1:
                     raise EndpointConflict(f"endpoint {ep.name!r} changed concurrently")
                 revision = current + 1
+            record_lineage(conn, ep)
             self._event(
                 conn,
                 ep.name,
@@ -408,6 +412,19 @@ class EndpointStore:
         )
 
 
+def record_lineage(conn: sa.Connection, ep: Endpoint) -> None:
+    """Edges ``model_version:MODEL/V -> endpoint:NAME`` for every version ``ep`` sends traffic to
+    (relation ``serves``) or mirrors (``shadows``); recording an edge twice is a no-op."""
+    target = Node("endpoint", ep.name)
+    routed = {r.version for r in ep.effective_routes()} | {r.version for r in ep.routes}
+    for version in sorted(routed):
+        record_edge(conn, Node("model_version", f"{ep.model}/{version}"), target, "serves")
+    if ep.shadow is not None and ep.shadow.version not in routed:
+        record_edge(
+            conn, Node("model_version", f"{ep.model}/{ep.shadow.version}"), target, "shadows"
+        )
+
+
 def new_rollout_id() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -420,5 +437,6 @@ __all__ = [
     "Route",
     "Shadow",
     "new_rollout_id",
+    "record_lineage",
     "validate_endpoint",
 ]
