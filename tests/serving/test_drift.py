@@ -16,7 +16,14 @@ from typer.testing import CliRunner
 
 from flywheel.project import Project
 from flywheel.serving import EndpointStore, PredictionLogger, alert, drift_report, psi
-from flywheel.serving._drift import DriftThresholds, feature_drift, parse_window
+from flywheel.serving._drift import (
+    OTHER,
+    DriftThresholds,
+    categorical_histogram,
+    feature_drift,
+    numeric_histogram,
+    parse_window,
+)
 from flywheel.serving._prediction_log import PredictionRecord
 
 COUNTRIES = np.array([b"de", b"fr", b"us", b"uk"], dtype=object)
@@ -112,6 +119,57 @@ def test_drift_detected_on_shifted_data_only(logged: Project) -> None:
     country = next(f for f in shifted.features if f.feature == "country")
     assert country.kind == "categorical"
     assert drift_report(logged, "nobody", window="1h").verdict == "insufficient_data"
+
+
+def test_histograms_share_bins_and_count_every_value() -> None:
+    rng = np.random.default_rng(2)
+    ref, cur = rng.normal(0.0, 1.0, 4000), rng.normal(1.5, 1.0, 1000)
+    cur[:3] = [np.inf, np.nan, 50.0]  # non-finite values are left out; outliers go to an end bin
+    h = numeric_histogram(ref, cur, bins=10)
+    edges = np.asarray(h["edges"])
+    assert h["kind"] == "numeric" and edges.size == 11 and np.all(np.diff(edges) > 0)
+    assert sum(h["reference"]) == 4000 and sum(h["current"]) == 998
+    assert h["current"][-1] >= 1  # 50.0 lands in the last bin
+    centers = (edges[:-1] + edges[1:]) / 2
+    mean_ref = np.average(centers, weights=h["reference"])
+    mean_cur = np.average(centers, weights=h["current"])
+    assert mean_cur - mean_ref == pytest.approx(1.5, abs=0.25)  # the shift shows in the bins
+    flat = numeric_histogram(np.full(50, 3.0), np.full(40, 3.0))
+    assert flat["edges"] == [2.5, 3.5] and flat["reference"] == [50] and flat["current"] == [40]
+
+    cats = categorical_histogram(
+        np.array(["b", "a", "a", "c"]), np.array(["a", "d", "d", "d"]), top=3
+    )
+    # The three most frequent of both samples (ties by name), the rest as "(other)".
+    assert cats == {
+        "kind": "categorical",
+        "categories": ["a", "b", "d", OTHER],
+        "reference": [2, 1, 0, 1],
+        "current": [1, 0, 3, 0],
+    }
+
+
+def test_drift_report_and_http_api_carry_histograms(logged: Project) -> None:
+    from fastapi.testclient import TestClient
+
+    from flywheel.api import create_app
+
+    report = drift_report(logged, "shifted", window="1h").to_dict()
+    by_name = {f["feature"]: f for f in report["features"]}
+    country = by_name["country"]["histogram"]
+    assert country["categories"] == ["de", "fr", "uk", "us"]
+    assert sum(country["reference"]) == 600 and sum(country["current"]) == 600
+    us = country["categories"].index("us")
+    assert country["current"][us] > 2 * country["reference"][us]  # p(us) 0.25 -> 0.7
+    numeric = by_name["input_0"]["histogram"]
+    assert len(numeric["edges"]) == len(numeric["reference"]) + 1 == len(numeric["current"]) + 1
+    assert sum(numeric["reference"]) == 600 and sum(numeric["current"]) == 600
+    with TestClient(create_app(logged, systems=["serving"])) as client:
+        r = client.get("/serving/endpoints/shifted/drift", params={"window": "1h"})
+    assert r.status_code == 200
+    served = {f["feature"]: f["histogram"] for f in r.json()["features"]}
+    assert served["country"] == country and served["input_0"] == numeric
+    assert set(served) == set(by_name)
 
 
 @pytest.fixture

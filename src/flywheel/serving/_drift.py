@@ -7,6 +7,12 @@ size. A feature drifts when ``PSI >= psi_threshold``, or the test is significant
 (``p < p_value``) *and* its effect is material (KS statistic or Cramér's V ``>= ks_threshold``):
 with thousands of rows a p-value alone flags differences too small to matter.
 
+Each feature also carries a histogram of the reference and the window over the same bins, for
+plotting one over the other: numeric columns get ``HISTOGRAM_BINS`` equal-width bins spanning
+both samples (from the lower 0.5% quantile of either to the upper 99.5%; values beyond fall in the
+end bins), categorical ones the counts of their ``MAX_CATEGORIES`` most frequent categories (the
+rest summed as ``(other)``).
+
 The reference is, in this order: a Parquet file/folder given explicitly; the served version's
 training dataset (``flywheel.features``) when it has one; otherwise the predictions logged for
 the endpoint before the window.
@@ -30,6 +36,9 @@ META_COLUMNS = {
     "shadow_version", "disagreement",
 }  # fmt: skip
 MIN_ROWS = 30
+HISTOGRAM_BINS = 20
+MAX_CATEGORIES = 20
+OTHER = "(other)"
 
 
 @dataclass(frozen=True)
@@ -49,8 +58,12 @@ class FeatureDrift:
     p_value: float
     effect: float
     drifted: bool
+    histogram: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form; ``histogram`` is ``{"kind": "numeric", "edges": [n + 1], "reference": [n],
+        "current": [n]}`` or ``{"kind": "categorical", "categories": [n], "reference": [n],
+        "current": [n]}`` (counts; the two samples share the bins)."""
         return {
             k: (None if isinstance(v, float) and not np.isfinite(v) else v)
             for k, v in self.__dict__.items()
@@ -109,6 +122,59 @@ def _is_categorical(values: np.ndarray) -> bool:
     return values.dtype.kind in "OUSb"
 
 
+def numeric_histogram(
+    reference: np.ndarray, current: np.ndarray, bins: int = HISTOGRAM_BINS
+) -> dict[str, Any]:
+    """Counts of both samples over the same equal-width bins (see the module docstring)."""
+    ref = reference[np.isfinite(reference)]
+    cur = current[np.isfinite(current)]
+    both = [a for a in (ref, cur) if a.size]
+    if not both:
+        return {"kind": "numeric", "edges": [], "reference": [], "current": []}
+    lo = min(float(np.quantile(a, 0.005)) for a in both)
+    hi = max(float(np.quantile(a, 0.995)) for a in both)
+    if not hi > lo:  # one value (or nearly): a single bin around it
+        lo, hi, bins = lo - 0.5, hi + 0.5, 1
+    edges = np.linspace(lo, hi, bins + 1)
+
+    def counts(values: np.ndarray) -> list[int]:
+        index = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, bins - 1)
+        return np.bincount(index, minlength=bins).astype(int).tolist()
+
+    return {
+        "kind": "numeric",
+        "edges": [float(e) for e in edges],
+        "reference": counts(ref),
+        "current": counts(cur),
+    }
+
+
+def categorical_histogram(
+    reference: np.ndarray, current: np.ndarray, top: int = MAX_CATEGORIES
+) -> dict[str, Any]:
+    """Counts per category for both samples: the ``top`` most frequent, the rest as ``(other)``."""
+    ref_values, ref_counts = np.unique(reference.astype(str), return_counts=True)
+    cur_values, cur_counts = np.unique(current.astype(str), return_counts=True)
+    ref_map = dict(zip(ref_values.tolist(), ref_counts.tolist(), strict=True))
+    cur_map = dict(zip(cur_values.tolist(), cur_counts.tolist(), strict=True))
+    totals = {c: ref_map.get(c, 0) + cur_map.get(c, 0) for c in ref_map.keys() | cur_map.keys()}
+    ranked = sorted(totals, key=lambda c: (-totals[c], c))
+    kept, rest = sorted(ranked[:top]), ranked[top:]
+    categories = list(kept)
+    ref_counts_out = [int(ref_map.get(c, 0)) for c in kept]
+    cur_counts_out = [int(cur_map.get(c, 0)) for c in kept]
+    if rest:
+        categories.append(OTHER)
+        ref_counts_out.append(int(sum(ref_map.get(c, 0) for c in rest)))
+        cur_counts_out.append(int(sum(cur_map.get(c, 0) for c in rest)))
+    return {
+        "kind": "categorical",
+        "categories": categories,
+        "reference": ref_counts_out,
+        "current": cur_counts_out,
+    }
+
+
 def feature_drift(
     name: str, reference: np.ndarray, current: np.ndarray, thresholds: DriftThresholds
 ) -> FeatureDrift:
@@ -118,18 +184,19 @@ def feature_drift(
     if _is_categorical(reference) or _is_categorical(current):
         ref = reference.astype(str)
         cur = current.astype(str)
+        histogram = categorical_histogram(ref, cur)
         cats = sorted(set(ref.tolist()) | set(cur.tolist()))
         table = np.array(
             [[int(np.sum(ref == c)) for c in cats], [int(np.sum(cur == c)) for c in cats]]
         )
         if len(cats) < 2:
-            return FeatureDrift(name, "categorical", None, None, 0.0, 1.0, 0.0, False)
+            return FeatureDrift(name, "categorical", None, None, 0.0, 1.0, 0.0, False, histogram)
         chi2, p, _, _ = stats.chi2_contingency(table)
         n = table.sum()
         cramers_v = float(np.sqrt(chi2 / (n * (min(table.shape) - 1)))) if n else 0.0
         drifted = bool(p < thresholds.p_value and cramers_v >= thresholds.effect)
         return FeatureDrift(
-            name, "categorical", None, None, float(chi2), float(p), cramers_v, drifted
+            name, "categorical", None, None, float(chi2), float(p), cramers_v, drifted, histogram
         )
     ref = reference.astype(np.float64)
     cur = current.astype(np.float64)
@@ -140,7 +207,10 @@ def feature_drift(
     drifted = bool(
         score >= thresholds.psi or (p_value < thresholds.p_value and statistic >= thresholds.effect)
     )
-    return FeatureDrift(name, "numeric", score, statistic, None, p_value, statistic, drifted)
+    histogram = numeric_histogram(ref, cur)
+    return FeatureDrift(
+        name, "numeric", score, statistic, None, p_value, statistic, drifted, histogram
+    )
 
 
 def compare(
@@ -300,9 +370,11 @@ __all__ = [
     "DriftThresholds",
     "FeatureDrift",
     "alert",
+    "categorical_histogram",
     "compare",
     "drift_report",
     "feature_drift",
+    "numeric_histogram",
     "parse_window",
     "psi",
 ]
