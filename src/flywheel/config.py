@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -133,7 +133,16 @@ class RecsysConfig(_Section):
 
     deadline_ms: float = Field(default=50.0, gt=0.0, le=10_000.0)
     feature_budget: float = Field(default=0.5, gt=0.0, le=1.0)
-    experiment: str | None = None
+    experiment: str | None = None  # an A/B test or bandit whose variants name strategies
+    strategy: Literal["ranked", "hybrid", "content", "popularity", "session"] = "ranked"
+    explore_experiment: str | None = "recs-explore"  # bandit over exploration sources; null: off
+    explore_slots: tuple[int, ...] = (4, 11)  # 0-based positions of the exploration items
+    diversity: float = Field(default=0.15, ge=0.0, le=1.0)  # MMR: 0 = relevance order only
+    blocked_items: tuple[str, ...] = ()
+    content_method: Literal["auto", "minilm", "tfidf"] = "auto"
+    two_tower_model: str | None = "recs-two-tower"  # registered model; null: no two-tower
+    ranker_endpoint: str | None = "recs-ranker"  # serving endpoint or model; null: no ranker
+    ranker_budget: float = Field(default=0.35, gt=0.0, le=1.0)  # share of the deadline
 
 
 class FlywheelConfig(_Section):

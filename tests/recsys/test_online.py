@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,15 @@ from flywheel.recsys import (
 from flywheel.recsys._api import set_recommender
 from tests.conftest import make_project
 
+# The rule-based path only: no learned models, no exploration slots, TF-IDF text (fast).
+BASE_CONFIG = {
+    "content_method": "tfidf",
+    "two_tower_model": None,
+    "ranker_endpoint": None,
+    "explore_experiment": None,
+}
+BASE = RecsysSettings(**BASE_CONFIG)  # type: ignore[arg-type]
+
 
 @pytest.fixture(scope="module")
 def tiny_lines(tiny_raw: pd.DataFrame) -> pd.DataFrame:
@@ -38,7 +48,7 @@ def tiny_lines(tiny_raw: pd.DataFrame) -> pd.DataFrame:
 @pytest.fixture
 def shop(tmp_path: Path, tiny_lines: pd.DataFrame) -> Iterator[Project]:
     """A SQLite project with the tiny synthetic shop ingested."""
-    proj = make_project(tmp_path / "proj")
+    proj = make_project(tmp_path / "proj", recsys=BASE_CONFIG)
     ingest(proj, tiny_lines)
     yield proj
     set_recommender(proj, None)
@@ -112,7 +122,7 @@ def test_ingest_and_stream_on_redis(
     proj = make_project(tmp_path / "redis", online_store=url, event_log=url)
     try:
         ingest(proj, tiny_lines)
-        rec = OnlineRecommender(proj)
+        rec = OnlineRecommender(proj, BASE)
         user = int(tiny_lines["CustomerID"].iloc[0])
         items = rec.state.item_ids[:3]
         rec.record_events([Event(user, i, "view") for i in items])
@@ -187,7 +197,7 @@ def test_views_of_one_category_raise_its_share_at_once(
     fs = FeatureStore(shop)
     try:
         fs.processor().run(until_idle=True, block_ms=20)
-        other = OnlineRecommender(shop, store=fs)
+        other = OnlineRecommender(shop, BASE, store=fs)
         seen = other.recommend(user, 20).items
         assert _share(seen, target) > _share(before["items"], target)
         other.close()
@@ -215,7 +225,7 @@ def test_new_user_gets_a_page_that_depends_on_context(
 
 
 def test_slow_features_fall_back_to_defaults(shop: Project) -> None:
-    rec = OnlineRecommender(shop, RecsysSettings(deadline_ms=40))
+    rec = OnlineRecommender(shop, replace(BASE, deadline_ms=40))
     try:
         user = next(iter(rec.state.user_index))
 
@@ -234,7 +244,7 @@ def test_slow_features_fall_back_to_defaults(shop: Project) -> None:
 
 
 def test_feature_store_errors_fall_back_to_defaults(shop: Project) -> None:
-    rec = OnlineRecommender(shop)
+    rec = OnlineRecommender(shop, BASE)
     try:
 
         def broken(user_id: int) -> Any:
@@ -250,11 +260,12 @@ def test_feature_store_errors_fall_back_to_defaults(shop: Project) -> None:
 
 
 def test_missing_generators_fall_back_to_popularity(shop: Project) -> None:
-    state = OnlineState.from_project(shop)
+    state = OnlineState.from_project(shop, content_method="tfidf")
     state.repeat = None
     state.cooc = None
+    state.content_index = None
     state.trending._scores[:] = 0.0  # nothing trending either
-    rec = OnlineRecommender(shop, state=state)
+    rec = OnlineRecommender(shop, BASE, state=state)
     try:
         before = _fallbacks("generators_missing")
         out = rec.recommend(next(iter(state.user_index)), 10)
@@ -267,7 +278,7 @@ def test_missing_generators_fall_back_to_popularity(shop: Project) -> None:
 
 def test_spent_deadline_serves_popularity(shop: Project) -> None:
     # The feature read may take the whole budget; when it does, nothing is left for retrieval.
-    rec = OnlineRecommender(shop, RecsysSettings(feature_budget=1.0))
+    rec = OnlineRecommender(shop, replace(BASE, feature_budget=1.0))
     try:
         rec.read_features = lambda user_id: time.sleep(0.05)  # type: ignore[assignment,method-assign]
         out = rec.recommend(1, 5, deadline_ms=1)
@@ -293,7 +304,7 @@ def test_experiment_variant_is_reported(shop: Project) -> None:
         }
     )
     exps.close()
-    rec = OnlineRecommender(shop, RecsysSettings(experiment="recs_strategy"))
+    rec = OnlineRecommender(shop, replace(BASE, experiment="recs_strategy"))
     try:
         variants = {u: rec.recommend(u, 5).variant for u in range(40)}
         assert set(variants.values()) == {"hybrid", "popularity"}
@@ -329,7 +340,7 @@ def test_nothing_ingested_is_404(project: Project) -> None:
 
 
 def test_purchases_update_co_occurrence_copy_on_write(shop: Project) -> None:
-    rec = OnlineRecommender(shop)
+    rec = OnlineRecommender(shop, BASE)
     try:
         st = rec.state
         a, b = st.item_ids[0], st.item_ids[1]

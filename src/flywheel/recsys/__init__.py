@@ -88,9 +88,10 @@ from flywheel.recsys._metrics import (
     view_truth,
 )
 from flywheel.recsys._online import (
+    EXPLORE_ARMS,
+    STRATEGIES,
     Event,
     OnlineRecommender,
-    OnlineState,
     Recommendation,
     RecsysSettings,
 )
@@ -102,17 +103,21 @@ from flywheel.recsys._protocol import (
     build_train_data,
     validation_split,
 )
+from flywheel.recsys._rerank import ExplorationLedger, for_sale, mmr, place_exploration
+from flywheel.recsys._state import NewItem, OnlineState
 from flywheel.recsys._synthetic import SyntheticConfig, generate_transactions
-from flywheel.recsys._text import TEXT_METHODS, TextEmbedder, embed_texts
+from flywheel.recsys._text import TEXT_METHODS, ContentEncoder, TextEmbedder, embed_texts
 
 __all__ = [
     "EASE",
     "EVENT_STREAM",
     "EVENT_TYPES",
+    "EXPLORE_ARMS",
     "IALS",
     "NON_PRODUCT_CODES",
     "ONLINE_RETAIL_COLUMNS",
     "OR_T1_TRAIN_END",
+    "STRATEGIES",
     "TEXT_METHODS",
     "UCI_DATASET_URL",
     "VIEWS",
@@ -120,6 +125,7 @@ __all__ = [
     "CandidateUnion",
     "Candidates",
     "CoOccurrence",
+    "ContentEncoder",
     "ContentSimilarity",
     "DataFormatError",
     "DataSource",
@@ -128,11 +134,13 @@ __all__ = [
     "EvaluationReport",
     "EvaluationRow",
     "Event",
+    "ExplorationLedger",
     "HybridBlend",
     "IngestReport",
     "ItemKNN",
     "LoadedTransactions",
     "MostPopular",
+    "NewItem",
     "OnlineRecommender",
     "OnlineState",
     "Popularity",
@@ -160,14 +168,17 @@ __all__ = [
     "evaluate_view",
     "feature_definitions",
     "find_data_file",
+    "for_sale",
     "generate_transactions",
     "hit_at_k",
     "ingest",
     "load_transactions",
     "metrics_from_rankings",
+    "mmr",
     "ndcg_at_k",
     "normalise_rows",
     "normalize_online_retail",
+    "place_exploration",
     "rank_users",
     "read_online_retail",
     "recall_at_k",

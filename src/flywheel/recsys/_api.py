@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from flywheel.auth import Principal, require_reader, require_writer
 from flywheel.project import Project, current_project
 from flywheel.recsys._online import Event, OnlineRecommender, RecsysSettings
+from flywheel.recsys._state import NewItem
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,15 @@ def settings_for(project: Project) -> RecsysSettings:
         deadline_ms=cfg.deadline_ms,
         feature_budget=cfg.feature_budget,
         experiment=cfg.experiment,
+        strategy=cfg.strategy,
+        explore_experiment=cfg.explore_experiment,
+        explore_slots=tuple(cfg.explore_slots),
+        diversity=cfg.diversity,
+        blocked_items=tuple(cfg.blocked_items),
+        content_method=cfg.content_method,
+        two_tower_model=cfg.two_tower_model,
+        ranker_endpoint=cfg.ranker_endpoint,
+        ranker_budget=cfg.ranker_budget,
     )
 
 
@@ -118,6 +128,10 @@ def get_recommendations(
     k: int = Query(20, ge=1, le=500),
     surface: Literal["home", "product"] = "home",
     item_id: str | None = Query(None, min_length=1, max_length=64),
+    category: str | None = Query(
+        None, min_length=1, max_length=64, description="The category the user browses (context)."
+    ),
+    new_only: bool = Query(False, description="Leave out what the user already bought."),
     deadline_ms: float | None = Query(None, gt=0, le=10_000),
     project: Project = Depends(current_project),
     _: Principal = Depends(require_reader),
@@ -125,7 +139,15 @@ def get_recommendations(
     """Top-``k`` items with scores, reasons (generators), experiment variant, model versions,
     the fallbacks taken and a per-stage latency breakdown (ms)."""
     rec = recommender_for(project)
-    out = rec.recommend(user_id, k, surface=surface, item_id=item_id, deadline_ms=deadline_ms)
+    out = rec.recommend(
+        user_id,
+        k,
+        surface=surface,
+        item_id=item_id,
+        category=category,
+        new_only=new_only,
+        deadline_ms=deadline_ms,
+    )
     return out.to_dict()
 
 
@@ -140,6 +162,36 @@ def post_events(
     rec = recommender_for(project)
     result = rec.record_events(
         [Event(e.user_id, e.item_id, e.event_type, e.timestamp, e.event_id) for e in body.events]
+    )
+    return EventsOut(accepted=result.count, ids=result.ids)
+
+
+class ItemIn(_Body):
+    item_id: str = Field(
+        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$", description="StockCode."
+    )
+    description: str = Field(min_length=1, max_length=500, description="Product text.")
+    price: float | None = Field(default=None, ge=0, le=1e9)
+    category: str | None = Field(
+        default=None, min_length=1, max_length=64, description="Default: from the description."
+    )
+
+
+class ItemsIn(_Body):
+    items: list[ItemIn] = Field(min_length=1, max_length=1000)
+
+
+@router.post("/items", response_model=EventsOut, responses=_errors)
+def post_items(
+    body: ItemsIn,
+    project: Project = Depends(current_project),
+    _: Principal = Depends(require_writer),
+) -> EventsOut:
+    """Add new products (all or none): each gets a content embedding and enters the indexes at
+    once, and can be shown through the exploration slots; other processes follow."""
+    rec = recommender_for(project)
+    result = rec.add_items(
+        [NewItem(i.item_id, i.description, i.price, i.category) for i in body.items]
     )
     return EventsOut(accepted=result.count, ids=result.ids)
 

