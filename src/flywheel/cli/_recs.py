@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flywheel.cli._context import ConfigOption, open_project
+from flywheel.cli._context import DEFAULT_URL, ConfigOption, UrlOption, api_client, open_project
 from flywheel.cli._output import console, progress_bar
 
 if TYPE_CHECKING:
@@ -207,6 +207,85 @@ def serve_command(
         workers=workers,
         log_level=log_level,
     )
+
+
+@app.command("recommend")
+def recommend_command(
+    user_id: Annotated[int, typer.Argument(help="The user (CustomerID); unknown users work too.")],
+    k: Annotated[int, typer.Option(min=1, max=500, help="How many items.")] = 20,
+    surface: Annotated[str, typer.Option(help="home or product.")] = "home",
+    item: Annotated[str | None, typer.Option(help="The item being viewed (product).")] = None,
+    category: Annotated[str | None, typer.Option(help="The category being browsed.")] = None,
+    new_only: Annotated[bool, typer.Option(help="Leave out what the user bought.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Ask a running server for a user's recommendations (GET /recommendations/{user_id})."""
+    params: dict[str, str | int] = {"k": k, "surface": surface}
+    if item:
+        params["item_id"] = item
+    if category:
+        params["category"] = category
+    if new_only:
+        params["new_only"] = "true"
+    with api_client(url) as client:
+        body = client.get(f"/recommendations/{user_id}", params=params)
+    if as_json:
+        console.print_json(json.dumps(body))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"user {user_id}: strategy {body['strategy']}")
+    for col in ("#", "item", "category", "score", "reasons"):
+        table.add_column(col)
+    for n, it in enumerate(body["items"], 1):
+        table.add_row(
+            str(n), it["item_id"], it["category"], f"{it['score']:.3f}", ", ".join(it["reasons"])
+        )
+    console.print(table)
+    stages = ", ".join(f"{s} {v:.1f}" for s, v in body["latency_ms"].items())
+    console.print(f"latency ms: {stages}")
+    console.print(
+        f"models: {body['model_versions'] or '-'}; variant: {body['experiment_variant'] or '-'};"
+        f" fallbacks: {', '.join(body['fallbacks']) or '-'}"
+    )
+
+
+@app.command("event")
+def event_command(
+    user_id: Annotated[int, typer.Argument(help="The user (CustomerID).")],
+    item_id: Annotated[str, typer.Argument(help="The item (StockCode).")],
+    event_type: Annotated[str, typer.Argument(help="view, click, add_to_cart or purchase.")],
+    event_id: Annotated[str | None, typer.Option(help="Makes a retry idempotent.")] = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Post one event to a running server (POST /events; needs a writer token)."""
+    event: dict[str, str | int] = {"user_id": user_id, "item_id": item_id, "event_type": event_type}
+    if event_id:
+        event["event_id"] = event_id
+    with api_client(url) as client:
+        body = client.post("/events", json={"events": [event]})
+    console.print(f"accepted {body['accepted']} event(s): {', '.join(body['ids'])}")
+
+
+@app.command("add-item")
+def add_item_command(
+    item_id: Annotated[str, typer.Argument(help="The new item's StockCode.")],
+    description: Annotated[str, typer.Option(help="Product text (embedded at once).")],
+    price: Annotated[float | None, typer.Option(min=0, help="Unit price.")] = None,
+    category: Annotated[str | None, typer.Option(help="Default: from the description.")] = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Add a product to a running server's catalogue (POST /items; needs a writer token): it gets
+    a content embedding, enters the indexes and is shown through exploration slots."""
+    item: dict[str, str | float] = {"item_id": item_id, "description": description}
+    if price is not None:
+        item["price"] = price
+    if category:
+        item["category"] = category
+    with api_client(url) as client:
+        body = client.post("/items", json={"items": [item]})
+    console.print(f"added {body['accepted']} item(s) to the catalogue")
 
 
 def _load_transactions(
