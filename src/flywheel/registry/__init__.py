@@ -6,6 +6,8 @@ mv = registry.register_model("ranker", model, flavor="sklearn", input_example=X[
 registry.set_stage("ranker", mv.version, "production", reason="beats v2 on NDCG")
 model = registry.load("models:/ranker@production")      # sha256-verified, never a raw pickle
 model.predict({"input": X})       # {"predictions": ..., "probabilities": ...}
+model.device                      # "cpu"; "cuda:0" for a version registered with
+                                  # config={"device": "auto"} (or "cuda") on a GPU machine
 ```
 
 Flavors: ``sklearn`` (skops), ``pytorch`` (torch.export / TorchScript + state_dict),
@@ -23,6 +25,7 @@ from typing import Any
 from flywheel.lineage import LineageGraph
 from flywheel.project import Project
 from flywheel.registry._errors import (
+    DeviceUnavailable,
     ModelIntegrityError,
     ModelNotFound,
     ModelRefused,
@@ -92,10 +95,13 @@ def load(
     *,
     trusted: bool = False,
     prefer_onnx: bool = False,
+    device: str | None = None,
     project: Project | str | Path | None = None,
 ) -> LoadedModel:
     """``Registry.load`` on the cwd project (or ``project``)."""
-    return _registry(project).load(uri_or_mv, trusted=trusted, prefer_onnx=prefer_onnx)
+    return _registry(project).load(
+        uri_or_mv, trusted=trusted, prefer_onnx=prefer_onnx, device=device
+    )
 
 
 def lineage(
@@ -115,6 +121,7 @@ def get_version(
 __all__ = [
     "FLAVORS",
     "AuditEntry",
+    "DeviceUnavailable",
     "LoadedModel",
     "ModelIntegrityError",
     "ModelNotFound",

@@ -8,6 +8,8 @@ Hierarchy::
     │                                              saved, loaded back or run on its input example
     ├── UnsafeModelError (+ PermissionDenied) 403  loading would unpickle untrusted code
     ├── StageConflict (+ ConflictError)       409  e.g. nothing to roll back to
+    ├── DeviceUnavailable (+ ConflictError)   409  config.device asks for a GPU the runtime
+    │                                              cannot use on this machine
     └── ModelIntegrityError (+ IntegrityError) 500 stored bytes do not match the recorded sha256
 """
 
@@ -48,6 +50,12 @@ class StageConflict(RegistryError, ConflictError):
     status_code = 409
 
 
+class DeviceUnavailable(RegistryError, ConflictError):
+    """The version's ``config.device`` asks for a GPU that its runtime cannot use here."""
+
+    status_code = 409
+
+
 class ModelIntegrityError(RegistryError, IntegrityError):
     """An artifact's bytes do not match the sha256 recorded at registration."""
 
@@ -64,6 +72,7 @@ class ModelIntegrityError(RegistryError, IntegrityError):
 
 
 __all__ = [
+    "DeviceUnavailable",
     "ModelIntegrityError",
     "ModelNotFound",
     "ModelRefused",

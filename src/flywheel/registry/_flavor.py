@@ -2,8 +2,10 @@
 
 A flavor works on *folders*: ``save`` writes the model's files into an empty folder and returns
 JSON-able ``details`` (format, file names, what loading needs); ``load`` reads that folder back
-and returns a ``Predict`` function; ``wrap`` makes the same ``Predict`` from the in-memory object
-so registration can compare the reloaded model against the original. ``Predict`` takes and
+onto a device (``"cpu"`` or ``"cuda:N"``, decided by ``flywheel.registry._device.place``) and
+returns a ``Predict`` function (a ``PlacedPredict`` when it runs anywhere but the CPU); ``wrap``
+makes the same ``Predict`` from the in-memory object so registration can compare the reloaded
+model against the original. ``Predict`` takes and
 returns ``{name: np.ndarray}`` batches; inputs arrive ordered as the signature lists them and
 already cast to its datatypes.
 
@@ -48,9 +50,17 @@ class Flavor(Protocol):
         ...
 
     def load(
-        self, folder: Path, details: dict[str, Any], input_names: list[str], *, trusted: bool
+        self,
+        folder: Path,
+        details: dict[str, Any],
+        input_names: list[str],
+        *,
+        trusted: bool,
+        device: str = "cpu",
     ) -> Predict:
-        """Read the model in ``folder`` back. Never runs untrusted code unless ``trusted``."""
+        """Read the model in ``folder`` back onto ``device`` (``"cpu"``, or ``"cuda:N"`` for a
+        runtime that ``place`` found able to use it). Never runs untrusted code unless
+        ``trusted``. Inputs and outputs stay numpy arrays on the host."""
         ...
 
     def export_onnx(
@@ -58,6 +68,24 @@ class Flavor(Protocol):
     ) -> None:
         """Write an ONNX version of ``model`` to ``path``; raise when no converter can."""
         ...
+
+
+class PlacedPredict:
+    """A ``Predict`` that says where it computes: ``device`` (``"cpu"``, ``"cuda:0"``) and
+    ``placement`` (runtime details, e.g. onnxruntime's providers in use)."""
+
+    def __init__(self, fn: Predict, device: str, placement: dict[str, Any] | None = None) -> None:
+        self.fn = fn
+        self.device = device
+        self.placement = dict(placement or {})
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.fn(inputs)
+
+
+def device_of(predict: Any) -> tuple[str, dict[str, Any]]:
+    """(device, placement details) a ``Predict`` reports; plain functions run on the CPU."""
+    return str(getattr(predict, "device", "cpu")), dict(getattr(predict, "placement", {}) or {})
 
 
 def get_flavor(name: str) -> Flavor:
@@ -91,4 +119,13 @@ def stack_inputs(inputs: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate(cols, axis=1)
 
 
-__all__ = ["FLAVORS", "Flavor", "Predict", "get_flavor", "name_outputs", "stack_inputs"]
+__all__ = [
+    "FLAVORS",
+    "Flavor",
+    "PlacedPredict",
+    "Predict",
+    "device_of",
+    "get_flavor",
+    "name_outputs",
+    "stack_inputs",
+]

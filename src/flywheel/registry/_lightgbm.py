@@ -61,7 +61,13 @@ class LightgbmFlavor:
         return {"format": "lightgbm-text", "file": "model.txt"}
 
     def load(
-        self, folder: Path, details: dict[str, Any], input_names: list[str], *, trusted: bool
+        self,
+        folder: Path,
+        details: dict[str, Any],
+        input_names: list[str],
+        *,
+        trusted: bool,
+        device: str = "cpu",  # always "cpu": ``place`` gives this runtime no GPU
     ) -> Predict:
         import lightgbm as lgb
 

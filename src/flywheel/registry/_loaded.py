@@ -59,11 +59,23 @@ class LoadedModel:
 
     ``predict({name: batch})`` checks and casts the inputs against the signature, runs the model
     and returns ``{output name: batch}`` as numpy arrays. Safe to call from several threads.
+    ``device`` is where it computes (``"cpu"``, ``"cuda:0"``); ``placement`` has the details
+    (``device_requested``, onnxruntime's ``execution_providers``, ...).
     """
 
-    def __init__(self, version: ModelVersion, runtime: str, predict_fn: Predict) -> None:
+    def __init__(
+        self,
+        version: ModelVersion,
+        runtime: str,
+        predict_fn: Predict,
+        *,
+        device: str = "cpu",
+        placement: dict[str, Any] | None = None,
+    ) -> None:
         self.version = version
         self.runtime = runtime
+        self.device = device
+        self.placement = dict(placement or {})
         self._predict = predict_fn
 
     @property
@@ -75,7 +87,9 @@ class LoadedModel:
         return self.version.name
 
     def __repr__(self) -> str:
-        return f"LoadedModel({self.version.uri!r}, runtime={self.runtime!r})"
+        return (
+            f"LoadedModel({self.version.uri!r}, runtime={self.runtime!r}, device={self.device!r})"
+        )
 
     def predict(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
         """Run one batch. Missing or misshapen inputs raise ``RegistryError`` (HTTP 400)."""

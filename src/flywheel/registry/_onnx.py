@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from flywheel.registry._device import CUDA_PROVIDER, onnx_providers
 from flywheel.registry._errors import RegistryError
 from flywheel.registry._flavor import Predict
 
@@ -32,6 +33,11 @@ class OnnxPredict:
     cast to the graph's element types; outputs are renamed to ``output_names`` by position (or
     keep the graph's names). One session serves every thread (onnxruntime's ``run`` is
     thread-safe).
+
+    ``device="cuda:N"`` opens the session with the ``CUDAExecutionProvider`` on that GPU (the
+    CPU provider after it, for the nodes CUDA lacks). onnxruntime falls back to the CPU by itself
+    when its CUDA libraries fail to load, so ``device`` is read back from the providers the
+    session really uses (the registry refuses such a fallback for an explicit ``cuda`` request).
     """
 
     def __init__(
@@ -41,6 +47,7 @@ class OnnxPredict:
         output_names: list[str] | None = None,
         *,
         threads: int | None = None,
+        device: str = "cpu",
     ) -> None:
         import onnxruntime as ort
 
@@ -49,8 +56,12 @@ class OnnxPredict:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
         self.session = ort.InferenceSession(
-            model, sess_options=options, providers=["CPUExecutionProvider"]
+            model, sess_options=options, providers=onnx_providers(device)
         )
+        self.providers: list[str] = list(self.session.get_providers())
+        using_cuda = device.startswith("cuda") and CUDA_PROVIDER in self.providers
+        self.device = device if using_cuda else "cpu"
+        self.placement = {"execution_providers": self.providers}
         graph_inputs = self.session.get_inputs()
         if len(graph_inputs) != len(input_names):
             raise RegistryError(
@@ -145,9 +156,16 @@ class OnnxFlavor:
         return {"format": "onnx", "file": "model.onnx"}
 
     def load(
-        self, folder: Path, details: dict[str, Any], input_names: list[str], *, trusted: bool
+        self,
+        folder: Path,
+        details: dict[str, Any],
+        input_names: list[str],
+        *,
+        trusted: bool,
+        device: str = "cpu",
     ) -> Predict:
-        return OnnxPredict((folder / details.get("file", "model.onnx")).read_bytes(), input_names)
+        data = (folder / details.get("file", "model.onnx")).read_bytes()
+        return OnnxPredict(data, input_names, device=device)
 
     def export_onnx(
         self, model: Any, path: Path, example: dict[str, np.ndarray], details: dict[str, Any]

@@ -6,6 +6,11 @@ Saving tries ``torch.export`` with a dynamic batch dimension first and falls bac
 (``torch.load(..., weights_only=True)``). Inputs are passed positionally in signature order;
 one tensor out is ``output``, a tuple ``output_0``.., a dict keeps its keys. ONNX export uses
 ``torch.onnx.export`` (dynamo, onnxscript) with the same dynamic batch.
+
+On a GPU (``device="cuda:N"``) a ``torch.export`` program is moved there with
+``torch.export.passes.move_to_device_pass`` (parameters, buffers, constants and device arguments
+in the graph), a TorchScript module is loaded with ``map_location``; each batch is copied to the
+device and the outputs back to host memory.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from flywheel.registry._errors import RegistryError
-from flywheel.registry._flavor import Predict, name_outputs
+from flywheel.registry._flavor import PlacedPredict, Predict, name_outputs
 
 
 @contextlib.contextmanager
@@ -46,16 +51,30 @@ def _to_numpy(value: Any) -> Any:
     return value
 
 
-def _predict_fn(module: Any) -> Predict:
+def _predict_fn(module: Any, device: str = "cpu") -> Predict:
     import torch
+
+    target = torch.device(device)
+    on_host = target.type == "cpu"
 
     def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs.values()]
+        if not on_host:
+            args = [a.to(target) for a in args]
         with torch.inference_mode():
             result = module(*args)
-        return name_outputs(_to_numpy(result))
+        return name_outputs(_to_numpy(result))  # .cpu(): back to host memory
 
-    return predict
+    if on_host:
+        return predict
+    return PlacedPredict(predict, str(target), {"torch_device": str(target)})
+
+
+def _module_device(module: Any) -> str:
+    """Where an in-memory module's weights live (the CPU when it has none)."""
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        return str(tensor.device)
+    return "cpu"
 
 
 def _dynamic_batch(example: dict[str, np.ndarray]) -> tuple[dict[int, Any], ...]:
@@ -76,7 +95,7 @@ class PytorchFlavor:
                 f"a pytorch model must be a torch.nn.Module, not {type(model).__name__}"
             )
         model.eval()
-        return _predict_fn(model)
+        return _predict_fn(model, _module_device(model))
 
     def save(self, model: Any, folder: Path, example: dict[str, np.ndarray]) -> dict[str, Any]:
         import torch
@@ -109,21 +128,33 @@ class PytorchFlavor:
         return details
 
     def load(
-        self, folder: Path, details: dict[str, Any], input_names: list[str], *, trusted: bool
+        self,
+        folder: Path,
+        details: dict[str, Any],
+        input_names: list[str],
+        *,
+        trusted: bool,
+        device: str = "cpu",
     ) -> Predict:
         import torch
 
         path = folder / details["file"]
+        target = torch.device(device)
         if details["format"] == "torch.export":
             with _quiet():
-                module = torch.export.load(str(path)).module()
+                program = torch.export.load(str(path))
+                if target.type != "cpu":
+                    from torch.export.passes import move_to_device_pass
+
+                    program = move_to_device_pass(program, target)
+                module = program.module()
         elif details["format"] == "torchscript":
             with _quiet():
-                module = torch.jit.load(str(path), map_location="cpu")
+                module = torch.jit.load(str(path), map_location=target)
             module.eval()
         else:
             raise RegistryError(f"unknown pytorch artifact format {details['format']!r}")
-        return _predict_fn(module)
+        return _predict_fn(module, str(target))
 
     def export_onnx(
         self, model: Any, path: Path, example: dict[str, np.ndarray], details: dict[str, Any]

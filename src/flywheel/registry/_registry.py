@@ -17,14 +17,22 @@ from flywheel.errors import IntegrityError, NotFoundError
 from flywheel.lineage import LineageGraph, Node, record_edge
 from flywheel.lineage import lineage as lineage_graph
 from flywheel.project import Project
+from flywheel.registry._device import check_device, place, requested_device
 from flywheel.registry._errors import (
+    DeviceUnavailable,
     ModelIntegrityError,
     ModelNotFound,
     ModelRefused,
     RegistryError,
     StageConflict,
 )
-from flywheel.registry._flavor import Predict, get_flavor, stack_inputs
+from flywheel.registry._flavor import (
+    PlacedPredict,
+    Predict,
+    device_of,
+    get_flavor,
+    stack_inputs,
+)
 from flywheel.registry._loaded import LoadedModel, conform_input
 from flywheel.registry._store import (
     audit_t,
@@ -191,6 +199,8 @@ class Registry:
                 raise ModelRefused(f"{where}: the input example lacks inputs {missing}")
             example = {s.name: conform_input(s, example[s.name], where) for s in signature.inputs}
         input_names = list(example)
+        if config and "device" in config:
+            config = {**config, "device": check_device(config["device"], where)}
 
         try:
             original = impl.wrap(model, input_names)(example)
@@ -314,18 +324,22 @@ class Registry:
 
     @staticmethod
     def _onnx_predict(
-        data: bytes, input_names: list[str], output_names: list[str], details: dict[str, Any]
+        data: bytes,
+        input_names: list[str],
+        output_names: list[str],
+        details: dict[str, Any],
+        device: str = "cpu",
     ) -> Predict:
         from flywheel.registry._onnx import OnnxPredict
 
         if details.get("onnx_stacked_input"):
-            inner = OnnxPredict(data, ["input"], output_names)
+            inner = OnnxPredict(data, ["input"], output_names, device=device)
 
             def stacked(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                 return inner({"input": stack_inputs(inputs)})
 
-            return stacked
-        return OnnxPredict(data, input_names, output_names)
+            return PlacedPredict(stacked, inner.device, inner.placement)
+        return OnnxPredict(data, input_names, output_names, device=device)
 
     def _run_facts(self, run: Any) -> tuple[str | None, dict[str, float], str | None]:
         from flywheel.tracking import RunNotFound, Tracker
@@ -651,7 +665,12 @@ class Registry:
             raise ModelIntegrityError(mv.name, mv.version, sha256, str(exc)) from None
 
     def load(
-        self, uri_or_mv: str | ModelVersion, *, trusted: bool = False, prefer_onnx: bool = False
+        self,
+        uri_or_mv: str | ModelVersion,
+        *,
+        trusted: bool = False,
+        prefer_onnx: bool = False,
+        device: str | None = None,
     ) -> LoadedModel:
         """Load a version into its runtime, verifying every byte against its recorded sha256.
 
@@ -659,16 +678,27 @@ class Registry:
         artifacts that can run code when loaded (raw pickles, skops' untrusted types); without it
         they are refused with ``UnsafeModelError``. A tampered artifact raises
         ``ModelIntegrityError`` naming the model, version and expected hash.
+
+        ``device`` (default: the version's ``config["device"]``, else ``"cpu"``) is ``"cpu"``,
+        ``"auto"`` (a GPU when the runtime can use one here, else the CPU) or ``"cuda[:N]"``
+        (that GPU, or ``DeviceUnavailable``); see ``flywheel.registry._device``. The loaded
+        model's ``device`` says where it really runs.
         """
         mv = self.resolve(uri_or_mv)
+        where = f"model {mv.name!r} version {mv.version}"
+        wanted = (
+            requested_device(mv.config, where) if device is None else check_device(device, where)
+        )
         output_names = list(mv.signature.output_names)
         input_names = list(mv.signature.input_names)
         if prefer_onnx and mv.onnx_sha256:
+            target = place("onnxruntime", wanted, where)
             data = self._verified_blob(mv, mv.onnx_sha256)
-            predict = self._onnx_predict(data, input_names, output_names, mv.details)
-            return LoadedModel(mv, "onnxruntime", predict)
+            predict = self._onnx_predict(data, input_names, output_names, mv.details, target)
+            return self._placed(mv, "onnxruntime", predict, wanted, where, {})
         manifest = json.loads(self._verified_blob(mv, mv.artifact_sha256))
         impl = get_flavor(manifest["flavor"])
+        target = place(impl.runtime, wanted, where)  # before any bytes are fetched
         with tempfile.TemporaryDirectory(prefix="flywheel-load-") as tmp:
             folder = Path(tmp)
             for rel, sha in manifest["files"].items():
@@ -679,9 +709,34 @@ class Registry:
                         mv.name, mv.version, sha, f"file {rel!r}: {exc}"
                     ) from None
             details = manifest["details"]
-            predict = impl.load(folder, details, input_names, trusted=trusted)
-        predict = self._renamed(predict, details.get("output_renames", {}))
-        return LoadedModel(mv, impl.runtime, predict)
+            predict = impl.load(folder, details, input_names, trusted=trusted, device=target)
+        return self._placed(
+            mv, impl.runtime, predict, wanted, where, details.get("output_renames", {})
+        )
+
+    def _placed(
+        self,
+        mv: ModelVersion,
+        runtime: str,
+        predict: Predict,
+        wanted: str,
+        where: str,
+        renames: dict[str, str],
+    ) -> LoadedModel:
+        """The ``LoadedModel`` of ``predict``, refusing a CPU fallback of an explicit GPU ask."""
+        actual, placement = device_of(predict)
+        if wanted.startswith("cuda") and not actual.startswith("cuda"):
+            raise DeviceUnavailable(
+                f"{where}: config.device is {wanted!r} but the {runtime} runtime fell back to "
+                f"the CPU ({placement or 'no GPU placement'}); set it to 'auto' to allow that"
+            )
+        return LoadedModel(
+            mv,
+            runtime,
+            self._renamed(predict, renames),
+            device=actual,
+            placement={"device_requested": wanted, **placement},
+        )
 
 
 __all__ = ["Registry", "check_name", "check_stage", "outputs_match"]

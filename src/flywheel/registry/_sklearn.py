@@ -65,7 +65,13 @@ class SklearnFlavor:
         return {"format": "skops", "file": "model.skops", "untrusted_types": sorted(untrusted)}
 
     def load(
-        self, folder: Path, details: dict[str, Any], input_names: list[str], *, trusted: bool
+        self,
+        folder: Path,
+        details: dict[str, Any],
+        input_names: list[str],
+        *,
+        trusted: bool,
+        device: str = "cpu",  # always "cpu": ``place`` gives this runtime no GPU
     ) -> Predict:
         fmt = details.get("format", "skops")
         if fmt == "pickle":

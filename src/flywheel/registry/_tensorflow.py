@@ -4,6 +4,10 @@ A Keras model is exported with ``model.export`` (its ``serve`` endpoint); a ``tf
 a ``tf.function`` ``__call__`` is saved with ``tf.saved_model.save``. Loading a SavedModel runs
 no Python code from the artifact. A single input is passed as one tensor, several as a list in
 signature order. TensorFlow is imported only inside these methods (it takes seconds).
+
+Loading and every call run under ``tf.device``: ``/GPU:N`` for ``device="cuda:N"``, and
+``/CPU:0`` otherwise (TensorFlow would put ops on a visible GPU by itself, even for a version
+that asked for the CPU).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from flywheel.registry._errors import RegistryError
-from flywheel.registry._flavor import Predict, name_outputs
+from flywheel.registry._flavor import PlacedPredict, Predict, name_outputs
 
 SAVED_MODEL_DIR = "saved_model"
 
@@ -41,13 +45,36 @@ def _to_numpy(value: Any) -> Any:
     return numpy() if callable(numpy) else np.asarray(value)
 
 
-def _predict_fn(fn: Any) -> Predict:
+def visible_gpus() -> int:
+    """How many GPUs TensorFlow can use in this process."""
+    with _quiet():
+        import tensorflow as tf
+
+        return len(tf.config.list_physical_devices("GPU"))
+
+
+def _tf_device(device: str) -> str:
+    """``"cuda:1"`` -> ``"/GPU:1"``; anything else -> ``"/CPU:0"``."""
+    if device.startswith("cuda"):
+        return f"/GPU:{int(device.partition(':')[2] or 0)}"
+    return "/CPU:0"
+
+
+def _predict_fn(fn: Any, device: str | None = None) -> Predict:
     import tensorflow as tf
 
-    def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def call(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = [tf.convert_to_tensor(a) for a in inputs.values()]
         result = fn(tensors[0]) if len(tensors) == 1 else fn(tensors)
         return name_outputs(_to_numpy(result))
+
+    if device is None:  # an in-memory model at registration: where TensorFlow puts it
+        return call
+    scope = _tf_device(device)
+
+    def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with tf.device(scope):
+            return call(inputs)
 
     return predict
 
@@ -106,23 +133,32 @@ class TensorflowFlavor:
         return {"format": "saved_model", "dir": SAVED_MODEL_DIR, "endpoint": "__call__"}
 
     def load(
-        self, folder: Path, details: dict[str, Any], input_names: list[str], *, trusted: bool
+        self,
+        folder: Path,
+        details: dict[str, Any],
+        input_names: list[str],
+        *,
+        trusted: bool,
+        device: str = "cpu",
     ) -> Predict:
         with _quiet():
             import tensorflow as tf
 
-            loaded = tf.saved_model.load(str(folder / details.get("dir", SAVED_MODEL_DIR)))
+            with tf.device(_tf_device(device)):  # restored variables live there
+                loaded = tf.saved_model.load(str(folder / details.get("dir", SAVED_MODEL_DIR)))
         endpoint = details.get("endpoint", "serve")
         fn = loaded if endpoint == "__call__" else getattr(loaded, endpoint, None)
         if fn is None:
             fn = loaded.signatures["serving_default"]
-        predict = _predict_fn(fn)
+        predict = _predict_fn(fn, device)
 
         def keep_alive(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             # ``loaded`` owns the variables; the closure keeps it alive with the function.
             _ = loaded
             return predict(inputs)
 
+        if device.startswith("cuda"):
+            return PlacedPredict(keep_alive, device, {"tensorflow_device": _tf_device(device)})
         return keep_alive
 
     def export_onnx(

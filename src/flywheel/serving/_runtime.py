@@ -9,6 +9,14 @@ version's input example, and, when the version has an ONNX export and ``prefer_o
 times both runtimes on a batch built from the example and serves the faster one whose outputs
 agree with the native runtime. The chosen runtime, the device and both timings are reported in
 the model's metadata.
+
+Devices: a version's ``config["device"]`` (``cpu`` by default, ``auto``, ``cuda[:N]``) is handed
+to the registry's loader, which places the model (torch on CUDA, onnxruntime's CUDA provider,
+TensorFlow's GPU) and reports where it really runs; ``device`` in the metadata is that, never
+what was merely asked for, and ``placement`` adds the request and runtime details (onnxruntime's
+``execution_providers``). An explicit ``cuda`` that a runtime cannot honour here is the
+registry's ``DeviceUnavailable`` (409), except that a flavor without a GPU runtime (sklearn)
+whose ONNX export runs on onnxruntime's CUDA provider is served through that export.
 """
 
 from __future__ import annotations
@@ -102,6 +110,7 @@ class LoadedRuntime:
     device: str
     load_seconds: float
     timings_ms: dict[str, float] = field(default_factory=dict)
+    placement: dict[str, Any] = field(default_factory=dict)
 
     def predict(self, inputs: Tensors) -> Tensors:
         return self.model.predict(inputs)
@@ -142,19 +151,18 @@ def _agree(a: Tensors, b: Tensors) -> bool:
     return True
 
 
-def _device(mv: Any, model: LoadedModelLike) -> str:
-    """Where the runtime computes: the loaded model's own ``device`` when it reports one.
+def _device(model: LoadedModelLike) -> tuple[str, dict[str, Any]]:
+    """Where the runtime computes, as the loaded model reports it (the CPU when it says nothing),
+    and its placement details."""
+    device = str(getattr(model, "device", None) or "cpu")
+    placement = dict(getattr(model, "placement", None) or {})
+    return device, placement
 
-    A version's ``config["device"] = "cuda"`` is a request to the registry's loader, which places
-    the model; serving reports what the loaded model says, never what was merely asked for.
-    """
-    device = getattr(model, "device", None)
-    wanted = str((getattr(mv, "config", None) or {}).get("device", "cpu"))
-    if device is None:
-        device = "cpu"
-    if wanted.startswith("cuda") and not str(device).startswith("cuda"):
-        log.warning("model %s/%s asked for %s but runs on %s", mv.name, mv.version, wanted, device)
-    return str(device)
+
+def _is_device_error(exc: BaseException) -> bool:
+    from flywheel.registry import DeviceUnavailable
+
+    return isinstance(exc, DeviceUnavailable)
 
 
 def load_runtime(source: ModelSource, mv: Any, *, prefer_onnx: bool) -> LoadedRuntime:
@@ -168,9 +176,12 @@ def load_runtime(source: ModelSource, mv: Any, *, prefer_onnx: bool) -> LoadedRu
     try:
         native = source.load(mv, prefer_onnx=False)
     except Exception as exc:
-        if getattr(exc, "status_code", 500) < 500 and not isinstance(exc, ModelUnavailable):
-            raise
-        raise ModelUnavailable(f"model {label} could not be loaded: {exc}") from exc
+        instead = _onnx_instead(source, mv, exc) if prefer_onnx else None
+        if instead is None:
+            if getattr(exc, "status_code", 500) < 500 and not isinstance(exc, ModelUnavailable):
+                raise
+            raise ModelUnavailable(f"model {label} could not be loaded: {exc}") from exc
+        native = instead
     chosen, timings = native, {}
     example = source.input_example(mv)
     if example:
@@ -195,13 +206,31 @@ def load_runtime(source: ModelSource, mv: Any, *, prefer_onnx: bool) -> LoadedRu
                 log.warning("model %s: ONNX export not usable (%s)", label, exc)
         else:
             chosen.predict(batch)  # warm-up at a realistic batch size
+    device, placement = _device(chosen)
     return LoadedRuntime(
         model=chosen,
         runtime=chosen.runtime,
-        device=_device(mv, chosen),
+        device=device,
         load_seconds=time.perf_counter() - start,
         timings_ms={k: round(v, 4) for k, v in timings.items()},
+        placement=placement,
     )
+
+
+def _onnx_instead(source: ModelSource, mv: Any, error: Exception) -> LoadedModelLike | None:
+    """The ONNX export on onnxruntime when the native runtime cannot use the requested GPU
+    (sklearn asked for ``cuda``) but onnxruntime's CUDA provider can; else None."""
+    if not (getattr(mv, "onnx_sha256", None) and _is_device_error(error)):
+        return None
+    try:
+        onnx = source.load(mv, prefer_onnx=True)
+    except Exception as exc:
+        log.info(
+            "model %s/%s: ONNX export cannot take the GPU either (%s)", mv.name, mv.version, exc
+        )
+        return None
+    log.info("model %s/%s: served through its ONNX export (%s)", mv.name, mv.version, error)
+    return onnx
 
 
 __all__ = ["LoadedModelLike", "LoadedRuntime", "ModelSource", "RegistrySource", "load_runtime"]

@@ -115,6 +115,7 @@ class ServedVersion:
                 "flavor": getattr(self.mv, "flavor", ""),
                 "runtime": self.runtime.runtime,
                 "device": self.runtime.device,
+                **self.runtime.placement,  # device_requested, execution_providers, ...
                 "runtime_timings_ms": self.runtime.timings_ms,
                 "max_batch_size": self.policy.max_batch_size,
                 "max_queue_delay_us": self.policy.max_queue_delay_us,
