@@ -340,7 +340,7 @@ def test_nothing_ingested_is_404(project: Project) -> None:
 
 
 def test_purchases_update_co_occurrence_copy_on_write(shop: Project) -> None:
-    rec = OnlineRecommender(shop, BASE)
+    rec = OnlineRecommender(shop, BASE, background=False)  # baskets applied at once
     try:
         st = rec.state
         a, b = st.item_ids[0], st.item_ids[1]

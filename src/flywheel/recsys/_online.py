@@ -208,13 +208,15 @@ class Recommendation:
 Gens = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def _top(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and scores of the ``n`` best finite positive scores, best first."""
-    finite = np.flatnonzero(np.isfinite(scores) & (scores > 0))
-    if len(finite) > n:
-        finite = finite[np.argpartition(-scores[finite], n - 1)[:n]]
-    order = finite[np.argsort(-scores[finite], kind="stable")]
-    return order, scores[order]
+def _sparse_top(rows: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` best positive (row, value) pairs, best first (ties: lower row first)."""
+    keep = np.isfinite(values) & (values > 0)
+    rows, values = np.asarray(rows)[keep], np.asarray(values, dtype=np.float64)[keep]
+    if len(rows) > n:
+        part = np.argpartition(-values, n - 1)[:n]
+        rows, values = rows[part], values[part]
+    order = np.lexsort((rows, -values))
+    return rows[order].astype(np.int64), values[order]
 
 
 class OnlineRecommender:
@@ -265,6 +267,7 @@ class OnlineRecommender:
         self.replica = uuid.uuid4().hex[:12]
         self._catalog_ready = False
         self._explore_checked: str | None = None
+        self._pending_baskets: list[list[int]] = []
         self._bought: OrderedDict[tuple[int, str], bool] = OrderedDict()  # purchases seen here
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -305,7 +308,7 @@ class OnlineRecommender:
     def _background(self) -> None:
         next_refresh = time.monotonic() + self.settings.model_refresh_s
         while not self._stop.wait(self.settings.background_interval_s):
-            for task in (self.follow_catalog, self.ledger.flush):
+            for task in (self.apply_pending, self.follow_catalog, self.ledger.flush):
                 try:
                     task()
                 except Exception as exc:  # retried on the next round
@@ -400,6 +403,8 @@ class OnlineRecommender:
         strategy: str,
         fallbacks: list[str],
     ) -> Gens:
+        """Each generator's top ``per_generator`` (rows, scores), computed on sparse rows only
+        (no per-request pass over the whole catalogue)."""
         st = self.state
         n = self.settings.per_generator
         out: Gens = {}
@@ -413,25 +418,28 @@ class OnlineRecommender:
         missing = False
         # Events swap in a new co-occurrence object (copy on write); read one snapshot.
         repeat, cooc = st.repeat, st.cooc
-        with st.lock:
-            trend = st.trending._scores.copy()
+        trend = st.trending._scores  # read without a copy: a racing += is harmless here
         if strategy in ("ranked", "hybrid", "session"):
             if strategy != "session" and row is not None:
                 if repeat is None:
                     missing = True
                 else:
-                    out["repeat"] = _top(repeat.score(np.asarray([row]))[0], n)
+                    w = repeat._weights[row]
+                    out["repeat"] = _sparse_top(w.indices, w.data * repeat._tiebreak[w.indices], n)
                 if cooc is None:
                     missing = True
                 else:
-                    out["co-occurrence"] = _top(cooc.score(np.asarray([row]))[0], n)
+                    s = (cooc._profiles[row] @ cooc.similarity()).tocsr()
+                    out["co-occurrence"] = _sparse_top(s.indices, s.data, n)
             if recent_rows:
                 if cooc is None:
                     missing = True
                 else:
+                    import scipy.sparse as sp
+
                     weights = 0.8 ** np.arange(len(recent_rows))  # the latest counts most
-                    sim = cooc.similarity()[np.asarray(recent_rows)]
-                    out["session"] = _top(np.asarray(sim.T @ weights).ravel(), n)
+                    s = (sp.csr_matrix(weights[None, :]) @ cooc.similarity()[recent_rows]).tocsr()
+                    out["session"] = _sparse_top(s.indices, s.data, n)
         if strategy in ("ranked", "hybrid"):
             tt = self._two_tower(ctx, user_id, n, fallbacks)
             if tt is not None:
@@ -447,28 +455,37 @@ class OnlineRecommender:
                 counts[context_category] = counts.get(context_category, 0.0) + max(
                     1.0, sum(counts.values())
                 )
-            if counts:
-                total = sum(counts.values()) or 1.0
-                scores = np.zeros(len(trend))
-                for cat, count in counts.items():
-                    rows = st.category_rows.get(cat)
-                    if rows is not None and len(rows):
-                        t = trend[rows]
-                        scores[rows] = (count / total) * (1.0 + t / (t.max() or 1.0))
-                out["category"] = _top(scores, n)
+            total = sum(counts.values()) or 1.0
+            parts_rows, parts_scores = [], []
+            for cat, count in counts.items():
+                rows = st.category_rows.get(cat)
+                if rows is not None and len(rows):
+                    t = trend[rows]
+                    parts_rows.append(rows)
+                    parts_scores.append((count / total) * (1.0 + t / (t.max() or 1.0)))
+            if parts_rows:
+                out["category"] = _sparse_top(
+                    np.concatenate(parts_rows), np.concatenate(parts_scores), n
+                )
             if surface == "product" and anchor is not None and anchor in st.item_index:
                 a = st.item_index[anchor]
-                scores = np.zeros(len(trend))
-                same = st.category_rows.get(str(st.categories[a]), np.empty(0, dtype=int))
-                scores[same] = 0.2
+                same = st.category_rows.get(str(st.categories[a]), np.empty(0, dtype=np.int64))
+                scores: dict[int, float] = dict.fromkeys(same.tolist(), 0.2)
                 if cooc is not None and a < n_train:
-                    sim_row = np.asarray(cooc.similarity()[a].todense()).ravel()
-                    scores[:n_train] += sim_row / (sim_row.max() or 1.0)
+                    sim_row = cooc.similarity()[a]
+                    top = float(sim_row.data.max()) if sim_row.nnz else 1.0
+                    for j, v in zip(sim_row.indices.tolist(), sim_row.data.tolist(), strict=True):
+                        scores[j] = scores.get(j, 0.0) + v / top
                 elif cooc is None:
                     missing = True
-                scores[a] = 0.0
-                out["similar"] = _top(scores, n)
-        out["trending"] = _top(trend, n)
+                scores.pop(a, None)
+                if scores:
+                    out["similar"] = _sparse_top(
+                        np.fromiter(scores.keys(), dtype=np.int64, count=len(scores)),
+                        np.fromiter(scores.values(), dtype=np.float64, count=len(scores)),
+                        n,
+                    )
+        out["trending"] = st.trending_top(n)
         if missing:
             fallbacks.append("generators_missing")
         return out
@@ -511,8 +528,7 @@ class OnlineRecommender:
         return np.asarray(rows, dtype=np.int64), values
 
     def _popularity(self, n: int) -> Gens:
-        with self.state.lock:
-            return {"popularity": _top(self.state.popularity._scores.copy(), n)}
+        return {"popularity": self.state.popularity_top(n)}
 
     # -- ranking ----------------------------------------------------------------------------
 
@@ -563,6 +579,7 @@ class OnlineRecommender:
         versions: dict[str, str],
     ) -> list[int]:
         """``rows`` (blended order) re-ordered by the served ranker, or unchanged on fallback."""
+        started = time.perf_counter()
         ranker = self.models.ranker
         if not rows or not self.settings.ranker_endpoint:  # no ranker configured: blend order
             return rows
@@ -570,10 +587,28 @@ class OnlineRecommender:
             fallbacks.append("ranker_unavailable")
             return rows
         try:
-            from flywheel.recsys._ranker import ranker_features
+            from flywheel.recsys._ranker import (
+                RANKER_GENERATORS,
+                RankerConfig,
+                ranker_features,
+                read_item_features,
+            )
 
-            features = ranker_features(self.state, ctx, user_id, rows, gens)
-            scores, version = ranker.score(features, user_id=user_id, timeout_s=budget_s)
+            st = self.state
+            depth = RankerConfig.per_generator  # the candidates' depth the ranker trained on
+            cands = {
+                g: (gens[g][0][:depth], gens[g][1][:depth]) for g in RANKER_GENERATORS if g in gens
+            }
+            features = ranker_features(
+                ctx.rfm,
+                cands,
+                rows,
+                items=read_item_features(self.store, [st.item_ids[r] for r in rows]),
+                history=st.history_index().history(st.user_index.get(user_id)),
+                categories=st.categories,
+            )
+            left = budget_s - (time.perf_counter() - started)
+            scores, version = ranker.score(features, user_id=user_id, timeout_s=max(left, 0.001))
         except Exception as exc:
             log.debug("ranker fallback: %s", exc)
             fallbacks.append("ranker_unavailable")
@@ -662,20 +697,19 @@ class OnlineRecommender:
         if arm == "category-trending":
             cats = [context_category] if context_category else []
             cats += sorted(ctx.category_counts, key=lambda c: -ctx.category_counts[c])
-            with st.lock:
-                trend = st.trending._scores
-                for cat in cats:
-                    rows = st.category_rows.get(cat)
-                    if rows is None or not len(rows):
-                        continue
-                    order = rows[np.argsort(-trend[rows], kind="stable")]
-                    # past the head of the category: the head is on the page already
-                    pick = [int(r) for r in order[5:].tolist() if int(r) not in taken]
-                    if pick:
-                        return pick[:slots]
-                # no category in context: rising items, just below the head of trending
-                head = np.argsort(-trend, kind="stable")[: 20 + 100]
-                rising = [int(r) for r in head[20:].tolist() if int(r) not in taken]
+            trend = st.trending._scores
+            for cat in cats:
+                rows = st.category_rows.get(cat)
+                if rows is None or not len(rows):
+                    continue
+                order = rows[np.argsort(-trend[rows], kind="stable")]
+                # past the head of the category: the head is on the page already
+                pick = [int(r) for r in order[5:].tolist() if int(r) not in taken]
+                if pick:
+                    return pick[:slots]
+            # no category in context: rising items, just below the head of trending
+            head = st.trending_top(20 + 100)[0]
+            rising = [int(r) for r in head[20:].tolist() if int(r) not in taken]
             return rising[:slots]
         if arm == "content" and profile is not None and st.content_index is not None:
             ids, _ = st.content_index.search(profile[None, :].astype(np.float32), 100)
@@ -934,15 +968,29 @@ class OnlineRecommender:
             if r["event_type"] in ("click", "add_to_cart", "purchase"):
                 self.ledger.acted(int(r["user_id"]), str(r["item_id"]))
         if trending:
-            with st.lock:
-                st.trending.update(trending)
-        if baskets and st.cooc is not None:
-            # Copy on write: requests keep reading the old matrix until the new one is ready.
-            with st.update_lock:
-                fresh = copy.copy(st.cooc)
-                fresh.update(baskets.values())
-                fresh.similarity()
-                st.cooc = fresh
+            st.count_trending(trending)
+        if baskets:
+            with self._session_lock:
+                self._pending_baskets.extend(baskets.values())
+            if self._thread is None:  # no background thread: apply now
+                self.apply_pending()
+
+    def apply_pending(self) -> int:
+        """Fold queued purchase baskets into co-occurrence (copy on write: requests keep reading
+        the old matrix until the new one is ready); returns how many baskets. The background
+        thread calls this every ``background_interval_s``: one rebuild per interval, not one per
+        POST."""
+        st = self.state
+        with self._session_lock:
+            baskets, self._pending_baskets = self._pending_baskets, []
+        if not baskets or st.cooc is None:
+            return 0
+        with st.update_lock:
+            fresh = copy.copy(st.cooc)
+            fresh.update(baskets)
+            fresh.similarity()
+            st.cooc = fresh
+        return len(baskets)
 
     # -- catalogue ------------------------------------------------------------------------------
 

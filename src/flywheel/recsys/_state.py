@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from flywheel.recsys._candidates import CoOccurrence, Popularity, RepeatPurchase
     from flywheel.recsys._index import ItemIndex
     from flywheel.recsys._protocol import TrainData
+    from flywheel.recsys._ranker import HistoryIndex
 
 HISTORY_LEN = 20  # purchases kept per user for the two-tower's user tower
 
@@ -102,6 +103,10 @@ class OnlineState:
         self.lock = threading.Lock()  # guards the in-place trending counts and the catalogue
         self.update_lock = threading.Lock()  # serialises co-occurrence rebuilds
         self.version = 0  # bumped by every catalogue change
+        self.trending_version = 0  # bumped by every trending update
+        self._trending_cache: tuple[int, np.ndarray, float, np.ndarray] | None = None
+        self._popular: tuple[np.ndarray, np.ndarray] | None = None
+        self._history_index: HistoryIndex | None = None
 
     @classmethod
     def from_project(
@@ -153,10 +158,47 @@ class OnlineState:
     def purchased_rows(self, user_id: int) -> np.ndarray:
         """Train rows the user bought (for the "new items only" filter)."""
         row = self.user_index.get(user_id)
-        if row is None or self.repeat is None:
+        if row is None:
             return np.empty(0, dtype=np.int64)
-        scores = self.repeat.score(np.asarray([row]))[0]
-        return np.flatnonzero(np.isfinite(scores) & (scores > 0))
+        return np.asarray(self.train.X[row].indices, dtype=np.int64)
+
+    def history_index(self) -> HistoryIndex:
+        """Per-user purchase histories for the ranker's features (built on first use)."""
+        if self._history_index is None:
+            from flywheel.recsys._ranker import HistoryIndex
+
+            self._history_index = HistoryIndex(
+                self.train, self.categories[: self.n_train], np.asarray(self.prices[: self.n_train])
+            )
+        return self._history_index
+
+    def trending_top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` most trending rows and scores, recomputed at most every 100 ms after
+        events changed the counts (one pass over the catalogue, not one per request)."""
+        cached = self._trending_cache
+        now = time.monotonic()
+        if (
+            cached is None
+            or len(cached[1]) < n
+            or (cached[0] != self.trending_version and now - cached[2] >= 0.1)
+        ):
+            with self.lock:
+                version = self.trending_version
+                rows, scores = _dense_top(self.trending._scores, max(n, 500))
+            cached = self._trending_cache = (version, rows, now, scores)
+        return cached[1][:n], cached[3][:n]
+
+    def popularity_top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` most popular rows (all time; computed once)."""
+        if self._popular is None or len(self._popular[0]) < n:
+            self._popular = _dense_top(self.popularity._scores, max(n, 1000))
+        return self._popular[0][:n], self._popular[1][:n]
+
+    def count_trending(self, rows: Sequence[int]) -> None:
+        """Add fresh events to the trending counts (rows of any item, new ones included)."""
+        with self.lock:
+            self.trending.update(rows)
+            self.trending_version += 1
 
     def content_profile(self, item_ids: Sequence[str]) -> np.ndarray | None:
         """A normalised, recency-weighted mean of the items' content vectors (None if none)."""
@@ -204,6 +246,7 @@ class OnlineState:
                 grow = len(self.item_ids) - len(self.trending._scores)
                 if grow > 0:
                     self.trending._scores = np.concatenate([self.trending._scores, np.zeros(grow)])
+                    self.trending_version += 1
             if self.content_index is not None:
                 self.content_index.add([self.item_ids[r] for r in rows], vectors)
             self.version += 1
@@ -226,6 +269,15 @@ def _histories(train: TrainData) -> tuple[np.ndarray, np.ndarray]:
     counts = np.bincount(ev["user"].to_numpy(), minlength=train.n_users)
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return indptr, ev["item"].to_numpy().astype(np.int64)
+
+
+def _dense_top(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and scores of the ``n`` best positive scores, best first."""
+    finite = np.flatnonzero(np.isfinite(scores) & (scores > 0))
+    if len(finite) > n:
+        finite = finite[np.argpartition(-scores[finite], n - 1)[:n]]
+    order = finite[np.argsort(-scores[finite], kind="stable")]
+    return order.astype(np.int64), scores[order].astype(np.float64)
 
 
 def _build_index(ids: list[str], vectors: np.ndarray) -> ItemIndex | None:
