@@ -179,7 +179,12 @@ class ContentEncoder:
         self._model: object | None = None
         self._pipeline: object | None = None
 
-    def fit(self, texts: Sequence[str]) -> ContentEncoder:
+    def fit(self, texts: Sequence[str], *, max_fit: int = 50_000) -> ContentEncoder:
+        """Learn the space from ``texts`` (TF-IDF: from an evenly spaced sample of at most
+        ``max_fit`` of them, so a catalogue of millions fits in seconds)."""
+        if len(texts) > max_fit:
+            step = len(texts) / max_fit
+            texts = [texts[int(i * step)] for i in range(max_fit)]
         failure = ""
         for name in ["minilm", "tfidf"] if self.method == "auto" else [self.method]:
             try:
