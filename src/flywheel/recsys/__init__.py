@@ -23,6 +23,8 @@ Errors: ``RecsysError`` (root) > ``DataUnavailableError``, ``DataFormatError``,
 ``EmptySplitError``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from flywheel.recsys._baselines import (
     EASE,
     IALS,
@@ -67,6 +69,7 @@ from flywheel.recsys._errors import (
     RecsysError,
 )
 from flywheel.recsys._evaluate import EvaluationReport, EvaluationRow, evaluate_offline
+from flywheel.recsys._index import ItemIndex
 from flywheel.recsys._ingest import (
     EVENT_STREAM,
     EVENT_TYPES,
@@ -108,6 +111,32 @@ from flywheel.recsys._state import NewItem, OnlineState
 from flywheel.recsys._synthetic import SyntheticConfig, generate_transactions
 from flywheel.recsys._text import TEXT_METHODS, ContentEncoder, TextEmbedder, embed_texts
 
+if TYPE_CHECKING:
+    from flywheel.recsys._two_tower import TwoTower, TwoTowerConfig, TwoTowerRetriever
+    from flywheel.recsys._two_tower_train import two_tower_job_spec, write_two_tower_dataset
+
+# The two-tower names need torch: imported on first use (PEP 562), so that importing
+# flywheel.recsys (the CLI, the evaluation) does not pay for torch.
+_LAZY = {
+    "TwoTower": "flywheel.recsys._two_tower",
+    "TwoTowerConfig": "flywheel.recsys._two_tower",
+    "TwoTowerRetriever": "flywheel.recsys._two_tower",
+    "two_tower_job_spec": "flywheel.recsys._two_tower_train",
+    "write_two_tower_dataset": "flywheel.recsys._two_tower_train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flywheel.recsys' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "EASE",
     "EVENT_STREAM",
@@ -137,6 +166,7 @@ __all__ = [
     "ExplorationLedger",
     "HybridBlend",
     "IngestReport",
+    "ItemIndex",
     "ItemKNN",
     "LoadedTransactions",
     "MostPopular",
@@ -154,6 +184,9 @@ __all__ = [
     "SyntheticConfig",
     "TextEmbedder",
     "TrainData",
+    "TwoTower",
+    "TwoTowerConfig",
+    "TwoTowerRetriever",
     "ViewMetrics",
     "blend",
     "build_split",
@@ -185,6 +218,8 @@ __all__ = [
     "resolve_data_source",
     "top_k",
     "tune_blend_weights",
+    "two_tower_job_spec",
     "validation_split",
     "view_truth",
+    "write_two_tower_dataset",
 ]
