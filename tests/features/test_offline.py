@@ -19,6 +19,7 @@ from flywheel.features import (
     FeatureView,
     Field,
     ParquetSource,
+    _offline,
 )
 from flywheel.lineage import Node, upstream
 from flywheel.project import Project
@@ -95,13 +96,18 @@ def test_point_in_time_join_matches_brute_force(
             "label": range(len(entity_rows)),
         }
     )
-    got = store.get_historical_features(entity_df, ["v:row_id"])
-    assert list(got["label"]) == list(range(len(entity_rows)))
-    assert list(got["user_id"]) == [u for u, _ in entity_rows]
     expected = brute_force(rows, entity_rows, ttl)
-    actual = [None if pd.isna(x) else int(x) for x in got["row_id"]]
-    assert actual == expected
-    project.close()
+    try:
+        for strategy in ("auto", "hash", "asof"):  # both join plans, and the one picked
+            _offline.JOIN_STRATEGY = strategy
+            got = store.get_historical_features(entity_df, ["v:row_id"])
+            assert list(got["label"]) == list(range(len(entity_rows)))
+            assert list(got["user_id"]) == [u for u, _ in entity_rows]
+            actual = [None if pd.isna(x) else int(x) for x in got["row_id"]]
+            assert actual == expected, strategy
+    finally:
+        _offline.JOIN_STRATEGY = "auto"
+        project.close()
 
 
 def test_created_timestamp_breaks_ties_and_several_views(project: Project) -> None:
@@ -127,18 +133,75 @@ def test_created_timestamp_breaks_ties_and_several_views(project: Project) -> No
     entity_df = pd.DataFrame(
         {"user_id": [1, 2, 99], "event_timestamp": [T0 + timedelta(days=3)] * 3}
     )
-    got = store.get_historical_features(
-        entity_df, ["scores:score", "user_stats:clicks"], full_feature_names=True
+    try:
+        for strategy in ("hash", "asof"):
+            _offline.JOIN_STRATEGY = strategy
+            got = store.get_historical_features(
+                entity_df, ["scores:score", "user_stats:clicks"], full_feature_names=True
+            )
+            assert list(got.columns) == [
+                "user_id",
+                "event_timestamp",
+                "scores__score",
+                "user_stats__clicks",
+            ]
+            assert got["scores__score"].tolist()[:2] == [0.5, 0.1]
+            assert pd.isna(got["scores__score"].iloc[2])
+            assert len(got) == 3
+    finally:
+        _offline.JOIN_STRATEGY = "auto"
+
+
+def test_entity_columns_come_back_as_given_and_the_join_plan_follows_the_data(
+    project: Project,
+) -> None:
+    """Input columns keep dtype, index order and values; keys with many rows on both sides
+    (a hash join would pair every row with every row) get the ASOF join, sparse ones the hash."""
+    root = project.root
+    (root / "data").mkdir()
+    n = 400
+    pd.DataFrame(
+        {
+            "user_id": [i % 2 for i in range(n)],  # two keys, 200 rows each
+            "ts": [T0 + timedelta(minutes=i) for i in range(n)],
+            "x": range(n),
+        }
+    ).to_parquet(root / "data" / "dense.parquet", index=False)
+    store = FeatureStore(project)
+    dense = FeatureView(
+        "dense", ["user"], ParquetSource("data/dense.parquet", "ts"), [Field("x", "int64")]
     )
-    assert list(got.columns) == [
-        "user_id",
-        "event_timestamp",
-        "scores__score",
-        "user_stats__clicks",
+    store.apply([user_entity(), dense])
+    entity_df = pd.DataFrame(
+        {
+            "user_id": [i % 3 for i in range(60)],  # key 2 has no rows
+            "event_timestamp": [T0 + timedelta(minutes=7 * i + 3) for i in range(60)],
+            "label": pd.Categorical(["a", "b"] * 30),
+            "weight": [0.5] * 60,
+        },
+        index=range(100, 40, -1),
+    )
+    got = store.get_historical_features(entity_df, ["dense:x"])
+    assert list(got.columns) == ["user_id", "event_timestamp", "label", "weight", "x"]
+    assert got["label"].dtype == "category" and list(got["label"]) == list(entity_df["label"])
+    assert list(got["event_timestamp"]) == list(entity_df["event_timestamp"])
+    expected = [
+        None if u == 2 else max(m for m in range(n) if m % 2 == u and m <= 7 * i + 3)
+        for i, u in enumerate(entity_df["user_id"])
     ]
-    assert got["scores__score"].tolist()[:2] == [0.5, 0.1]
-    assert pd.isna(got["scores__score"].iloc[2])
-    assert len(got) == 3
+    assert [None if pd.isna(x) else int(x) for x in got["x"]] == expected
+    con = _offline.shared_cursor()
+    try:
+        con.register("entity_df", _offline.normalise_entity_df(entity_df, ["user_id"]))
+        view = store._queries(store.definitions.resolve(["dense:x"]), False)[0][0]
+        # 40 entity rows of keys 0/1 x 200 source rows each = 8,000 pairs > 4 x (400 + 60).
+        assert not _offline._use_hash_join(con, view, None, len(entity_df))
+        # 20 rows, one of a key with data: 200 pairs.
+        sparse = pd.DataFrame({"user_id": [0] + [2] * 19, "event_timestamp": [T0] * 20})
+        con.register("entity_df", _offline.normalise_entity_df(sparse, ["user_id"]))
+        assert _offline._use_hash_join(con, view, None, len(sparse))
+    finally:
+        con.close()
 
 
 def test_training_dataset_saved_catalogued_and_in_lineage(any_project: Project) -> None:
@@ -161,7 +224,7 @@ def test_training_dataset_saved_catalogued_and_in_lineage(any_project: Project) 
         "user_stats@v1:country",
     ]
     assert again.stats["clicks"]["count"] + again.stats["clicks"]["nulls"] == 3
-    assert "ASOF" in again.query
+    assert "read_parquet" in again.query and "JOIN" in again.query
     pd.testing.assert_frame_equal(
         again.to_df(), store.get_historical_features(entity_df, svc), check_dtype=False
     )
