@@ -99,6 +99,7 @@ WEIGHTS: dict[str, float] = {
     "popularity": 0.2,
 }
 RANK_TOP = 200  # candidates sent to the ranker
+RANKER_RETRY_S = 2.0  # after a ranker failure, skip it this long
 NEW_ITEM_WINDOW_S = 7 * 86_400.0  # how long an added item counts as "new" for exploration
 _MAX_SESSIONS = 100_000
 
@@ -268,6 +269,7 @@ class OnlineRecommender:
         self._catalog_ready = False
         self._explore_checked: str | None = None
         self._pending_baskets: list[list[int]] = []
+        self._ranker_retry_at = 0.0
         self._bought: OrderedDict[tuple[int, str], bool] = OrderedDict()  # purchases seen here
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -583,7 +585,7 @@ class OnlineRecommender:
         ranker = self.models.ranker
         if not rows or not self.settings.ranker_endpoint:  # no ranker configured: blend order
             return rows
-        if ranker is None:
+        if ranker is None or time.monotonic() < self._ranker_retry_at:
             fallbacks.append("ranker_unavailable")
             return rows
         try:
@@ -612,6 +614,9 @@ class OnlineRecommender:
         except Exception as exc:
             log.debug("ranker fallback: %s", exc)
             fallbacks.append("ranker_unavailable")
+            # A circuit breaker: do not pay for features while nothing is served; try again
+            # after RANKER_RETRY_S (a promoted version is picked up within that time).
+            self._ranker_retry_at = time.monotonic() + RANKER_RETRY_S
             return rows
         versions["ranker"] = version
         order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
@@ -619,12 +624,14 @@ class OnlineRecommender:
 
     # -- re-ranking -------------------------------------------------------------------------------
 
-    def _diversify(self, rows: list[int], relevance: list[float], k: int) -> list[int]:
+    def _diversify(self, rows: list[int], k: int) -> list[int]:
+        """The top ``k`` of ``rows`` (best first) re-picked by MMR; relevance decays with the
+        position like a DCG discount, so diversity mostly reshuffles the lower positions."""
         lam = 1.0 - self.settings.diversity
         if lam >= 1.0 or len(rows) <= 1:
             return rows[:k]
         pool = rows[: max(3 * k, 60)]
-        rel = relevance[: len(pool)]
+        rel = (1.0 / np.log2(np.arange(len(pool)) + 2.0)).tolist()
         st = self.state
         picked = mmr(
             rel,
@@ -832,8 +839,7 @@ class OnlineRecommender:
             ordered = head + ordered[RANK_TOP:]
         t = lap("ranking", t)
         slots = [s for s in self.settings.explore_slots if s < k] if not spent else []
-        relevance = [float(len(ordered) - i) for i in range(len(ordered))]
-        page = self._diversify(ordered, relevance, k - len(slots)) if not spent else ordered[:k]
+        page = self._diversify(ordered, k - len(slots)) if not spent else ordered[:k]
         arm: str | None = None
         decision: str | None = None
         explore: list[int] = []
