@@ -63,6 +63,14 @@ def test_create_assign_log_report_stop(cli: object, tmp_path: Path) -> None:
     assert report["units"] == 3 and report["srm"] is not None
     code, out, _ = run("experiments", "report", "checkout-button")
     assert "primary: conversion" in out and "sample ratio" in out
+    code, out, err = run("experiments", "history", "checkout-button", "--buckets", "4", "--json")
+    history = json.loads(out)
+    assert code == 0 and len(history["points"]) == 4, err
+    assert history["points"][-1]["units"] == 3
+    code, out, _ = run("experiments", "history", "checkout-button", "--buckets", "3")
+    assert "conversion (proportion of purchase)" in out and "p (seq.)" in out
+    code, _, err = run("experiments", "history", "checkout-button", "--metric", "nope")
+    assert code == 1 and err.startswith("error:") and "metric" in err
     code, out, err = run("experiments", "traffic", "checkout-button", "-w", "green=3")
     assert "25.00% of its units changed variant" in out, err
     code, out, _ = run("experiments", "list")
@@ -85,5 +93,9 @@ def test_bandit_commands(cli: object, tmp_path: Path) -> None:
     report = json.loads(run("experiments", "report", "b", "--json")[1])
     arms = {a["arm"]: a for a in report["bandit"]["arms"]}
     assert arms[decision["variant"]]["pulls"] == 1
+    allocation = json.loads(run("experiments", "history", "b", "--json")[1])["allocation"]
+    assert [p["version"] for p in allocation["points"]] == [0, 1]
+    code, out, _ = run("experiments", "history", "b")
+    assert code == 0 and "allocation" in out and "50.0%" in out
     code, _, err = run("experiments", "evaluate", "b", "--target", "nonsense")
     assert code == 1 and err.startswith("error:")

@@ -335,6 +335,26 @@ def report(
         console.print(renderable)
 
 
+@app.command("history")
+def history(
+    name: NameArgument,
+    metric: Annotated[
+        str | None, typer.Option(help="Metric to follow (default: the primary metric).")
+    ] = None,
+    buckets: Annotated[int, typer.Option(min=1, max=500, help="Points over time.")] = 20,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A metric's difference, p-value and always-valid p-value over time; a bandit's allocation."""
+    with _client(config) as ex:
+        result = ex.history(name, metric=metric, buckets=buckets)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    for renderable in result.render():
+        console.print(renderable)
+
+
 @app.command("evaluate")
 def evaluate(
     name: NameArgument,

@@ -11,6 +11,7 @@ Public API (see the README section "Experiments")::
     ex.update_traffic(name, weights={...}, traffic=0.5)   # moves the fewest units possible
     ex.assign(name, unit_id, context) ; ex.log_events([...]) ; ex.log_rewards(name, [...])
     ex.report(name).to_dict() ; ex.evaluate(name, "arm:B")   # replay / IPS / SNIPS / DR
+    ex.history(name, metric=None, buckets=50).to_dict()     # p-values over time; bandit allocation
 
 Errors: ``ExperimentError`` and its subclasses (``flywheel.experiments._errors``).
 """
@@ -43,6 +44,7 @@ from flywheel.experiments._errors import (
     InvalidExperiment,
 )
 from flywheel.experiments._hashing import hash64, hash_bucket, hash_unit_interval, weighted_choice
+from flywheel.experiments._history import History
 from flywheel.experiments._ope import Estimate, OffPolicyReport, off_policy_estimates
 from flywheel.experiments._stats import (
     Comparison,
@@ -73,6 +75,7 @@ __all__ = [
     "ExperimentStateError",
     "ExperimentStatus",
     "Experiments",
+    "History",
     "InvalidExperiment",
     "Metric",
     "MetricKind",

@@ -200,7 +200,6 @@ def _load(
     client: Experiments, info: ExperimentInfo, pre_window: float
 ) -> tuple[_UnitData, int, int]:
     spec = info.spec
-    arm_index = {a: i for i, a in enumerate(spec.arms)}
     event_types = sorted(
         {m.event for m in spec.all_metrics()}
         | {m.denominator for m in spec.all_metrics() if m.denominator}
@@ -212,6 +211,36 @@ def _load(
             if event_types
             else []
         )
+    chosen, crossed, seen = analysed_units(spec, exposure_rows)
+    units = [c[1] for c in chosen]
+    index = {u: i for i, u in enumerate(units)}
+    n = len(units)
+    sums = {
+        k: {t: np.zeros(n) for t in event_types}
+        for k in ("post_sum", "post_count", "pre_sum", "pre_count")
+    }
+    for r in event_rows:
+        i = index.get(r.unit_id)
+        if i is None:
+            continue
+        for key in sums:
+            sums[key][r.event_type][i] = float(getattr(r, key) or 0.0)
+    data = _UnitData(
+        units=units,
+        variant=np.asarray([c[2] for c in chosen], dtype=np.int64),
+        exposures=np.asarray([c[3] for c in chosen], dtype=np.int64),
+        first_ts=np.asarray([c[0] for c in chosen]),
+        **sums,
+    )
+    return data, crossed, seen
+
+
+def analysed_units(
+    spec: Any, exposure_rows: list[Any]
+) -> tuple[list[tuple[float, str, int, int]], int, int]:
+    """The units an analysis uses, by first exposure: ``(first_ts, unit, arm index, exposures)``
+    sorted by time; plus the units left out for seeing several variants, and all units seen."""
+    arm_index = {a: i for i, a in enumerate(spec.arms)}
     per_unit: dict[str, list[Any]] = {}
     for r in exposure_rows:
         per_unit.setdefault(r.unit_id, []).append(r)
@@ -233,27 +262,7 @@ def _load(
             )
         )
     chosen.sort()
-    units = [c[1] for c in chosen]
-    index = {u: i for i, u in enumerate(units)}
-    n = len(units)
-    sums = {
-        k: {t: np.zeros(n) for t in event_types}
-        for k in ("post_sum", "post_count", "pre_sum", "pre_count")
-    }
-    for r in event_rows:
-        i = index.get(r.unit_id)
-        if i is None:
-            continue
-        for key in sums:
-            sums[key][r.event_type][i] = float(getattr(r, key) or 0.0)
-    data = _UnitData(
-        units=units,
-        variant=np.asarray([c[2] for c in chosen], dtype=np.int64),
-        exposures=np.asarray([c[3] for c in chosen], dtype=np.int64),
-        first_ts=np.asarray([c[0] for c in chosen]),
-        **sums,
-    )
-    return data, crossed, len(per_unit)
+    return chosen, crossed, len(per_unit)
 
 
 def _values(m: Metric, data: _UnitData, pre: bool, which: str = "event") -> np.ndarray:
@@ -537,4 +546,4 @@ def build_report(client: Experiments, info: ExperimentInfo, *, pre_period_days: 
     )
 
 
-__all__ = ["Report", "build_report"]
+__all__ = ["Report", "analysed_units", "build_report"]

@@ -198,6 +198,19 @@ def report(
     return cast(dict[str, Any], client.report(name, pre_period_days=pre_period_days).to_dict())
 
 
+@router.get("/{name}/history", responses=_errors)
+def history(
+    name: str,
+    metric: str | None = Query(default=None, description="A metric name (default: the primary)."),
+    buckets: int = Query(default=50, ge=1, le=500, description="Points over the experiment."),
+    client: Experiments = Depends(_client),
+    _: Principal = Depends(require_reader),
+) -> dict[str, Any]:
+    """The metric's comparison over time (units, means, difference with CI, p-value and
+    always-valid p-value per point); for a bandit, its arm probabilities at every update."""
+    return cast(dict[str, Any], client.history(name, metric=metric, buckets=buckets).to_dict())
+
+
 @router.get("/{name}/bandit", responses=_errors)
 def bandit(
     name: str, client: Experiments = Depends(_client), _: Principal = Depends(require_reader)

@@ -272,6 +272,7 @@ class Experiments:
             if spec.bandit is not None:
                 state = BanditState.initial(spec.bandit)
                 self.store.put_bandit_state(conn, spec.name, 0, state.to_dict(), insert=True)
+                self._record_allocation(conn, spec.name, spec.bandit, state, None)
             if spec.upstream:
                 from flywheel.lineage import Node, record_edge
 
@@ -644,9 +645,47 @@ class Experiments:
                 self.store.put_bandit_state(
                     conn, name, state.version, state.to_dict(), insert=row is None
                 )
+                self._record_allocation(
+                    conn, name, bandit, state, np.asarray(contexts) if bandit.context else None
+                )
             self.store.mark_applied(conn, applied)
         self._invalidate()
         return state
+
+    def _record_allocation(
+        self,
+        conn: Any,
+        name: str,
+        bandit: Any,
+        state: BanditState,
+        contexts: np.ndarray | None,
+    ) -> None:
+        """Store the arm probabilities of ``state`` in the allocation history.
+
+        The policy is seeded exactly as ``policy()`` and the assignment cache seed it, so the
+        recorded probabilities are the ones units were assigned with. A contextual bandit's
+        probabilities depend on the context: the mean over ``contexts`` (the rewards just folded
+        in) is recorded, uniform before any.
+        """
+        k = len(bandit.arms)
+        if bandit.policy.contextual:
+            if contexts is None or len(contexts) == 0:
+                probabilities = np.full(k, 1.0 / k)
+            else:
+                prepared = PreparedPolicy(bandit, state, seed=_policy_seed(name, state.version))
+                probabilities = prepared.probabilities_batch(contexts).mean(axis=0)
+        else:
+            prepared = PreparedPolicy(bandit, state, seed=_policy_seed(name, state.version))
+            probabilities = prepared.probabilities()
+        self.store.add_bandit_history(
+            conn,
+            name,
+            state.version,
+            probabilities.tolist(),
+            state.pulls.tolist(),
+            contextual=bandit.policy.contextual,
+            ts=time.time(),
+        )
 
     def bandit_state(self, name: str) -> BanditState:
         """The stored state of bandit ``name``."""
@@ -665,8 +704,7 @@ class Experiments:
         if info.spec.bandit is None:
             raise InvalidExperiment("bandit", "is not a bandit experiment", name)
         state = self.bandit_state(name)
-        seed = (hash64("bandit-seed", name) & 0xFFFFFFFF) ^ state.version
-        return PreparedPolicy(info.spec.bandit, state, seed=seed)
+        return PreparedPolicy(info.spec.bandit, state, seed=_policy_seed(name, state.version))
 
     def update_all_bandits(self) -> int:
         """Apply pending rewards of every running bandit; returns how many were updated."""
@@ -689,6 +727,20 @@ class Experiments:
         self.flush()
         return build_report(self, self.get(name), pre_period_days=pre_period_days)
 
+    def history(self, name: str, *, metric: str | None = None, buckets: int = 50) -> Any:
+        """How experiment ``name`` evolved (a ``History``; ``.to_dict()`` for JSON).
+
+        A/B tests: ``metric`` (default: the primary) at ``buckets`` evenly spaced times from the
+        first exposure to the last exposure or event, each point computed from the units exposed
+        and the events logged up to then: units per variant, means, and per treatment the
+        difference with its confidence interval, the fixed-horizon p-value and the always-valid
+        (sequential) p-value. Bandits: the arm probabilities recorded at every state update.
+        """
+        from flywheel.experiments._history import build_history
+
+        self.flush()
+        return build_history(self, self.get(name), metric=metric, buckets=buckets)
+
     def evaluate(self, name: str, target: str | Callable[..., Any]) -> Any:
         """Offline evaluation of a ``target`` policy on the logged decisions of ``name``.
 
@@ -700,6 +752,12 @@ class Experiments:
 
         self.flush()
         return evaluate_logged(self, self.get(name), target)
+
+
+def _policy_seed(name: str, version: int) -> int:
+    """The seed of a bandit's Monte-Carlo propensities for one state version (the hot path's
+    ``_Compiled.bandit_seed ^ version``)."""
+    return (hash64("bandit-seed", name) & 0xFFFFFFFF) ^ int(version)
 
 
 def _as_spec(spec: ExperimentSpec | Mapping[str, Any] | str | Path) -> ExperimentSpec:

@@ -64,6 +64,20 @@ events_table = sa.Table(
     sa.Column("decision_id", sa.String),
     sa.Column("applied", sa.Boolean),
 )
+bandit_history_table = sa.Table(
+    "experiment_bandit_history",
+    sa.MetaData(),
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("experiment", sa.String),
+    sa.Column("version", sa.BigInteger),
+    sa.Column("ts", sa.Float),
+    sa.Column("probabilities", sa.Text),
+    sa.Column("pulls", sa.Text),
+    sa.Column("contextual", sa.Boolean),
+)
+# Rows of allocation history kept per bandit: beyond it, every other row of the older half is
+# dropped, so recent updates keep full resolution and older ones thin out (never unbounded).
+BANDIT_HISTORY_ROWS = 2_000
 bandit_table = sa.table(
     "experiment_bandit_state",
     sa.column("experiment", sa.String),
@@ -317,6 +331,24 @@ class ExperimentStore:
         )
         return list(conn.execute(query))
 
+    def unit_events(self, conn: Connection, name: str, event_types: Iterable[str]) -> list[Any]:
+        """Every event of ``event_types`` of ``name``'s units at or after their first exposure:
+        ``(unit_id, event_type, value, ts)`` in time order (the history's raw material)."""
+        t, e = exposures_table, events_table
+        first = (
+            sa.select(t.c.unit_id, sa.func.min(t.c.ts).label("first_ts"))
+            .where(t.c.experiment == name)
+            .group_by(t.c.unit_id)
+            .subquery()
+        )
+        query = (
+            sa.select(e.c.unit_id, e.c.event_type, e.c.value, e.c.ts)
+            .select_from(first.join(e, e.c.unit_id == first.c.unit_id))
+            .where(e.c.event_type.in_(list(event_types)), e.c.ts >= first.c.first_ts)
+            .order_by(e.c.ts, e.c.id)
+        )
+        return list(conn.execute(query))
+
     def pending_rewards(self, conn: Connection, name: str, limit: int) -> list[Any]:
         e = events_table
         query = (
@@ -410,5 +442,48 @@ class ExperimentStore:
                 sa.update(bandit_table).where(bandit_table.c.experiment == name).values(**values)
             )
 
+    def add_bandit_history(
+        self,
+        conn: Connection,
+        name: str,
+        version: int,
+        probabilities: Sequence[float],
+        pulls: Sequence[float],
+        *,
+        contextual: bool,
+        ts: float,
+    ) -> None:
+        """Record the allocation of state ``version`` (thinning old rows, see
+        ``BANDIT_HISTORY_ROWS``)."""
+        h = bandit_history_table
+        conn.execute(
+            sa.insert(h).values(
+                experiment=name,
+                version=int(version),
+                ts=float(ts),
+                probabilities=json.dumps([float(p) for p in probabilities]),
+                pulls=json.dumps([float(n) for n in pulls]),
+                contextual=bool(contextual),
+            )
+        )
+        count = conn.execute(sa.select(sa.func.count()).where(h.c.experiment == name)).scalar_one()
+        if int(count) <= BANDIT_HISTORY_ROWS:
+            return
+        ids = list(
+            conn.execute(
+                sa.select(h.c.id).where(h.c.experiment == name).order_by(h.c.id).limit(int(count))
+            ).scalars()
+        )
+        older = ids[1 : len(ids) // 2]  # the very first row (the start) always stays
+        drop = older[::2]
+        for start in range(0, len(drop), 500):
+            conn.execute(sa.delete(h).where(h.c.id.in_(drop[start : start + 500])))
 
-__all__ = ["ExperimentRow", "ExperimentStore"]
+    def bandit_history(self, conn: Connection, name: str) -> list[Any]:
+        """The recorded allocations of bandit ``name``, oldest first."""
+        h = bandit_history_table
+        query = sa.select(h).where(h.c.experiment == name).order_by(h.c.id)
+        return list(conn.execute(query))
+
+
+__all__ = ["BANDIT_HISTORY_ROWS", "ExperimentRow", "ExperimentStore"]
