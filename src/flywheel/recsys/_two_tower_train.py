@@ -42,14 +42,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flywheel.recsys._errors import DataUnavailableError, RecsysError
+from flywheel.recsys._index import ItemIndex
 from flywheel.recsys._two_tower import (
     CONFIG_KEY,
     FORMAT,
+    Examples,
     ItemContent,
     ItemEncoding,
     TextFeaturizer,
     TwoTowerConfig,
     TwoTowerModel,
+    TwoTowerRetriever,
     batch_loss,
     build_examples,
     catalogue_frame,
@@ -59,6 +62,7 @@ from flywheel.recsys._two_tower import (
     item_embeddings_npz,
     log_q_of,
     recall_at_k,
+    train_in_process,
 )
 
 if TYPE_CHECKING:
@@ -346,6 +350,37 @@ class TwoTowerData:
         ]
 
 
+def train_local(folder: str | Path, config: TwoTowerConfig | None = None) -> TwoTowerRetriever:
+    """Train on a data set folder in this process (no scheduler, no DDP, no registry) and
+    return a retriever over its catalogue (``model_version`` is empty). For tests and quick
+    experiments; the job (``main``) is the way to a registered model."""
+    import pyarrow.parquet as pq
+
+    data = TwoTowerData(Path(folder))
+    history_len = int(data.meta["config"]["history_len"])
+    cfg = TwoTowerConfig.from_dict(
+        {**(config or TwoTowerConfig()).to_dict(), "history_len": history_len}
+    )
+    table = pq.read_table(Path(folder) / "train")
+    examples = Examples(
+        history=np.stack([table.column(f"h{k}").to_numpy() for k in range(history_len)], 1),
+        item=table.column("item").to_numpy().astype(np.int64),
+        basket=table.column("basket").to_numpy().astype(np.int64),
+        user=table.column("user").to_numpy().astype(np.int64),
+        final={},
+    )
+    model = train_in_process(
+        examples,
+        data.content,
+        cfg,
+        n_ids=len(data.encoding.vocab),
+        n_categories=len(data.encoding.categories),
+    )
+    index = ItemIndex(cfg.dim)
+    index.add(data.item_ids, item_embeddings(model, data.content))
+    return TwoTowerRetriever(model, data.encoding, index)
+
+
 def evaluate(model: TwoTowerModel, data: TwoTowerData, k: int) -> dict[str, float]:
     """Recall@k on the validation slice, "all" and "new-only" views."""
     if not data.val_truth:
@@ -505,6 +540,7 @@ __all__ = [
     "latest_two_tower_dataset",
     "main",
     "registration_files",
+    "train_local",
     "two_tower_job_spec",
     "write_two_tower_dataset",
 ]
