@@ -360,3 +360,39 @@ def test_make_lines_helper_builds_a_dataset(project: Project) -> None:
     )
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["examples"] == 3 and meta["items"] == 2 and meta["val_users"] == 0
+
+
+def _cli(args: list[str]) -> int:
+    from flywheel.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_cli_train_retrieval_writes_the_data_set_and_submits_the_job(
+    project: Project, tiny_lines: pd.DataFrame, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flywheel.recsys import ingest
+
+    config = ["--config", str(project.root / "flywheel.yaml")]
+    code = _cli(["recs", "train-retrieval", *config])
+    assert code == 1
+    assert "nothing ingested yet" in capsys.readouterr().err
+    ingest(project, tiny_lines)
+    code = _cli(
+        ["recs", "train-retrieval", "--procs", "1", "--epochs", "2", "--text", "tfidf", *config]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "submitted recs-two-tower-" in out and "tfidf text" in out
+    jobs = TrainingService(project).list()
+    assert [j.state for j in jobs] == [JobState.QUEUED]
+    spec = jobs[0].spec
+    assert spec.resources.procs == 1 and spec.hyperparameters["epochs"] == 2
+    assert spec.register == "recs-two-tower" and spec.dataset is not None
+    assert (project.root / spec.dataset / "part-00000.parquet").is_file()
+    assert _cli(["recs", "train-retrieval", "--text", "bert", *config]) == 1
+    assert "--text" in capsys.readouterr().err

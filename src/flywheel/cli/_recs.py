@@ -12,6 +12,7 @@ from flywheel.cli._context import DEFAULT_URL, ConfigOption, UrlOption, api_clie
 from flywheel.cli._output import console, progress_bar
 
 if TYPE_CHECKING:
+    from flywheel.project import Project
     from flywheel.recsys import LoadedTransactions
 
 app = typer.Typer(
@@ -286,6 +287,101 @@ def add_item_command(
     with api_client(url) as client:
         body = client.post("/items", json={"items": [item]})
     console.print(f"added {body['accepted']} item(s) to the catalogue")
+
+
+@app.command("train-retrieval")
+def train_retrieval_command(
+    config: ConfigOption = None,
+    procs: Annotated[int, typer.Option(min=1, help="DDP processes (torchrun).")] = 2,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training examples.")] = 3,
+    text: Annotated[
+        str, typer.Option(help="Product-text features: auto (MiniLM, else TF-IDF), minilm, tfidf.")
+    ] = "auto",
+    end: Annotated[
+        str | None, typer.Option(help="Train on purchases before this date (default: all).")
+    ] = None,
+    register: Annotated[str, typer.Option(help="Registered model name.")] = "recs-two-tower",
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", help="Run the scheduler here until the job ends, with a progress bar."
+        ),
+    ] = False,
+) -> None:
+    """Train the two-tower retrieval model on the last `flywheel recs ingest`: write its data
+    set, submit a DDP training job (tracked, checkpointed, registered on success) and, with
+    --wait, run the scheduler until it ends (else `flywheel scheduler run` or `flywheel up`
+    runs it)."""
+    from flywheel.recsys import TEXT_METHODS, RecsysError
+    from flywheel.recsys._ingest import load_items, load_purchases
+    from flywheel.recsys._two_tower import TwoTowerConfig
+    from flywheel.recsys._two_tower_train import two_tower_job_spec, write_two_tower_dataset
+    from flywheel.training import TrainingService
+
+    if text not in TEXT_METHODS:
+        raise RecsysError(f"--text: {text!r} is not one of {', '.join(TEXT_METHODS)}")
+    project = open_project(config)
+    cfg = TwoTowerConfig(epochs=epochs, text=text).validate()
+    with progress_bar() as bar:
+        task = bar.add_task("writing the two-tower data set", total=None)
+        folder = write_two_tower_dataset(
+            project, load_purchases(project), load_items(project), end=end, config=cfg
+        )
+        bar.update(task, total=1, completed=1)
+    meta = json.loads((folder / "meta.json").read_text())
+    console.print(
+        f"data set {folder.name}: {meta['examples']:,} examples, {meta['items']:,} items, "
+        f"{meta['val_users']:,} validation users, {meta['text_method']} text"
+    )
+    spec = two_tower_job_spec(project, config=cfg, procs=procs, register=register)
+    job = TrainingService(project).submit(spec)
+    console.print(f"submitted {job.id} ({procs} process(es), {epochs} epoch(s))")
+    if not wait:
+        console.print("run `flywheel scheduler run` (or `flywheel up`) to train it")
+        return
+    steps = (int(meta["examples"]) // cfg.batch_size // procs) * epochs
+    _watch_job(project, job.id, steps)
+
+
+def _watch_job(project: Project, job_id: str, steps: int) -> None:
+    """Run the scheduler (or, when another one runs, only watch) until ``job_id`` ends."""
+    import contextlib
+    import time
+
+    from flywheel.errors import ConflictError
+    from flywheel.recsys import RecsysError
+    from flywheel.training import Scheduler, scheduler_lock
+
+    scheduler = Scheduler(project)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(scheduler_lock(project))
+            ticking = True
+        except ConflictError:
+            console.print("another scheduler runs this project: watching the job")
+            ticking = False
+        with progress_bar() as bar:
+            task = bar.add_task("queued", total=max(steps, 1))
+            while True:
+                if ticking:
+                    scheduler.tick()
+                job = scheduler.store.get(job_id)
+                series = scheduler.store.metrics(job_id)
+                done = max((step for _, step, _ in series), default=0)
+                recall = [v for k, _, v in series if k == "recall_at_20"]
+                shown = f" recall@20 {recall[-1]:.4f}" if recall else ""
+                bar.update(
+                    task, completed=min(done, steps), description=f"{job.state.value}{shown}"
+                )
+                if job.state.terminal:
+                    break
+                time.sleep(0.5)
+    if job.state.value != "succeeded":
+        raise RecsysError(
+            f"two-tower job {job_id} ended {job.state.value}: {job.reason}; "
+            f"see `flywheel jobs logs {job_id}`"
+        )
+    console.print(f"{job_id} succeeded: registered models:/{job.model_version}")
 
 
 def _load_transactions(
