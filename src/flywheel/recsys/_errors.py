@@ -6,7 +6,8 @@ Hierarchy::
     └── RecsysError                  400  bad recommender input (dates, parameters)
         ├── DataUnavailableError     404  no Online Retail file at the given path / nothing to load
         ├── DataFormatError          400  a file that is not of the Online Retail schema
-        └── EmptySplitError          400  a split leaves no training data or no test users
+        ├── EmptySplitError          400  a split leaves no training data or no test users
+        └── RankerUnavailable        503  no ranker version is served, it failed or was too slow
 """
 
 from __future__ import annotations
@@ -30,3 +31,10 @@ class DataFormatError(RecsysError):
 
 class EmptySplitError(RecsysError):
     """A temporal split leaves nothing to train on or nobody to evaluate."""
+
+
+class RankerUnavailable(RecsysError):
+    """The served ranker cannot score now (nothing served, an error or a timeout); the request
+    path falls back to the retrieval order."""
+
+    status_code = 503

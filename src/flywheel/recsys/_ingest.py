@@ -6,8 +6,11 @@
   ``category`` (string);
 * batch views ``recs_item_metadata`` (description, price, category derived from the text),
   ``recs_user_rfm`` (recency in days, frequency = invoices, monetary = spend) and
-  ``recs_item_popularity`` (distinct buyers over 7 / 30 days and all time), one snapshot at the
-  end of the data;
+  ``recs_item_popularity`` (distinct buyers over 7 / 30 days and all time). Users and
+  popularity keep point-in-time history: one snapshot per week (Mondays 00:00) plus one at the
+  end of the data, each stamped with its time, so ``get_historical_features`` at ``t`` returns
+  what was known at ``t``; items have one row each, stamped with the first snapshot after their
+  first sale;
 * the event stream ``recs_events`` (view, click, add_to_cart, purchase) and its stream views
   ``recs_user_recent`` (last 20 items and categories, events in 1h / 1d), ``recs_user_category``
   (per user and category, events in 1h / 1d) and ``recs_item_trending`` (per item, events and
@@ -223,53 +226,202 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def build_tables(lines: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The batch sources from cleaned purchase lines (one snapshot at the end of the data)."""
+def snapshot_times(
+    first: pd.Timestamp, end: pd.Timestamp, *, history_weeks: int | None = None
+) -> pd.DatetimeIndex:
+    """When the batch views are snapshotted: every Monday 00:00 after ``first`` and before
+    ``end``, then ``end`` itself (the last ``history_weeks`` Mondays only, when given).
+
+    A snapshot at ``T`` summarises the lines with ``InvoiceDate < T``; its ``event_timestamp``
+    is ``T``, so a point-in-time read at ``t`` sees the newest snapshot with ``T <= t``.
+    """
+    first, end = pd.Timestamp(first), pd.Timestamp(end)
+    weekly = pd.date_range(first.normalize() + pd.Timedelta(days=1), end, freq="W-MON")
+    weekly = weekly[weekly < end]
+    if history_weeks is not None:
+        if history_weeks < 0:
+            raise RecsysError(f"history_weeks: must be >= 0 (got {history_weeks})")
+        weekly = weekly[len(weekly) - history_weeks :] if history_weeks else weekly[:0]
+    return weekly.append(pd.DatetimeIndex([end]))
+
+
+def _utc_times(times: pd.DatetimeIndex) -> pd.DatetimeIndex:
+    return times.tz_localize(UTC) if times.tz is None else times.tz_convert(UTC)
+
+
+def _bins(times: pd.DatetimeIndex, at: pd.Series | np.ndarray) -> np.ndarray:
+    """For each time, the first snapshot that includes it (``T > t``); ``len(times)``: none."""
+    return np.searchsorted(times.to_numpy(), np.asarray(at, dtype="datetime64[ns]"), side="right")
+
+
+def user_snapshots(lines: pd.DataFrame, times: pd.DatetimeIndex) -> pd.DataFrame:
+    """RFM of every user who had bought anything, as of each snapshot time.
+
+    At ``T``: ``recency_days`` = days from the last line before ``T`` to ``T``, ``frequency`` =
+    distinct invoices with a line before ``T``, ``monetary`` = spend of the lines before ``T``.
+    Newest snapshot first, then by ``user_id``.
+    """
+    codes, users = pd.factorize(lines["CustomerID"].to_numpy(), sort=True)
+    ts = lines["InvoiceDate"].to_numpy(dtype="datetime64[ns]")
+    spend = (lines["Quantity"] * lines["UnitPrice"]).to_numpy(dtype=np.float64)
+    line_bin = _bins(times, ts)
+    per_bin = (
+        pd.DataFrame({"u": codes, "b": line_bin, "spend": spend, "t": ts})
+        .groupby(["b", "u"], sort=True)
+        .agg(spend=("spend", "sum"), t=("t", "max"))
+        .reset_index()
+    )
+    invoices = pd.DataFrame(
+        {"u": codes, "inv": lines["InvoiceNo"].astype(str).to_numpy(), "b": line_bin}
+    )
+    inv_bin = invoices.groupby(["u", "inv"], sort=False)["b"].min()  # bin of its first line
+    inv_counts = (
+        inv_bin.reset_index().groupby(["b", "u"], sort=True).size().rename("n").reset_index()
+    )
+    n = len(users)
+    freq = np.zeros(n, dtype=np.int64)
+    money = np.zeros(n, dtype=np.float64)
+    last = np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
+    pb, ib = per_bin["b"].to_numpy(), inv_counts["b"].to_numpy()
+    utc = _utc_times(times)
+    frames = []
+    for k, at in enumerate(times.to_numpy()):
+        lo, hi = np.searchsorted(pb, k, "left"), np.searchsorted(pb, k, "right")
+        u = per_bin["u"].to_numpy()[lo:hi]
+        money[u] += per_bin["spend"].to_numpy()[lo:hi]
+        last[u] = per_bin["t"].to_numpy()[lo:hi]  # later bins only ever move it forward
+        lo, hi = np.searchsorted(ib, k, "left"), np.searchsorted(ib, k, "right")
+        freq[inv_counts["u"].to_numpy()[lo:hi]] += inv_counts["n"].to_numpy()[lo:hi]
+        active = np.flatnonzero(freq > 0)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "user_id": users[active].astype(np.int64),
+                    "event_timestamp": utc[k],
+                    "recency_days": ((at - last[active]) / np.timedelta64(1, "D")).astype(
+                        np.float64
+                    ),
+                    "frequency": freq[active],
+                    "monetary": money[active],
+                }
+            )
+        )
+    return pd.concat(frames[::-1], ignore_index=True)
+
+
+def popularity_snapshots(
+    lines: pd.DataFrame, times: pd.DatetimeIndex, item_ids: pd.Index | None = None
+) -> pd.DataFrame:
+    """Distinct buyers of each item over the 7 and 30 days before, and all time before, each
+    snapshot time. An item gets a row from its first sale on, and then only when a value
+    changes (the previous row still holds otherwise). Newest snapshot first."""
+    item_codes, items = pd.factorize(lines["StockCode"].astype(str).to_numpy(), sort=True)
+    if item_ids is not None:
+        items = pd.Index(item_ids)
+        item_codes = items.get_indexer(lines["StockCode"].astype(str).to_numpy())
+    user_codes, users = pd.factorize(lines["CustomerID"].to_numpy())
+    n_items, n_users = len(items), max(len(users), 1)
+    key = item_codes.astype(np.int64) * n_users + user_codes
+    ts = lines["InvoiceDate"].to_numpy(dtype="datetime64[ns]")
+    order = np.argsort(ts, kind="stable")
+    ts, key = ts[order], key[order]
+    first_key, first_at = np.unique(key, return_index=True)
+    first_ts = np.sort(ts[first_at])
+    first_items = (first_key[np.argsort(ts[first_at], kind="stable")] // n_users).astype(np.int64)
+
+    def buyers(lo: np.datetime64 | None, hi: np.datetime64) -> np.ndarray:
+        a = 0 if lo is None else np.searchsorted(ts, lo, "left")
+        b = np.searchsorted(ts, hi, "left")
+        distinct = np.unique(key[a:b]) // n_users
+        return np.bincount(distinct.astype(np.int64), minlength=n_items)
+
+    utc = _utc_times(times)
+    previous = np.full((n_items, 3), -1, dtype=np.int64)
+    frames = []
+    for k, at in enumerate(times.to_numpy()):
+        total = np.bincount(first_items[: np.searchsorted(first_ts, at, "left")], minlength=n_items)
+        values = np.stack(
+            [
+                buyers(at - np.timedelta64(7, "D"), at),
+                buyers(at - np.timedelta64(30, "D"), at),
+                total,
+            ],
+            axis=1,
+        )
+        changed = np.flatnonzero((total > 0) & (values != previous).any(axis=1))
+        previous[changed] = values[changed]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "item_id": np.asarray(items)[changed].astype(str),
+                    "event_timestamp": utc[k],
+                    "buyers_7d": values[changed, 0],
+                    "buyers_30d": values[changed, 1],
+                    "buyers_all": values[changed, 2],
+                }
+            )
+        )
+    return pd.concat(frames[::-1], ignore_index=True)
+
+
+def item_table(lines: pd.DataFrame, times: pd.DatetimeIndex) -> pd.DataFrame:
+    """One row per item: its catalogue text and category, and its price when it entered the
+    catalogue, as of the first snapshot that includes its first sale (``event_timestamp``).
+
+    ``price`` is the median unit price of the item's lines before that snapshot (so a
+    point-in-time read never sees a later price); ``description`` (the most frequent text) and
+    the ``category`` derived from it are catalogue attributes.
+    """
+    codes, ids = pd.factorize(lines["StockCode"].astype(str).to_numpy(), sort=True)
+    ts = lines["InvoiceDate"].to_numpy(dtype="datetime64[ns]")
+    # The most frequent description (ties: the smallest text), "" when an item has none.
+    text = pd.DataFrame({"i": codes, "d": lines["Description"].to_numpy()}).dropna()
+    text["d"] = text["d"].astype(str)
+    counts = text.groupby(["i", "d"], sort=False).size().rename("n").reset_index()
+    counts = counts.sort_values(["i", "n", "d"], ascending=[True, False, True])
+    desc = counts.drop_duplicates("i").set_index("i")["d"].reindex(range(len(ids))).fillna("")
+    first = pd.Series(ts).groupby(codes).min().to_numpy()
+    first_at = times.to_numpy()[np.minimum(_bins(times, first), len(times) - 1)]
+    launch = ts < first_at[codes]
+    price = (
+        pd.Series(lines["UnitPrice"].to_numpy(dtype=np.float64)[launch])
+        .groupby(codes[launch])
+        .median()
+        .reindex(range(len(ids)))
+    )
+    items = pd.DataFrame(
+        {
+            "item_id": np.asarray(ids).astype(str),
+            "event_timestamp": _utc_times(pd.DatetimeIndex(first_at)),
+            "description": desc.to_numpy().astype(str),
+            "price": price.to_numpy().astype(np.float64),
+        }
+    )
+    items["category"] = derive_categories(items["description"]).to_numpy()
+    return items
+
+
+def build_tables(
+    lines: pd.DataFrame, *, history_weeks: int | None = None
+) -> dict[str, pd.DataFrame]:
+    """The batch sources from cleaned purchase lines, with point-in-time history.
+
+    ``users`` (RFM) and ``popularity`` hold one snapshot per week (``snapshot_times``: Mondays
+    00:00, the last ``history_weeks`` of them when given) plus one at the end of the data, so a
+    point-in-time join at ``t`` returns what was known at ``t`` and materializing puts the end
+    snapshot online. ``items`` holds one row per item (``item_table``).
+    """
     if lines.empty:
         raise RecsysError("ingest: no purchase lines left after cleaning")
     lines = lines.assign(StockCode=lines["StockCode"].astype(str))
     end = pd.Timestamp(lines["InvoiceDate"].max()) + pd.Timedelta(seconds=1)
-    snap = end.tz_localize(UTC) if end.tzinfo is None else end.tz_convert(UTC)
-    by_item = lines.groupby("StockCode", sort=True)
-    desc = by_item["Description"].agg(
-        lambda s: s.astype(str).mode().iloc[0] if s.notna().any() else ""
-    )
-    items = pd.DataFrame(
-        {
-            "item_id": desc.index.astype(str),
-            "event_timestamp": snap,
-            "description": desc.to_numpy().astype(str),
-            "price": by_item["UnitPrice"].median().to_numpy().astype(np.float64),
-        }
-    )
-    items["category"] = derive_categories(items["description"]).to_numpy()
-    spend = lines["Quantity"] * lines["UnitPrice"]
-    by_user = lines.assign(spend=spend).groupby("CustomerID", sort=True)
-    users = pd.DataFrame(
-        {
-            "user_id": by_user.size().index.astype(np.int64),
-            "event_timestamp": snap,
-            "recency_days": ((end - by_user["InvoiceDate"].max()) / pd.Timedelta(days=1))
-            .to_numpy()
-            .astype(np.float64),
-            "frequency": by_user["InvoiceNo"].nunique().to_numpy().astype(np.int64),
-            "monetary": by_user["spend"].sum().to_numpy().astype(np.float64),
-        }
-    )
-
-    def buyers(since: pd.Timestamp | None) -> pd.Series:
-        part = lines if since is None else lines.loc[lines["InvoiceDate"] >= since]
-        return part.groupby("StockCode")["CustomerID"].nunique()
-
-    popularity = pd.DataFrame({"item_id": items["item_id"], "event_timestamp": snap})
-    for name, since in (
-        ("buyers_7d", end - pd.Timedelta(days=7)),
-        ("buyers_30d", end - pd.Timedelta(days=30)),
-        ("buyers_all", None),
-    ):
-        popularity[name] = (
-            buyers(since).reindex(items["item_id"]).fillna(0).to_numpy().astype(np.int64)
+    if end.tzinfo is not None:
+        end = end.tz_convert(UTC).tz_localize(None)
+        lines = lines.assign(
+            InvoiceDate=lines["InvoiceDate"].dt.tz_convert(UTC).dt.tz_localize(None)
         )
+    times = snapshot_times(lines["InvoiceDate"].min(), end, history_weeks=history_weeks)
+    items = item_table(lines, times)
     purchases = lines[
         ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice"]
     ].assign(
@@ -279,8 +431,8 @@ def build_tables(lines: pd.DataFrame) -> dict[str, pd.DataFrame]:
     )
     return {
         "items": items,
-        "users": users,
-        "popularity": popularity,
+        "users": user_snapshots(lines, times),
+        "popularity": popularity_snapshots(lines, times, pd.Index(items["item_id"])),
         "purchases": purchases.reset_index(drop=True),
     }
 
@@ -291,18 +443,22 @@ def ingest(
     *,
     store: FeatureStore | None = None,
     step: Step | None = None,
+    history_weeks: int | None = None,
 ) -> IngestReport:
     """Write the sources, apply the recommender's definitions and materialize the batch views.
 
-    ``lines`` are cleaned purchase lines (``clean_transactions``). Idempotent: a rerun rewrites
-    the files atomically and re-materializes. ``step(description, done, total)`` reports progress.
+    ``lines`` are cleaned purchase lines (``clean_transactions``). The user and popularity
+    sources keep weekly point-in-time history (``build_tables``; ``history_weeks`` limits it,
+    ``0`` keeps only the end-of-data snapshot) and the online store gets the newest snapshot.
+    Idempotent: a rerun rewrites the files atomically and re-materializes.
+    ``step(description, done, total)`` reports progress.
     """
     from flywheel.features import FeatureStore
 
     report_step: Step = step or (lambda _d, _n, _t: None)
     total = 4
     report_step("building tables", 0, total)
-    tables = build_tables(lines)
+    tables = build_tables(lines, history_weeks=history_weeks)
     folder = data_dir(project)
     report_step("writing Parquet sources", 1, total)
     for name, frame in tables.items():
@@ -314,7 +470,7 @@ def ingest(
         fs.apply(feature_definitions())
         report_step("materializing", 3, total)
         start = tables["purchases"]["InvoiceDate"].min()
-        snap = tables["items"]["event_timestamp"].iloc[0].to_pydatetime()
+        snap = tables["users"]["event_timestamp"].max().to_pydatetime()
         materialized: dict[str, int] = {}
 
         def progress(view: str, done: int, rows: int) -> None:
@@ -333,7 +489,7 @@ def ingest(
             fs.close()
     return IngestReport(
         lines=len(tables["purchases"]),
-        users=len(tables["users"]),
+        users=int(tables["users"]["user_id"].nunique()),
         items=len(tables["items"]),
         categories=int(tables["items"]["category"].nunique()),
         start=pd.Timestamp(start).to_pydatetime(),
@@ -354,7 +510,8 @@ def load_purchases(project: Project) -> pd.DataFrame:
 
 
 def load_items(project: Project) -> pd.DataFrame:
-    """The item table written by the last ``ingest`` (``item_id``, description, price, category)."""
+    """The item table written by the last ``ingest``: one row per item (``item_id``,
+    ``event_timestamp``, description, price, category)."""
     path = data_dir(project) / "items.parquet"
     if not path.is_file():
         raise DataUnavailableError(
