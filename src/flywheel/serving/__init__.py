@@ -3,6 +3,7 @@
 Public API::
 
     server_for(project) -> InferenceServer       # the process's server (started by the app)
+    server.predict / predict_blocking -> Prediction   # in-process inference (numpy, no JSON)
     serving_service(project)                      # SYSTEM_SERVICES entry (reconciler lifetime)
     flywheel.serving._api:router                  # SYSTEM_ROUTERS entry (/v2/..., /serving/...)
     deploy / set_routes / set_shadow / rollback   # endpoint operations (CLI and HTTP use them)
@@ -39,7 +40,7 @@ from flywheel.serving._errors import (
 )
 from flywheel.serving._prediction_log import PredictionLogger
 from flywheel.serving._runtime import ModelSource, RegistrySource, load_runtime
-from flywheel.serving._server import InferenceServer, server_for, serving_service
+from flywheel.serving._server import InferenceServer, Prediction, server_for, serving_service
 
 __all__ = [
     "BatchingPolicy",
@@ -59,6 +60,7 @@ __all__ = [
     "ModelSource",
     "ModelUnavailable",
     "PayloadTooLarge",
+    "Prediction",
     "PredictionLogger",
     "QueueFull",
     "RegistrySource",

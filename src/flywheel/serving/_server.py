@@ -25,10 +25,11 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -47,12 +48,23 @@ from flywheel.serving._canary import (
     apply,
     evaluate,
 )
-from flywheel.serving._codec import decode_request, encode_response
+from flywheel.serving._codec import (
+    V2_DTYPES,
+    InferenceRequest,
+    _batch_rows,
+    _check_shape,
+    _names,
+    datatype_of,
+    decode_request,
+    encode_response,
+)
 from flywheel.serving._endpoints import CanaryCounts, Endpoint, EndpointStore
 from flywheel.serving._errors import (
+    DeadlineExceeded,
     EndpointConflict,
     InvalidInput,
     ModelUnavailable,
+    ServingError,
     UnknownModel,
 )
 from flywheel.serving._prediction_log import PredictionLogger, PredictionRecord, now_utc
@@ -142,6 +154,15 @@ class InferenceResult:
     body: bytes
     header_length: int | None = None
     retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """What ``InferenceServer.predict`` returns: the outputs and the version that made them."""
+
+    outputs: dict[str, np.ndarray]
+    model: str
+    version: int
 
 
 class InferenceServer:
@@ -567,6 +588,157 @@ class InferenceServer:
             )
         )
 
+    # -- in-process prediction (no JSON) ---------------------------------------------------------
+
+    async def predict(
+        self,
+        name: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        routing_key: str | None = None,
+        timeout_s: float | None = None,
+        version: int | None = None,
+        request_id: str | None = None,
+    ) -> Prediction:
+        """Run numpy ``inputs`` through the version that serves ``name``, in this process.
+
+        Same path as HTTP inference without the JSON: the target is resolved the same way (an
+        endpoint by ``routing_key``, else the model's production version, or ``version``), the
+        inputs are checked against its signature (numeric inputs are cast within their kind,
+        e.g. float64 to FP32), the request joins the version's dynamic batch, and the request
+        metrics, canary counts, shadow mirror and prediction log are kept as for HTTP.
+
+        Raises the ``ServingError`` HTTP would answer with (``UnknownModel``, ``InvalidInput``,
+        ``QueueFull``, ``DeadlineExceeded``, ``InferenceFailed``, ``ModelUnavailable``).
+        """
+        start = time.perf_counter()
+        served: ServedVersion | None = None
+        endpoint: Endpoint | None = None
+        request: InferenceRequest | None = None
+        outputs: Tensors = {}
+        status = 500
+        try:
+            await self.ensure_started()  # endpoints are known before the first target lookup
+            served, endpoint = await self.target(
+                name, None if version is None else str(version), routing_key
+            )
+            batcher = served.batcher
+            if batcher.depth >= batcher.policy.max_queue_size:
+                batcher.reject_full()
+            request = _request_from_arrays(
+                inputs, served.signature, model=name, allow_nan=served.allow_nan
+            )
+            request.id = request_id
+            if timeout_s is None and self.config.request_timeout_ms is not None:
+                timeout_s = self.config.request_timeout_ms / 1000
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            served.queue_gauge.set(batcher.depth)
+            outputs = await batcher.submit(request.inputs, request.rows, deadline)
+            status = 200
+        except asyncio.CancelledError:
+            status = 0  # the caller gave up (predict_blocking's timeout): not the model's fault
+            raise
+        except FlywheelError as exc:
+            status = exc.status_code
+            if status >= 500:
+                log.warning("prediction on %s failed: %s", name, exc)
+            raise
+        except Exception:
+            log.exception("unexpected error predicting with %s", name)
+            raise
+        finally:
+            if served is not None and status:
+                label = endpoint.name if endpoint is not None else name
+                elapsed = time.perf_counter() - start
+                self._observe(label, served, status, elapsed)
+                if endpoint is not None:
+                    self._count_canary(endpoint, served.version, status, elapsed)
+                if status == 200 and request is not None:
+                    self._after_success(
+                        label, endpoint, served, request, outputs, elapsed, request_id
+                    )
+        return Prediction(outputs=outputs, model=served.name, version=served.version)
+
+    def predict_blocking(
+        self,
+        name: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        routing_key: str | None = None,
+        timeout_s: float | None = None,
+        version: int | None = None,
+        request_id: str | None = None,
+    ) -> Prediction:
+        """``predict`` from synchronous code in any thread except the server's event loop.
+
+        Runs on the server's loop when it is running (``flywheel up``), else on a private loop
+        in a background thread (started on first use; ``stop_blocking`` ends it). With
+        ``timeout_s`` the call returns or raises ``DeadlineExceeded`` within that time, model
+        loading included (a load that was started goes on in the background).
+        """
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._private_loop()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise ServingError(
+                "predict_blocking() was called on the server's event loop; await predict()"
+            )
+        future = asyncio.run_coroutine_threadsafe(
+            self.predict(
+                name,
+                inputs,
+                routing_key=routing_key,
+                timeout_s=timeout_s,
+                version=version,
+                request_id=request_id,
+            ),
+            loop,
+        )
+        try:
+            return future.result(timeout=timeout_s)
+        except TimeoutError:
+            future.cancel()
+            raise DeadlineExceeded(
+                f"no prediction from {name!r} within {(timeout_s or 0.0) * 1000:.0f} ms"
+            ) from None
+
+    def _private_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop ``predict_blocking`` uses when no server loop runs (one per server)."""
+        with _PRIVATE_LOCK:
+            held = _PRIVATE_LOOPS.get(self)
+            if held is not None and held[0].is_running():
+                return held[0]
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            thread = threading.Thread(target=run, name="flywheel-serving-loop", daemon=True)
+            thread.start()
+            ready.wait()
+            _PRIVATE_LOOPS[self] = (loop, thread)
+            return loop
+
+    def stop_blocking(self, timeout_s: float = 30.0) -> None:
+        """Stop the server and the private loop ``predict_blocking`` started (if any)."""
+        with _PRIVATE_LOCK:
+            held = _PRIVATE_LOOPS.pop(self, None)
+        if held is None:
+            return
+        loop, thread = held
+        if self._loop is loop:
+            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout=timeout_s)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout_s)
+        loop.close()
+
     # -- metadata ----------------------------------------------------------------------------------
 
     async def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
@@ -774,6 +946,42 @@ def disagreement(a: Tensors, b: Tensors) -> float:
     return worst
 
 
+def _request_from_arrays(
+    inputs: Mapping[str, np.ndarray], signature: Any, *, model: str, allow_nan: bool
+) -> InferenceRequest:
+    """Check in-process inputs against ``signature`` the way ``decode_request`` checks V2 ones."""
+    specs = {s.name: s for s in signature.inputs}
+    arrays: dict[str, np.ndarray] = {}
+    for key, value in inputs.items():
+        where = f"input {key!r}"
+        spec = specs.get(key)
+        if spec is None:
+            raise InvalidInput(
+                f"{where} is not an input of {model!r}; its inputs are {_names(specs)}"
+            )
+        arr = np.asarray(value)
+        target = V2_DTYPES[spec.datatype]
+        if arr.dtype != target:
+            if arr.dtype.kind in "USO" or target.kind == "O":
+                same = arr.dtype.kind in "USO" and target.kind == "O"
+            else:
+                same = np.can_cast(arr.dtype, target, casting="same_kind")
+            if not same:
+                given = datatype_of(arr)
+                raise InvalidInput(
+                    f"{where}: datatype {given} given; {model!r} expects {spec.datatype}"
+                )
+            arr = arr.astype(target)
+        _check_shape(tuple(arr.shape), spec, where)
+        if not allow_nan and arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+            raise InvalidInput(f"{where} contains NaN or infinity, which {model!r} does not accept")
+        arrays[key] = arr
+    missing = [n for n in specs if n not in arrays]
+    if missing:
+        raise InvalidInput(f"input {missing[0]!r} is missing; {model!r} needs {_names(specs)}")
+    return InferenceRequest(inputs=arrays, rows=_batch_rows(arrays, signature))
+
+
 def _error_body(message: str) -> bytes:
     import orjson
 
@@ -781,6 +989,11 @@ def _error_body(message: str) -> bytes:
 
 
 _SERVERS: weakref.WeakKeyDictionary[Project, InferenceServer] = weakref.WeakKeyDictionary()
+# predict_blocking's private event loops (and their threads), for servers not run by an app.
+_PRIVATE_LOOPS: weakref.WeakKeyDictionary[
+    InferenceServer, tuple[asyncio.AbstractEventLoop, threading.Thread]
+] = weakref.WeakKeyDictionary()
+_PRIVATE_LOCK = threading.Lock()
 
 
 def server_for(project: Project, source: ModelSource | None = None) -> InferenceServer:
@@ -811,6 +1024,7 @@ async def serving_service(project: Project) -> AsyncIterator[InferenceServer]:
 __all__ = [
     "InferenceResult",
     "InferenceServer",
+    "Prediction",
     "ServedVersion",
     "disagreement",
     "parse_timeout_header",
