@@ -4,7 +4,8 @@ Against the project a running ``flywheel up`` serves: a feature repo applied and
 training dataset, the recommender's synthetic shop, tracked runs with metric series, a registered
 sklearn model (two versions, one in production) linked to its run, dataset and feature service, an
 endpoint with a traffic split, a shadow and inference traffic (half of it drifted), an A/B test
-with exposures and events, a bandit with rewards, and a running training job.
+with exposures and events, a bandit with rewards in several batches (so its allocation history
+has several points), and a running training job.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ CANARY_ENDPOINT = "ui-canary"
 AB_TEST = "ui-checkout"
 BANDIT = "ui-home"
 DRIFT_FEATURES = ["orders_7d", "spend_7d"]
+BANDIT_BATCHES = 4
 
 JOB_SCRIPT = """\
 import time
@@ -191,15 +193,17 @@ def seed(root: Path, url: str, token: str) -> dict[str, Any]:
             "metrics": [{"name": "conversion", "kind": "proportion", "event": "purchase"}],
         },
     ).raise_for_status()
-    events = []
-    for i in range(300):
-        unit = f"user-{i}"
-        variant = http.post(f"/experiments/{AB_TEST}/assign", json={"unit_id": unit}).json()
-        rate = 0.3 if variant["variant"] == "green" else 0.2
-        if rng.random() < rate:
-            events.append({"unit_id": unit, "event_type": "purchase", "value": 1.0})
-    if events:
-        http.post("/experiments/events", json={"events": events}).raise_for_status()
+    for batch in range(6):  # purchases arrive while units keep coming: a history to chart
+        events = []
+        for i in range(batch * 50, (batch + 1) * 50):
+            unit = f"user-{i}"
+            variant = http.post(f"/experiments/{AB_TEST}/assign", json={"unit_id": unit}).json()
+            rate = 0.3 if variant["variant"] == "green" else 0.2
+            if rng.random() < rate:
+                events.append({"unit_id": unit, "event_type": "purchase", "value": 1.0})
+        if events:
+            http.post("/experiments/events", json={"events": events}).raise_for_status()
+        time.sleep(0.3)
     http.post(
         "/experiments",
         json={
@@ -209,17 +213,20 @@ def seed(root: Path, url: str, token: str) -> dict[str, Any]:
         },
     ).raise_for_status()
     ctr = {"popular": 0.04, "personalized": 0.2, "trending": 0.08}
-    rewards = []
-    for i in range(200):
-        a = http.post(f"/experiments/{BANDIT}/assign", json={"unit_id": f"b-{i}"}).json()
-        rewards.append(
-            {
-                "unit_id": f"b-{i}",
-                "decision_id": a["decision_id"],
-                "reward": float(rng.random() < ctr[a["variant"]]),
-            }
-        )
-    http.post(f"/experiments/{BANDIT}/rewards", json={"rewards": rewards}).raise_for_status()
+    for batch in range(BANDIT_BATCHES):  # each batch is one state update: one allocation point
+        rewards = []
+        for i in range(50):
+            unit = f"b-{batch}-{i}"
+            a = http.post(f"/experiments/{BANDIT}/assign", json={"unit_id": unit}).json()
+            rewards.append(
+                {
+                    "unit_id": unit,
+                    "decision_id": a["decision_id"],
+                    "reward": float(rng.random() < ctr[a["variant"]]),
+                }
+            )
+        r = http.post(f"/experiments/{BANDIT}/rewards", json={"rewards": rewards})
+        r.raise_for_status()
 
     # Training: one small job that runs for a while and prints its progress.
     (root / "jobs").mkdir(exist_ok=True)

@@ -4,6 +4,7 @@ charts drawn, screenshots saved; and what each page is for (search, compare, pro
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,15 @@ import httpx
 import pytest
 
 from flywheel.ui import PAGES
-from tests.ui._seed import AB_TEST, BANDIT, CANARY_ENDPOINT, DRIFT_FEATURES, ENDPOINT, MODEL
+from tests.ui._seed import (
+    AB_TEST,
+    BANDIT,
+    BANDIT_BATCHES,
+    CANARY_ENDPOINT,
+    DRIFT_FEATURES,
+    ENDPOINT,
+    MODEL,
+)
 from tests.ui.conftest import Server
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -23,6 +32,11 @@ CANVAS_HAS_INK = """(sel) => {
     for (let i = 3; i < d.length; i += 4) if (d[i] !== 0) return true;
     return false;
   });
+}"""
+# A uPlot chart (``container.fwPlot``) whose series ``index`` has at least ``n`` non-null points.
+PLOT_HAS_POINTS = """([sel, index, n]) => {
+  const plot = document.querySelector(sel)?.fwPlot;
+  return !!plot && plot.data[index].filter((v) => v !== null && v !== undefined).length >= n;
 }"""
 COLD_USER = 990001  # not in the synthetic shop: starts from trending items
 
@@ -112,12 +126,15 @@ def test_overview_shows_health_routes_jobs_experiments_endpoints(
 
 def test_features_search_schema_and_lineage(browser: Any, server: Server) -> None:
     page, problems = open_page(browser, f"{server.url}/ui/features#user_stats")
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
     page.wait_for_selector("#schema td:has-text('spend_7d')")
     assert "materialized until" in page.locator("#detail").inner_text()
     page.fill("#search", "taste")  # a field name finds its view
     page.wait_for_function("() => document.querySelectorAll('#catalog tbody tr').length === 1")
     assert page.locator("#catalog tbody").inner_text().startswith("user_stats")
-    # The graph runs from the source file to the endpoint that serves the model.
+    # The graph runs from the source file to the endpoints that serve the model: the named one
+    # and the model's own name (its production version), all from the lineage API's edges.
     page.wait_for_selector("#lineage svg [data-node]")
     nodes = page.eval_on_selector_all(
         "#lineage svg [data-node]", "els => els.map(e => e.dataset.node)"
@@ -129,9 +146,17 @@ def test_features_search_schema_and_lineage(browser: Any, server: Server) -> Non
         "training_dataset:ui_ranker_train",
         f"model_version:{MODEL}/1",
         f"endpoint:{ENDPOINT}",
+        f"endpoint:{MODEL}",
+        f"endpoint:{CANARY_ENDPOINT}",
     ):
         assert node in nodes
     assert page.locator("#lineage svg path").count() >= len(nodes) - 1
+    edges = page.eval_on_selector_all(
+        "#lineage svg path title", "els => els.map(e => e.textContent)"
+    )
+    assert f"model_version:{MODEL}/2 → endpoint:{CANARY_ENDPOINT} (serves)" in edges
+    # Endpoints come from the lineage edges themselves, not from a second serving request.
+    assert not [u for u in requests if "/serving/" in u]
     page.click("#lineage [data-node='feature_service:ranker_features'] a")
     page.wait_for_function("() => location.hash === '#ranker_features'")
     page.wait_for_selector("#detail-name:has-text('ranker_features')")
@@ -166,6 +191,8 @@ def test_promote_is_refused_without_a_writer_token_and_works_with_one(
     promote = "#version-table [data-action='production-2']"
     page.wait_for_selector(promote)
 
+    # The version's lineage reaches the endpoints that serve it.
+    page.wait_for_selector(f"#lineage svg [data-node='endpoint:{ENDPOINT}']")
     page.click(promote)  # no token
     page.wait_for_selector("#flash.bad")
     assert "refused (HTTP 401)" in page.locator("#flash").inner_text()
@@ -227,7 +254,18 @@ def test_endpoint_split_latency_shadow_and_drift(browser: Any, server: Server) -
     drift = page.locator("#drift-table tbody").inner_text()
     for feature in DRIFT_FEATURES:
         assert feature in drift
-    assert page.locator("#drift svg rect").count() == len(DRIFT_FEATURES)
+    assert page.locator("#drift svg.bars rect").count() == len(DRIFT_FEATURES)  # PSI bars
+    # One histogram per feature, training vs live over the same bins, both drawn.
+    figures = page.locator("#drift-histograms figure")
+    assert sorted(figures.evaluate_all("fs => fs.map(f => f.dataset.feature)")) == DRIFT_FEATURES
+    drawn = page.eval_on_selector_all(
+        "#drift-histograms svg.hist",
+        """svgs => svgs.map(s => ['reference', 'current'].map(k =>
+            [...s.querySelectorAll(`rect[data-series=${k}]`)]
+              .filter(r => Number(r.getAttribute('height')) > 0).length))""",
+    )
+    assert len(drawn) == len(DRIFT_FEATURES) and all(ref > 0 and cur > 0 for ref, cur in drawn)
+    assert "training vs live" in page.locator("#drift").inner_text()
     assert problems == []
     page.close()
 
@@ -249,6 +287,14 @@ def test_experiment_intervals_srm_and_bandit_allocation(browser: Any, server: Se
     assert "SRM" in page.locator("#srm").inner_text()
     assert "sequential p" in page.locator("#metrics").inner_text()
     assert page.locator("#metrics svg circle").count() == 3  # 2 variants + 1 difference
+    # The p-values and the difference over the experiment's life, from GET .../history: many
+    # points at once (not only those seen while the page is open).
+    page.wait_for_function(PLOT_HAS_POINTS, arg=["#chart-seq", 1, 10], timeout=15000)
+    page.wait_for_function(PLOT_HAS_POINTS, arg=["#chart-diff", 1, 10], timeout=15000)
+    legend = page.locator("#chart-seq .u-legend").inner_text()
+    assert "green sequential p" in legend and "alpha 0.05" in legend
+    seq = page.evaluate("() => document.querySelector('#chart-seq').fwPlot.data[1]")
+    assert all(b <= a for a, b in itertools.pairwise(seq))  # always-valid: never rises
     assert problems == []
     page.close()
 
@@ -257,6 +303,16 @@ def test_experiment_intervals_srm_and_bandit_allocation(browser: Any, server: Se
     arms = page.locator("#arms tbody").inner_text()
     assert all(a in arms for a in ("popular", "personalized", "trending"))
     assert page.locator("#ab-cards").is_hidden()
+    # Allocation over time: the creation plus one point per batch of rewards, one line per arm.
+    for series in (1, 2, 3):
+        page.wait_for_function(
+            PLOT_HAS_POINTS, arg=["#chart-alloc", series, BANDIT_BATCHES + 1], timeout=15000
+        )
+    shares = page.evaluate(
+        "() => { const d = document.querySelector('#chart-alloc').fwPlot.data;"
+        " return d[0].map((_, i) => d[1][i] + d[2][i] + d[3][i]); }"
+    )
+    assert all(abs(total - 1.0) < 1e-6 for total in shares)
     assert more == []
     page.close()
 

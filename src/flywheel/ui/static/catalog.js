@@ -10,13 +10,16 @@
   const KIND_COLORS = {
     data_source: "#f79009", event_stream: "#f79009", feature_view: "#3056d3",
     on_demand_feature_view: "#3056d3", stream_feature_view: "#3056d3", feature_service: "#9e77ed",
-    training_dataset: "#0ba5ec", run: "#667085", model_version: "#12875a", endpoint: "#c4320a",
+    training_dataset: "#0ba5ec", run: "#667085", job: "#667085", model_version: "#12875a",
+    endpoint: "#c4320a", experiment: "#ee46bc",
   };
   function nodeHref(kind, id) {
     const name = id.split("@")[0];
     if (kind === "model_version") return `/ui/models#${encodeURIComponent(id.split("/")[0])}`;
     if (kind === "run") return `/ui/runs#${encodeURIComponent(id)}`;
     if (kind === "endpoint") return `/ui/endpoints#${encodeURIComponent(id)}`;
+    if (kind === "experiment") return `/ui/experiments#${encodeURIComponent(id)}`;
+    if (kind === "job") return `/ui/training#${encodeURIComponent(id)}`;
     if (kind === "training_dataset") return `/ui/features#${encodeURIComponent(id)}`;
     return `/ui/features#${encodeURIComponent(name)}`;
   }
@@ -67,28 +70,9 @@
     return box;
   }
 
-  // Endpoints are not in the lineage store: add them from the serving API (routes and shadow).
-  async function withEndpoints(graph) {
-    const { body } = await getJSON("/serving/endpoints");
-    if (!Array.isArray(body)) return graph;
-    const nodes = [...graph.nodes], edges = [...graph.edges];
-    const have = new Set(nodes.map((n) => `${n.kind}:${n.id}`));
-    for (const ep of body) {
-      const versions = [...(ep.effective_routes || ep.routes || []).map((r) => r.version),
-                        ...(ep.shadow ? [ep.shadow.version] : [])];
-      for (const v of new Set(versions)) {
-        const src = `model_version:${ep.model}/${v}`;
-        if (!have.has(src)) continue;
-        if (!have.has(`endpoint:${ep.name}`)) { nodes.push({ kind: "endpoint", id: ep.name }); have.add(`endpoint:${ep.name}`); }
-        edges.push({ src, dst: `endpoint:${ep.name}`, relation: "serves" });
-      }
-    }
-    return { ...graph, nodes, edges };
-  }
-
   async function drawLineage(container, graph) {
     if (!graph || !graph.nodes || graph.nodes.length === 0) { empty(container, "No lineage recorded."); return; }
-    container.replaceChildren(lineageSVG(await withEndpoints(graph)));
+    container.replaceChildren(lineageSVG(graph));
   }
 
   // ---------- Features ----------

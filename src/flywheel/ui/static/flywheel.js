@@ -180,6 +180,69 @@ const Flywheel = (() => {
     return plot;
   }
 
+  // A chart over time (xs in epoch seconds) with several series = [{label, values, stroke?,
+  // dash?}]; `log: true` gives a log10 y axis (p-values), `yRange: [lo, hi]` fixes the axis.
+  // Redraws in place; the plot stays reachable as container.fwPlot (the tests read its data).
+  function timeChart(container, xs, series, { height = 220, log = false, yRange = null } = {}) {
+    container.fwPlot?.destroy();
+    container.replaceChildren();
+    const width = () => Math.max(240, container.clientWidth - 4);
+    const y = log ? { distr: 3, log: 10 } : {};
+    if (yRange) y.range = () => yRange;
+    const plot = new uPlot({
+      width: width(), height,
+      scales: { x: { time: true }, y },
+      series: [{}, ...series.map((s, i) => ({
+        label: s.label, stroke: s.stroke || color(i), width: s.width || 2, dash: s.dash,
+        spanGaps: true, points: { show: xs.length < 40 } }))],
+      axes: [{}, { size: 60 }],
+    }, [xs, ...series.map((s) => s.values)], container);
+    container.fwObserver?.disconnect();
+    container.fwObserver = new ResizeObserver(() => plot.setSize({ width: width(), height }));
+    container.fwObserver.observe(container);
+    container.fwPlot = plot;
+    return plot;
+  }
+
+  // Two samples over the same bins as SVG bars, as shares of each sample (so samples of different
+  // sizes compare): h = {kind: "numeric", edges, reference, current} or {kind: "categorical",
+  // categories, reference, current} (counts). names = [reference label, current label].
+  function histogramSVG(h, { names = ["reference", "live"], width = 340, height = 150 } = {}) {
+    const colors = ["#3056d3", "#f79009"];
+    const labels = h.kind === "categorical" ? h.categories : h.reference.map((_, i) => i);
+    const share = (xs) => { const t = xs.reduce((a, b) => a + b, 0) || 1; return xs.map((v) => v / t); };
+    const sets = [share(h.reference), share(h.current)];
+    const top = Math.max(1e-12, ...sets.flat());
+    const left = 36, bottom = 28, plotW = width - left - 6, plotH = height - bottom - 18;
+    const slot = plotW / Math.max(1, labels.length), bar = Math.max(1, (slot - 2) / 2);
+    const box = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "hist", role: "img",
+                             "data-testid": "svg-chart" });
+    box.append(svg("line", { x1: left, x2: left + plotW, y1: 18 + plotH, y2: 18 + plotH, class: "zero" }),
+               svg("text", { x: 0, y: 24, class: "val" }, `${(top * 100).toFixed(0)}%`),
+               svg("text", { x: 0, y: 18 + plotH, class: "val" }, "0"));
+    sets.forEach((values, k) => {
+      values.forEach((v, i) => {
+        const hgt = (v / top) * plotH;
+        box.append(svg("rect", { x: left + i * slot + 1 + k * bar, y: 18 + plotH - hgt, width: bar,
+                                 height: hgt, fill: colors[k], "data-series": k ? "current" : "reference" },
+          svg("title", {}, `${names[k]} ${h.kind === "categorical" ? labels[i] :
+            `[${fmt(h.edges[i])}, ${fmt(h.edges[i + 1])})`}: ${(v * 100).toFixed(1)}%`)));
+      });
+    });
+    if (h.kind === "categorical") {
+      labels.forEach((c, i) => box.append(svg("text", { x: left + i * slot + slot / 2, y: height - 14,
+        class: "val", "text-anchor": "middle" }, String(c).length > 8 ? `${String(c).slice(0, 7)}…` : c)));
+    } else if (h.edges.length) {
+      box.append(svg("text", { x: left, y: height - 14, class: "val" }, fmt(h.edges[0])),
+                 svg("text", { x: left + plotW, y: height - 14, class: "val", "text-anchor": "end" },
+                     fmt(h.edges[h.edges.length - 1])));
+    }
+    names.forEach((n, k) => box.append(
+      svg("rect", { x: left + k * 110, y: 2, width: 10, height: 10, fill: colors[k] }),
+      svg("text", { x: left + k * 110 + 14, y: 11, class: "lbl" }, n)));
+    return box;
+  }
+
   // Merge per-run {steps, values} into one x column and aligned y columns (null where absent).
   function alignSeries(parts) {
     const xs = [...new Set(parts.flatMap((p) => p.steps))].sort((a, b) => a - b);
@@ -356,7 +419,8 @@ const Flywheel = (() => {
   }
 
   return { getJSON, parsePrometheus, histogramQuantile, lineChart, fillTable, el, overview,
-           send, svg, fmt, when, color, pill, button, link, empty, xyChart, alignSeries, barsSVG,
+           send, svg, fmt, when, color, pill, button, link, empty, xyChart, timeChart,
+           histogramSVG, alignSeries, barsSVG,
            intervalsSVG, sumBy, bucketsBy, bucketDelta, scrapeMetrics, servingStats, every,
            token, pages: {} };
 })();

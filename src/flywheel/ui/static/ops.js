@@ -199,6 +199,15 @@
             el("td", {}, pill(f.drifted ? "yes" : "no", f.drifted ? "bad" : "ok")))))),
           el("h3", {}, "PSI per feature (0.1 moderate, 0.25 major)"),
           F.barsSVG(feats.map((f) => ({ label: f.feature, value: f.psi ?? f.effect ?? 0, color: f.drifted ? "#c4320a" : "#12875a" }))));
+        // Each feature's distribution: the reference (training data) against the window, same bins.
+        const refName = (d.reference || "").startsWith("training dataset") ? "training" : "reference";
+        const hists = feats.filter((f) => f.histogram && (f.histogram.reference || []).length);
+        if (hists.length) {
+          parts.push(el("h3", {}, `Distributions: ${refName} vs live (share of rows per bin)`),
+            el("div", { class: "hists", id: "drift-histograms" }, ...hists.map((f) => el("figure", { "data-feature": f.feature },
+              el("figcaption", {}, f.feature, " ", pill(f.drifted ? "drifted" : "stable", f.drifted ? "bad" : "ok")),
+              F.histogramSVG(f.histogram, { names: [refName, `live (${d.window})`] })))));
+        }
       }
       box.replaceChildren(...parts);
     }
@@ -224,7 +233,6 @@
     document.getElementById("ab-cards").hidden = isBandit;
     document.getElementById("bandit-cards").hidden = !isBandit;
     (isBandit ? document.querySelectorAll("#ab-cards [data-testid=chart]") : document.querySelectorAll("#bandit-cards [data-testid=chart]")).forEach((c) => c.removeAttribute("data-testid"));
-    let seq = null, alloc = null;
     async function report() {
       const r = await getJSON(`/experiments/${encodeURIComponent(name)}/report`);
       if (r.status !== 200) { empty(document.getElementById("variants"), r.body.error || `HTTP ${r.status}`); return; }
@@ -248,13 +256,34 @@
       }
       if (rep.warnings?.length) parts.push(...rep.warnings.map((w) => el("p", { class: "bad" }, w)));
       mbox.replaceChildren(...(parts.length ? parts : [el("p", { class: "muted" }, "No metrics defined.")]));
-      // The API reports the current sequential p-value; the chart follows it while the page is open.
-      const primary = (rep.metrics || [])[0];
-      const cmps = primary?.comparisons || [];
-      if (cmps.length) {
-        if (!seq) seq = F.lineChart(document.getElementById("chart-seq"), cmps.map((c, i) => ({ label: `${c.variant} sequential p`, stroke: F.color(i) })));
-        seq.push(Date.now() / 1000, cmps.map((c) => c.sequential_p_value));
+    }
+    // The primary metric over the experiment's life (GET .../history): the always-valid p-value
+    // (solid), the fixed-horizon p-value (dashed), and each treatment's difference with its CI.
+    async function history() {
+      const r = await getJSON(`/experiments/${encodeURIComponent(name)}/history?buckets=60`);
+      const seqBox = document.getElementById("chart-seq"), diffBox = document.getElementById("chart-diff");
+      const points = r.status === 200 ? r.body.points || [] : [];
+      const treatments = points.length ? points[points.length - 1].comparisons.map((c) => c.variant) : [];
+      if (!treatments.length) {
+        for (const box of [seqBox, diffBox]) { box.removeAttribute("data-testid"); empty(box, r.body?.error || "No exposures yet."); }
+        return;
       }
+      const xs = points.map((p) => p.time), alpha = r.body.alpha;
+      document.getElementById("history-metric").textContent = `${r.body.metric.name}, ${points[points.length - 1].units} units by the end`;
+      const floor = (v) => (v === null || v === undefined ? null : Math.max(v, 1e-12));
+      const pSeries = treatments.flatMap((v, i) => [
+        { label: `${v} sequential p`, values: points.map((p) => floor(p.comparisons[i].sequential_p_value)), stroke: F.color(i) },
+        { label: `${v} p`, values: points.map((p) => floor(p.comparisons[i].p_value)), stroke: F.color(i), dash: [6, 4], width: 1 }]);
+      pSeries.push({ label: `alpha ${alpha}`, values: xs.map(() => alpha), stroke: "#98a2b3", dash: [2, 3], width: 1 });
+      seqBox.setAttribute("data-testid", "chart");
+      F.timeChart(seqBox, xs, pSeries, { log: true });
+      const dSeries = treatments.flatMap((v, i) => [
+        { label: `${v} − ${r.body.control}`, values: points.map((p) => p.comparisons[i].diff), stroke: F.color(i) },
+        { label: "CI low", values: points.map((p) => p.comparisons[i].ci_low), stroke: F.color(i), dash: [4, 4], width: 1 },
+        { label: "CI high", values: points.map((p) => p.comparisons[i].ci_high), stroke: F.color(i), dash: [4, 4], width: 1 }]);
+      dSeries.push({ label: "0", values: xs.map(() => 0), stroke: "#98a2b3", dash: [2, 3], width: 1 });
+      diffBox.setAttribute("data-testid", "chart");
+      F.timeChart(diffBox, xs, dSeries);
     }
     async function bandit() {
       const r = await getJSON(`/experiments/${encodeURIComponent(name)}/bandit`);
@@ -264,12 +293,31 @@
         fmt(st.pulls?.[i] ? st.reward_sum[i] / st.pulls[i] : null), b.probabilities ? `${(b.probabilities[a] * 100).toFixed(1)}%` : "contextual"]));
       if (b.probabilities) {
         document.getElementById("probs").replaceChildren(F.barsSVG(arms.map((a) => ({ label: a, value: b.probabilities[a] })), { max: 1, format: (x) => `${(x * 100).toFixed(1)}%` }));
-        if (!alloc) alloc = F.lineChart(document.getElementById("chart-alloc"), arms.map((a, i) => ({ label: a, stroke: F.color(i) })));
-        alloc.push(Date.now() / 1000, arms.map((a) => b.probabilities[a]));
       }
     }
-    if (isBandit) { await bandit(); setInterval(() => bandit().catch(console.warn), 2000); }
-    else { await report(); setInterval(() => report().catch(console.warn), 3000); }
+    // The arm probabilities recorded at every state update (GET .../history).
+    let allocVersion = -1;
+    async function allocation() {
+      const r = await getJSON(`/experiments/${encodeURIComponent(name)}/history`);
+      const box = document.getElementById("chart-alloc");
+      const a = r.status === 200 ? r.body.allocation : null;
+      const pts = a?.points || [];
+      if (!pts.length) { box.removeAttribute("data-testid"); empty(box, r.body?.error || "No allocation recorded yet."); return; }
+      if (pts[pts.length - 1].version === allocVersion) return;
+      allocVersion = pts[pts.length - 1].version;
+      document.getElementById("alloc-note").textContent = `${pts.length} updates, version ${allocVersion}${a.contextual ? " · mean over each update's contexts" : ""}`;
+      box.setAttribute("data-testid", "chart");
+      F.timeChart(box, pts.map((p) => p.time), a.arms.map((arm, i) => ({ label: arm, values: pts.map((p) => p.probabilities[i]) })), { yRange: [0, 1] });
+    }
+    if (isBandit) {
+      await Promise.all([bandit(), allocation()]);
+      setInterval(() => bandit().catch(console.warn), 2000);
+      setInterval(() => allocation().catch(console.warn), 3000);
+    } else {
+      await Promise.all([report(), history()]);
+      setInterval(() => report().catch(console.warn), 3000);
+      setInterval(() => history().catch(console.warn), 10000);
+    }
     window.addEventListener("hashchange", () => location.reload());
   };
 })();
