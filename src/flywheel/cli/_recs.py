@@ -384,6 +384,88 @@ def _watch_job(project: Project, job_id: str, steps: int) -> None:
     console.print(f"{job_id} succeeded: registered models:/{job.model_version}")
 
 
+@app.command("train-ranker")
+def train_ranker_command(
+    config: ConfigOption = None,
+    end: Annotated[
+        str | None,
+        typer.Option(help="Use only purchases before this date (default: all ingested data)."),
+    ] = None,
+    cutoffs: Annotated[int, typer.Option(min=1, help="Training cut-off dates.")] = 4,
+    window_days: Annotated[
+        int, typer.Option(min=7, help="Label window after each cut-off, in days.")
+    ] = 28,
+    register: Annotated[str, typer.Option(help="Registered model name.")] = "recs-ranker",
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="Run the scheduler here until the job ends."),
+    ] = False,
+) -> None:
+    """Train the LightGBM LambdaRank ranker on the last `flywheel recs ingest`: build its
+    point-in-time training dataset in the feature store, submit a one-process training job
+    (tracked, registered on success) and, with --wait, run the scheduler until it ends (else
+    `flywheel scheduler run` or `flywheel up` runs it)."""
+    import contextlib
+    import time
+
+    from flywheel.errors import ConflictError
+    from flywheel.features import FeatureStore
+    from flywheel.recsys import RecsysError
+    from flywheel.recsys._ranker import RankerConfig, ranker_job_spec, write_ranker_dataset
+    from flywheel.training import Scheduler, TrainingService, scheduler_lock
+
+    project = open_project(config)
+    cfg = RankerConfig(cutoffs=cutoffs, window_days=window_days)
+    with progress_bar() as bar:
+        task = bar.add_task("building the ranker's training dataset", total=None)
+        name = write_ranker_dataset(
+            project,
+            config=cfg,
+            end=end,
+            progress=lambda message: bar.update(task, description=message),
+        )
+        bar.update(task, total=1, completed=1, description="dataset written")
+    store = FeatureStore(project)
+    try:
+        ds = store.get_training_dataset(name)
+    finally:
+        store.close()
+    console.print(f"training dataset {name}: {ds.row_count:,} rows (point-in-time join)")
+    job = TrainingService(project).submit(
+        ranker_job_spec(project, dataset=name, config=cfg, register=register)
+    )
+    console.print(f"submitted {job.id} (1 process, LightGBM LambdaRank)")
+    if not wait:
+        console.print("run `flywheel scheduler run` (or `flywheel up`) to train it")
+        return
+    scheduler = Scheduler(project)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(scheduler_lock(project))
+            ticking = True
+        except ConflictError:
+            console.print("another scheduler runs this project: watching the job")
+            ticking = False
+        with progress_bar() as bar:
+            task = bar.add_task("queued", total=None)
+            while True:
+                if ticking:
+                    scheduler.tick()
+                job = scheduler.store.get(job.id)
+                series = [v for k, _, v in scheduler.store.metrics(job.id)]
+                shown = f" NDCG@20 {max(series):.4f}" if series else ""
+                bar.update(task, description=f"{job.state.value}{shown}")
+                if job.state.terminal:
+                    break
+                time.sleep(0.5)
+    if job.state.value != "succeeded":
+        raise RecsysError(
+            f"ranker job {job.id} ended {job.state.value}: {job.reason}; "
+            f"see `flywheel jobs logs {job.id}`"
+        )
+    console.print(f"{job.id} succeeded: registered models:/{job.model_version}")
+
+
 def _load_transactions(
     data: Path | None, synthetic: bool, download: bool, users: int, items: int
 ) -> LoadedTransactions:

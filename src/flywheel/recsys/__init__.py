@@ -17,10 +17,15 @@ Public API (everything else is private):
   ``flywheel recs evaluate`` prints it;
 * online — ``feature_definitions`` / ``ingest`` (``IngestReport``) put the data into the feature
   store; ``OnlineRecommender`` (``RecsysSettings``, ``OnlineState``, ``Event``,
-  ``Recommendation``) answers ``GET /recommendations/{user_id}`` and records ``POST /events``.
+  ``Recommendation``) answers ``GET /recommendations/{user_id}`` and records ``POST /events``;
+* ranking — ``RankerConfig``, ``write_ranker_dataset`` (point-in-time training dataset in the
+  feature store), ``ranker_job_spec`` (the scheduled LightGBM LambdaRank job), ``fit_ranker``,
+  ``ranker_features`` (``RANKER_FEATURES``, one function for training and serving, over a
+  ``HistoryIndex`` / ``UserHistory`` and ``read_item_features`` / ``read_user_features``) and
+  ``RankerClient`` (scores through ``flywheel.serving`` in this process).
 
 Errors: ``RecsysError`` (root) > ``DataUnavailableError``, ``DataFormatError``,
-``EmptySplitError``.
+``EmptySplitError``, ``RankerUnavailable``.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -66,6 +71,7 @@ from flywheel.recsys._errors import (
     DataFormatError,
     DataUnavailableError,
     EmptySplitError,
+    RankerUnavailable,
     RecsysError,
 )
 from flywheel.recsys._evaluate import EvaluationReport, EvaluationRow, evaluate_offline
@@ -106,6 +112,20 @@ from flywheel.recsys._protocol import (
     build_train_data,
     validation_split,
 )
+from flywheel.recsys._ranker import (
+    RANKER_FEATURES,
+    RANKER_GENERATORS,
+    HistoryIndex,
+    RankerClient,
+    RankerConfig,
+    UserHistory,
+    ranker_features,
+    ranker_job_spec,
+    read_item_features,
+    read_user_features,
+    write_ranker_dataset,
+)
+from flywheel.recsys._ranker_train import FittedRanker, fit_ranker
 from flywheel.recsys._rerank import ExplorationLedger, for_sale, mmr, place_exploration
 from flywheel.recsys._state import NewItem, OnlineState
 from flywheel.recsys._synthetic import SyntheticConfig, generate_transactions
@@ -146,6 +166,8 @@ __all__ = [
     "NON_PRODUCT_CODES",
     "ONLINE_RETAIL_COLUMNS",
     "OR_T1_TRAIN_END",
+    "RANKER_FEATURES",
+    "RANKER_GENERATORS",
     "STRATEGIES",
     "TEXT_METHODS",
     "UCI_DATASET_URL",
@@ -164,6 +186,8 @@ __all__ = [
     "EvaluationRow",
     "Event",
     "ExplorationLedger",
+    "FittedRanker",
+    "HistoryIndex",
     "HybridBlend",
     "IngestReport",
     "ItemIndex",
@@ -174,6 +198,9 @@ __all__ = [
     "OnlineRecommender",
     "OnlineState",
     "Popularity",
+    "RankerClient",
+    "RankerConfig",
+    "RankerUnavailable",
     "Recommendation",
     "Recommender",
     "RecsysError",
@@ -187,6 +214,7 @@ __all__ = [
     "TwoTower",
     "TwoTowerConfig",
     "TwoTowerRetriever",
+    "UserHistory",
     "ViewMetrics",
     "blend",
     "build_split",
@@ -201,6 +229,7 @@ __all__ = [
     "evaluate_view",
     "feature_definitions",
     "find_data_file",
+    "fit_ranker",
     "for_sale",
     "generate_transactions",
     "hit_at_k",
@@ -213,7 +242,11 @@ __all__ = [
     "normalize_online_retail",
     "place_exploration",
     "rank_users",
+    "ranker_features",
+    "ranker_job_spec",
+    "read_item_features",
     "read_online_retail",
+    "read_user_features",
     "recall_at_k",
     "resolve_data_source",
     "top_k",
@@ -221,5 +254,6 @@ __all__ = [
     "two_tower_job_spec",
     "validation_split",
     "view_truth",
+    "write_ranker_dataset",
     "write_two_tower_dataset",
 ]

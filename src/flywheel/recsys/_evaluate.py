@@ -57,6 +57,7 @@ Progress = Callable[[str], None]
 """Called with a short description before each step (the CLI turns it into a progress bar)."""
 
 EASE_LAMBDAS: tuple[float, ...] = (100.0, 250.0, 500.0, 1000.0, 2000.0)
+RANKED_ROW = "ranked (LightGBM)"
 POOL_PER_GENERATOR = 50
 
 # Parameter grids tried on validation, per generator (small on purpose: 2 cores).
@@ -68,7 +69,7 @@ class EvaluationRow:
     """One model's metrics per view, with the parameters it ran with in that view."""
 
     name: str
-    kind: str  # "generator", "union", "hybrid" or "baseline"
+    kind: str  # "generator", "union", "hybrid", "ranked" or "baseline"
     metrics: dict[View, ViewMetrics]
     params: dict[View, dict[str, Any]]
     seconds: float = 0.0
@@ -162,19 +163,20 @@ class EvaluationReport:
                     f"- candidate pool recall ({view}, top {POOL_PER_GENERATOR} per generator): "
                     + parts
                 )
-        try:
-            hybrid = self.row("hybrid")
-        except KeyError:
-            return "\n".join(out)
-        for view in VIEWS:
-            if view not in hybrid.metrics:
+        for name in ("hybrid", RANKED_ROW):
+            try:
+                row = self.row(name)
+            except KeyError:
                 continue
-            best = self.best_baseline(view)
-            h, b = hybrid.metrics[view], best.metrics[view]
-            out.append(
-                f"- hybrid vs best baseline on {view} ({best.name}): "
-                f"R@{self.k} {_rel(h.recall, b.recall)}, N@{self.k} {_rel(h.ndcg, b.ndcg)}"
-            )
+            for view in VIEWS:
+                if view not in row.metrics:
+                    continue
+                best = self.best_baseline(view)
+                h, b = row.metrics[view], best.metrics[view]
+                out.append(
+                    f"- {name} vs best baseline on {view} ({best.name}): "
+                    f"R@{self.k} {_rel(h.recall, b.recall)}, N@{self.k} {_rel(h.ndcg, b.ndcg)}"
+                )
         return "\n".join(out)
 
 
@@ -258,9 +260,14 @@ def evaluate_offline(
     cache_dir: str | Path | None = None,
     baselines: bool = True,
     ials: bool = True,
+    ranker: bool = True,
     progress: Progress | None = None,
 ) -> EvaluationReport:
-    """Run the whole OR-T1 comparison on cleaned lines (``clean_transactions`` output)."""
+    """Run the whole OR-T1 comparison on cleaned lines (``clean_transactions`` output).
+
+    ``ranker`` adds the ranked pipeline (``ranked (LightGBM)``): the generators' union re-ranked
+    by the LambdaRank model, trained and early-stopped on cut-offs before ``train_end`` only.
+    """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
     say("splitting train / validation / test")
@@ -369,7 +376,11 @@ def evaluate_offline(
         )
     )
 
-    # 4. Baselines.
+    # 4. The ranked pipeline (candidate union re-ranked by the LightGBM ranker).
+    if ranker:
+        report.rows.append(_ranked_row(lines, split, say))
+
+    # 5. Baselines.
     if baselines:
         _run_baselines(report, split, val, ials, say)
     report.seconds = time.perf_counter() - started
@@ -393,6 +404,92 @@ def _recall_of_pool(
     rankings, truth = rank_users(score, split, view, k=size)
     values = [np.isin(t, r[r >= 0]).mean() for r, t in zip(rankings, truth, strict=True) if len(t)]
     return float(np.mean(values)) if values else 0.0
+
+
+def _ranked_row(lines: pd.DataFrame, split: Split, say: Progress) -> EvaluationRow:
+    """The union of the generators re-ranked by the LambdaRank ranker (``flywheel.recsys.
+    _ranker``): trained on cut-offs before ``split.train_end`` with a validation cut-off for
+    early stopping (never the test window), then applied at ``train_end`` to the test users.
+    Feature-store columns come from the same snapshot functions ``ingest`` writes."""
+    import pandas as pd
+
+    from flywheel.recsys._errors import RecsysError
+    from flywheel.recsys._ranker import (
+        RankerConfig,
+        _item_frame,
+        build_ranker_frame,
+        ranker_cutoffs,
+        ranker_matrix,
+        store_columns,
+    )
+    from flywheel.recsys._ranker_train import fit_ranker
+
+    t0 = time.perf_counter()
+    config = RankerConfig()
+    end = split.train_end
+    before = lines.loc[lines["InvoiceDate"] < end]
+    try:
+        cuts, valid = ranker_cutoffs(end, config)
+        if cuts[0] <= before["InvoiceDate"].min():
+            raise RecsysError("the first ranker cut-off is before the data starts")
+        say("ranker: training data from cut-offs before the test window")
+        catalogue = _item_frame(before)
+        frame, _ = build_ranker_frame(
+            before, [*cuts, valid], config, catalogue=catalogue, progress=say
+        )
+        frame = _with_store_columns(before, frame, catalogue, store_columns)
+        frame["split"] = np.where(
+            frame["event_timestamp"] == pd.Timestamp(valid).tz_localize("UTC"), "valid", "train"
+        )
+        say("ranker: fitting LightGBM (early stopping on the validation cut-off)")
+        fitted = fit_ranker(frame, config)
+        say("ranker: test")
+        users = split.train.users[split.test_users]
+        test, _ = build_ranker_frame(
+            before,
+            [end],
+            config,
+            catalogue=catalogue,
+            labelled_only=False,
+            users={pd.Timestamp(end): users},
+        )
+        test = _with_store_columns(before, test, catalogue, store_columns)
+    except RecsysError as exc:
+        return EvaluationRow(RANKED_ROW, "ranked", {}, {}, note=f"skipped: {exc}")
+    scores = fitted.predict(ranker_matrix(test))
+    train = split.train
+    user_rows = np.searchsorted(train.users, test["user_id"].to_numpy())
+    item_rows = np.searchsorted(train.items, test["item_id"].astype(str).to_numpy())
+    dense = np.full((train.n_users, train.n_items), -np.inf)
+    dense[user_rows, item_rows] = scores
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        return dense[rows]
+
+    params = {
+        "cutoffs": [f"{c:%Y-%m-%d}" for c in cuts],
+        "validation_cutoff": f"{valid:%Y-%m-%d}",
+        "best_iteration": fitted.best_iteration,
+        "valid_ndcg": round(fitted.valid_ndcg, 4),
+    }
+    return EvaluationRow(
+        RANKED_ROW,
+        "ranked",
+        {v: evaluate_view(score, split, v) for v in VIEWS},
+        {v: dict(params) for v in VIEWS},
+        time.perf_counter() - t0,
+        note=f"LambdaRank over the union of each generator's top {config.per_generator}",
+    )
+
+
+def _with_store_columns(
+    lines: pd.DataFrame, frame: pd.DataFrame, catalogue: pd.DataFrame, columns: Any
+) -> pd.DataFrame:
+    extra = columns(lines, frame, catalogue=catalogue)
+    for c in extra.columns:
+        if c not in frame.columns:
+            frame[c] = extra[c].to_numpy()
+    return frame
 
 
 def _run_baselines(
