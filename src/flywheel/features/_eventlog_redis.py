@@ -11,7 +11,15 @@ from typing import Any
 from flywheel.errors import ServiceUnavailable
 from flywheel.features._eventlog import Event
 from flywheel.features._online_redis import split_prefix
-from flywheel.features._resp import RespConnection, RespError, connection_args, pack
+from flywheel.features._resp import (
+    FastParser,
+    RespConnection,
+    RespError,
+    StreamEntries,
+    connection_args,
+    pack,
+    parse_stream_entries,
+)
 
 
 class RedisEventLog:
@@ -27,7 +35,9 @@ class RedisEventLog:
         self._fast_args = None if url.startswith("rediss") else connection_args(self.client)
         self._local = threading.local()
 
-    def _raw(self, packed: list[bytes], timeout: float = 10.0) -> list[Any]:
+    def _raw(
+        self, packed: list[bytes], timeout: float = 10.0, fast: FastParser | None = None
+    ) -> list[Any]:
         assert self._fast_args is not None
         conn: RespConnection | None = getattr(self._local, "conn", None)
         try:
@@ -35,7 +45,7 @@ class RedisEventLog:
                 conn = RespConnection(*self._fast_args)
                 self._local.conn = conn
             conn.set_timeout(timeout)
-            replies = conn.execute(packed)
+            replies = conn.execute(packed, fast)
         except (OSError, ConnectionError, ValueError) as exc:
             self._local.conn = None
             if conn is not None:
@@ -116,13 +126,24 @@ class RedisEventLog:
     ) -> list[Event]:
         head = [b"XREADGROUP", b"GROUP", group.encode(), consumer.encode(), b"COUNT", b"%d" % count]
         tail = [b"STREAMS", key.encode()]
-        (mine,) = self._raw([pack([*head, *tail, b"0"])])
-        events = self._events(mine[0][1]) if mine else []
+        (mine,) = self._raw([pack([*head, *tail, b"0"])], fast=parse_stream_entries)
+        events = self._reply_events(mine)
         if events:
             return events
         block = [b"BLOCK", b"%d" % max(1, block_ms)] if block_ms > 0 else []
-        (new,) = self._raw([pack([*head, *block, *tail, b">"])], timeout=block_ms / 1000 + 10)
-        return self._events(new[0][1]) if new else []
+        (new,) = self._raw(
+            [pack([*head, *block, *tail, b">"])],
+            timeout=block_ms / 1000 + 10,
+            fast=parse_stream_entries,
+        )
+        return self._reply_events(new)
+
+    @classmethod
+    def _reply_events(cls, reply: Any) -> list[Event]:
+        """Events of an ``XREADGROUP`` reply (parsed fast or generically) for one stream."""
+        if isinstance(reply, StreamEntries):
+            return [(i.decode(), p) for i, p in reply]
+        return cls._events(reply[0][1]) if reply else []
 
     def ack(self, stream: str, group: str, ids: Sequence[str]) -> None:
         if ids and self._fast_args is not None:

@@ -3,7 +3,10 @@
 The value is the event time as 18 decimal digits (µs since the epoch plus 10^17, so that string
 order is time order) followed by the payload. Reads of any number of keys over any tables are
 one ``MGET``; writes go through a Lua script that keeps the newest event time, in pipelined
-batches; ``transact`` uses ``WATCH``/``MULTI`` optimistic concurrency.
+batches. ``transact`` is optimistic concurrency in two round trips: ``MGET``, then a Lua
+compare-and-set that writes only if every key read still has the value read, else the update
+runs again on fresh values. (``WATCH`` on thousands of keys costs O(keys²) in Redis: ~0.25 s
+for 4,000 keys.)
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from flywheel.errors import ServiceUnavailable
 from flywheel.features._online import Row
-from flywheel.features._resp import RespConnection, RespError, connection_args, pack
+from flywheel.features._resp import (
+    FastParser,
+    RespConnection,
+    RespError,
+    connection_args,
+    pack,
+    parse_bulk_array,
+)
 
 TS_OFFSET = 10**17
 TS_WIDTH = 18
@@ -30,6 +40,37 @@ for i = 1, #KEYS do
   end
 end
 return #KEYS
+"""
+
+# ARGV[1] = n keys to check; ARGV[2..n+1] = the values read ('' = absent; stored values never
+# are empty); then pairs (index into KEYS, new value). Writes every pair only if none of the
+# checked keys changed, and returns 1; else 0. Reads and writes 1,000 keys per MGET / MSET
+# (one redis.call per key costs ~3x more; unpack() takes at most ~8,000 values).
+_COMPARE_AND_SET = """
+local n = tonumber(ARGV[1])
+for s = 1, n, 1000 do
+  local e = math.min(s + 999, n)
+  local cur = redis.call('MGET', unpack(KEYS, s, e))
+  for i = s, e do
+    local c = cur[i - s + 1]
+    if c then
+      if c ~= ARGV[i + 1] then return 0 end
+    elseif ARGV[i + 1] ~= '' then
+      return 0
+    end
+  end
+end
+local m = {}
+for j = n + 2, #ARGV, 2 do
+  m[#m + 1] = KEYS[tonumber(ARGV[j])]
+  m[#m + 1] = ARGV[j + 1]
+  if #m >= 2000 then
+    redis.call('MSET', unpack(m))
+    m = {}
+  end
+end
+if #m > 0 then redis.call('MSET', unpack(m)) end
+return 1
 """
 
 
@@ -89,6 +130,7 @@ class RedisOnlineStore:
         self.client = redis.Redis.from_url(clean, socket_connect_timeout=5)
         self._script = self.client.register_script(_KEEP_NEWEST)
         self._script_loaded = False
+        self._cas = self.client.register_script(_COMPARE_AND_SET)
         # Only plain TCP gets the fast path; TLS and unix sockets go through redis-py.
         self._fast_args = None if url.startswith("rediss") else connection_args(self.client)
         self._local = threading.local()
@@ -162,7 +204,7 @@ class RedisOnlineStore:
             out.append([_decode(r) for r in part])
         return out
 
-    def _raw(self, packed: list[bytes]) -> list[Any]:
+    def _raw(self, packed: list[bytes], fast: FastParser | None = None) -> list[Any]:
         """Run pre-packed commands on this thread's raw connection (reconnecting if needed)."""
         assert self._fast_args is not None
         conn: RespConnection | None = getattr(self._local, "conn", None)
@@ -170,7 +212,7 @@ class RedisOnlineStore:
             if conn is None:
                 conn = RespConnection(*self._fast_args)
                 self._local.conn = conn
-            return conn.execute(packed)
+            return conn.execute(packed, fast)
         except (OSError, ConnectionError, ValueError) as exc:
             self._local.conn = None
             if conn is not None:
@@ -183,7 +225,7 @@ class RedisOnlineStore:
                 return list(self.client.mget(keys))
             except self._redis_module.ConnectionError as exc:
                 raise self._unavailable(exc) from None
-        (reply,) = self._raw([pack([b"MGET", *[k.encode() for k in keys]])])
+        (reply,) = self._raw([pack([b"MGET", *[k.encode() for k in keys]])], parse_bulk_array)
         if isinstance(reply, RespError):
             raise self._unavailable(reply)
         return list(reply)
@@ -201,27 +243,31 @@ class RedisOnlineStore:
         if self._fast_args is None:
             self._transact_slow(table, keys, update)
             return
+        index = {k: i for i, k in enumerate(keys)}
         while True:
-            _, raw = self._raw([pack([b"WATCH", *full]), pack([b"MGET", *full])])
+            (raw,) = self._raw([pack([b"MGET", *full])], parse_bulk_array)
             if isinstance(raw, RespError):
                 raise self._unavailable(raw)
-            try:
-                new = update({k: _decode(r) for k, r in zip(keys, raw, strict=True)})
-            except BaseException:
-                self._raw([pack([b"UNWATCH"])])
-                raise
+            new = update({k: _decode(r) for k, r in zip(keys, raw, strict=True)})
             if not new:
-                self._raw([pack([b"UNWATCH"])])
                 return
-            args = [b"MSET"]
+            extra = [k for k in new if k not in index]
+            args = [b"EVALSHA", self._cas.sha.encode(), b"%d" % (len(full) + len(extra)), *full]
+            args += [self._key(table, k).encode() for k in extra]
+            args.append(b"%d" % len(full))
+            args += [b"" if r is None else r for r in raw]
             for k, (ts, v) in new.items():
-                args += [self._key(table, k).encode(), encode_ts(ts) + v]
-            replies = self._raw([pack([b"MULTI"]), pack(args), pack([b"EXEC"])])
-            for r in replies:
-                if isinstance(r, RespError):
-                    raise self._unavailable(r)
-            if replies[-1] is not None:  # None: a watched key changed; run update again
+                pos = index[k] if k in index else len(full) + extra.index(k)
+                args += [b"%d" % (pos + 1), encode_ts(ts) + v]
+            (reply,) = self._raw([pack(args)])
+            if isinstance(reply, RespError):
+                if str(reply).startswith("NOSCRIPT"):  # after a restart or SCRIPT FLUSH
+                    self._raw([pack([b"SCRIPT", b"LOAD", _COMPARE_AND_SET.encode()])])
+                    continue
+                raise self._unavailable(reply)
+            if reply == 1:
                 return
+            # 0: a key changed since it was read (another writer); read and update again
 
     def _transact_slow(
         self,

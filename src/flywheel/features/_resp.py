@@ -2,16 +2,22 @@
 
 redis-py encodes each argument and parses each reply element in Python (~1-8 µs apiece); for
 commands with thousands of elements that dominates. This sends pre-packed commands in one
-write and parses replies with ``bytes.find``. One connection per thread; any socket error
-closes it and the caller reconnects.
+write and parses all their replies in one pass over ``bytes.split(b"\r\n")`` (C speed), so a
+reply element costs a few bytecodes (~0.2 µs); a bulk string that itself holds CRLF is
+rejoined by its declared length. One connection per thread; any socket error closes it and the
+caller reconnects.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+# A fast parser for one known reply shape: (value, end position), or None to use the generic one.
+FastParser = Callable[[bytes, int], "tuple[Any, int] | None"]
 
 
 class RespError(Exception):
@@ -61,44 +67,24 @@ class RespConnection:
         else:
             self.buf += chunk
 
-    def _line(self) -> bytes:
-        end = self.buf.find(b"\r\n", self.pos)
-        while end < 0:
-            self._more()
-            end = self.buf.find(b"\r\n", self.pos)
-        line = self.buf[self.pos : end]
-        self.pos = end + 2
-        return line
+    def execute(self, packed: Sequence[bytes], fast: FastParser | None = None) -> list[Any]:
+        """Send packed commands in one write; return their replies (errors as ``RespError``).
 
-    def _reply(self) -> Any:
-        line = self._line()
-        kind = line[:1]
-        if kind == b"$":
-            size = int(line[1:])
-            if size < 0:
-                return None
-            while len(self.buf) < self.pos + size + 2:
-                self._more()
-            data = self.buf[self.pos : self.pos + size]
-            self.pos += size + 2
-            return data
-        if kind == b"*":
-            n = int(line[1:])
-            if n < 0:
-                return None
-            return [self._reply() for _ in range(n)]
-        if kind == b":":
-            return int(line[1:])
-        if kind == b"+":
-            return line[1:]
-        if kind == b"-":
-            return RespError(line[1:].decode(errors="replace"))
-        raise ConnectionError(f"unexpected reply {line[:40]!r}")
-
-    def execute(self, packed: Sequence[bytes]) -> list[Any]:
-        """Send packed commands in one write; return their replies (errors as ``RespError``)."""
+        ``fast``: a parser for the reply of a single command of a known shape, tried first.
+        """
         self.sock.sendall(b"".join(packed))
-        out = [self._reply() for _ in packed]
+        n = len(packed)
+        while True:
+            if len(self.buf) > self.pos and self.buf.endswith(b"\r\n"):
+                one = fast(self.buf, self.pos) if fast is not None and n == 1 else None
+                if one is not None:
+                    out, self.pos = [one[0]], one[1]
+                    break
+                parsed = parse_replies(self.buf, self.pos, n)
+                if parsed is not None:
+                    out, self.pos = parsed
+                    break
+            self._more()
         if self.pos == len(self.buf):
             self.buf, self.pos = b"", 0
         return out
@@ -119,3 +105,140 @@ def connection_args(client: Any) -> tuple[str, int, int, str | None, str | None]
         kw.get("password"),
         kw.get("username"),
     )
+
+
+def parse_replies(buf: bytes, start: int, n: int) -> tuple[list[Any], int] | None:
+    """Parse ``n`` RESP2 replies from ``buf[start:]``: (replies, end position), or ``None`` if
+    the buffer does not hold all of them yet. Raises ``ConnectionError`` on a malformed reply."""
+    toks = (buf[start:] if start else buf).split(b"\r\n")
+    end = len(toks) - 1  # the last piece is not CRLF-terminated (b"" when buf ends in CRLF)
+    i = 0
+    out: list[Any] = []
+    stack: list[list[Any]] = []  # [elements still expected, elements so far]
+    val: Any
+    while len(out) < n:
+        if i >= end:
+            return None
+        tok = toks[i]
+        i += 1
+        c = tok[:1]
+        if c == b"$":
+            size = int(tok[1:])
+            if size < 0:
+                val = None
+            else:
+                if i >= end:
+                    return None
+                val = toks[i]
+                i += 1
+                if len(val) != size:  # the data holds CRLF: rejoin pieces up to its length
+                    parts = [val]
+                    total = len(val)
+                    while total < size:
+                        if i >= end:
+                            return None
+                        parts.append(toks[i])
+                        total += 2 + len(toks[i])
+                        i += 1
+                    val = b"\r\n".join(parts)
+                    if len(val) != size:
+                        raise ConnectionError(f"bulk string of {len(val)} bytes, expected {size}")
+        elif c == b"*":
+            count = int(tok[1:])
+            if count > 0:
+                stack.append([count, []])
+                continue
+            val = None if count < 0 else []
+        elif c == b":":
+            val = int(tok[1:])
+        elif c == b"+":
+            val = tok[1:]
+        elif c == b"-":
+            val = RespError(tok[1:].decode(errors="replace"))
+        else:
+            raise ConnectionError(f"unexpected reply {tok[:40]!r}")
+        while stack:  # attach to the open arrays, closing those that are complete
+            top = stack[-1]
+            top[1].append(val)
+            top[0] -= 1
+            if top[0]:
+                break
+            val = top[1]
+            stack.pop()
+        else:
+            out.append(val)
+    return out, start + sum(map(len, toks[:i])) + 2 * i
+
+
+_ARRAY = re.compile(rb"\*(\d+)\r\n")
+_BULK = re.compile(rb"\$(-1|\d+)\r\n")
+
+
+def parse_bulk_array(buf: bytes, pos: int) -> tuple[list[bytes | None], int] | None:
+    """An array of bulk strings or nils (an ``MGET`` reply), one regex match per element."""
+    m = _ARRAY.match(buf, pos)
+    if m is None:
+        return None
+    pos = m.end()
+    match = _BULK.match
+    out: list[bytes | None] = []
+    append = out.append
+    for _ in range(int(m.group(1))):
+        b = match(buf, pos)
+        if b is None:
+            return None
+        size = int(b.group(1))
+        if size < 0:
+            append(None)
+            pos = b.end()
+            continue
+        start = b.end()
+        pos = start + size + 2
+        if buf[pos - 2 : pos] != b"\r\n":
+            return None  # not all here yet (or not this shape)
+        append(buf[start : pos - 2])
+    return out, pos
+
+
+_STREAM = re.compile(rb"\*1\r\n\*2\r\n\$(\d+)\r\n")
+
+
+class StreamEntries(list[tuple[bytes, bytes]]):
+    """``[(id, payload), ...]`` parsed by ``parse_stream_entries``."""
+
+
+def parse_stream_entries(buf: bytes, pos: int) -> tuple[StreamEntries, int] | None:
+    """An ``XREADGROUP`` reply for one stream whose entries all have the one field ``p``, as
+    ``[(id, payload), ...]``; None for anything else (or not all here yet).
+
+    Each entry is 8 CRLF-separated pieces (``*2``, ``$n``, id, ``*2``, ``$1``, ``p``, ``$n``,
+    payload), so one ``split`` and a few slices parse them all at C speed. The shape is checked
+    piece by piece and every payload's length against its header: a payload holding CRLF (or a
+    deleted entry) makes the check fail and the generic parser takes over.
+    """
+    m = _STREAM.match(buf, pos)
+    if m is None:
+        return None
+    pos = m.end() + int(m.group(1)) + 2  # skip the stream's name
+    m = _ARRAY.match(buf, pos)
+    if m is None:
+        return None
+    count = int(m.group(1))
+    pos = m.end()
+    if count == 0:
+        return StreamEntries(), pos
+    toks = buf[pos:].split(b"\r\n", 8 * count)
+    if len(toks) <= 8 * count:
+        return None  # not all here yet
+    payloads = toks[7 : 8 * count : 8]
+    heads = toks[6 : 8 * count : 8]
+    if (
+        toks[0 : 8 * count : 8].count(b"*2") != count
+        or toks[3 : 8 * count : 8].count(b"*2") != count
+        or toks[5 : 8 * count : 8].count(b"p") != count
+        or toks[4 : 8 * count : 8].count(b"$1") != count
+        or [len(p) for p in payloads] != [int(h[1:]) for h in heads]
+    ):
+        return None
+    end = len(buf) - len(toks[-1])  # everything before the unsplit remainder
+    return StreamEntries(zip(toks[2 : 8 * count : 8], payloads, strict=True)), end

@@ -52,15 +52,25 @@ def default_consumer_name(index: int = 0) -> str:
     return f"{socket.gethostname()}-{index}"
 
 
-def _write_archive(folder: Path, name: str, rows: list[dict[str, Any]]) -> None:
-    """Write ``rows`` as ``folder/name.parquet`` atomically (a retry overwrites the same file)."""
+def _write_archive(folder: Path, name: str, events: list[tuple[str, int, dict[str, Any]]]) -> None:
+    """Write ``(event id, ts, row)`` events as ``folder/name.parquet`` atomically (a retry
+    overwrites the same file): the rows' fields (all that any row has), ``__ts``, ``__event_id``.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    first = events[0][2].keys()
+    if all(row.keys() == first for _, _, row in events):
+        names = list(first)
+    else:
+        names = list(dict.fromkeys(k for _, _, row in events for k in row))
+    columns: dict[str, Any] = {k: [row.get(k) for _, _, row in events] for k in names}
+    columns["__ts"] = [ts for _, ts, _ in events]
+    columns["__event_id"] = [eid for eid, _, _ in events]
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}.parquet"
     tmp = folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    pq.write_table(pa.table(columns), tmp)
     os.replace(tmp, target)
 
 
@@ -155,10 +165,12 @@ class StreamProcessor:
         specs = agg_specs(view)
         lateness_us = int(view.allowed_lateness * 1_000_000)
         by_key: dict[str, list[tuple[str, int, dict[str, Any]]]] = {}
+        single = keys[0] if len(keys) == 1 else None
+        newest: int | None = None
         for log_id, row in decoded:
             try:
-                if len(keys) == 1:
-                    v = row[keys[0]]
+                if single is not None:
+                    v = row[single]
                     key = v if isinstance(v, str) else str(int(v))
                 else:
                     key = "\x1f".join(
@@ -168,14 +180,20 @@ class StreamProcessor:
             except (KeyError, TypeError, ValueError):
                 continue  # push validated rows; anything else in the log is not ours to apply
             eid = str(row.get(id_field) or log_id) if id_field else log_id
-            by_key.setdefault(key, []).append((eid, ts, row))
+            evs = by_key.get(key)
+            if evs is None:
+                by_key[key] = [(eid, ts, row)]
+            else:
+                evs.append((eid, ts, row))
+            if newest is None or ts > newest:
+                newest = ts
         counts = {"applied": 0, "duplicates": 0, "late": 0}
         archive_dir = self.store.stream_archive(view.ref)
         safe_name = f"{first_id}_{last_id}".replace(":", "-")
 
         def update(current: Mapping[str, Row | None]) -> dict[str, Row]:
             new: dict[str, Row] = {}
-            archived: list[dict[str, Any]] = []
+            archived: list[tuple[str, int, dict[str, Any]]] = []
             applied_n = dup_n = late_n = 0
             for key, evs in by_key.items():
                 cur = current.get(key)
@@ -184,10 +202,11 @@ class StreamProcessor:
                 applied_n += len(applied)
                 dup_n += len(dups)
                 late_n += late
-                keep = set(applied) | set(dups)
-                for eid, ts, row in evs:
-                    if eid in keep:
-                        archived.append({**row, "__ts": ts, "__event_id": eid})
+                if not late:
+                    archived += evs  # applied now or before: archived (again) either way
+                else:
+                    keep = set(applied) | set(dups)
+                    archived += [ev for ev in evs if ev[0] in keep]
                 if applied:
                     new[key] = (int(state["hw"]), dump_state(state))
             if self.archive and archived:
@@ -204,7 +223,6 @@ class StreamProcessor:
             m["events"].labels(view.source.name, "late_dropped").inc(counts["late"])
         if counts["duplicates"]:
             m["events"].labels(view.source.name, "duplicate").inc(counts["duplicates"])
-        newest = max((ts for evs in by_key.values() for _, ts, _ in evs), default=None)
         if newest is not None:
             m["freshness"].labels(view.ref).set(max(0.0, time.time() - newest / 1e6))
 

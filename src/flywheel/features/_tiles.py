@@ -60,35 +60,49 @@ def dump_state(state: dict[str, Any]) -> bytes:
     return orjson.dumps(state)
 
 
-def _order(ts: int, eid: str) -> tuple[int, str]:
-    return (ts, eid)
-
-
-def _add(fn: str, partial: Any, value: Any, ts: int, eid: str, n: int) -> Any:
+def _add_many(fn: str, partial: Any, values: list[tuple[Any, int, str]], n: int) -> Any:
+    """Fold ``(value, ts, event id)`` into a tile's partial, in order: the same result as adding
+    them one at a time (float sums add left to right), whatever the batch boundaries."""
     if fn == "count":
-        return (partial or 0) + 1
-    if value is None:
-        return partial
+        return (partial or 0) + len(values)
     if fn == "sum":
-        return value if partial is None else partial + value
+        for value, _, _ in values:
+            if value is not None:
+                partial = value if partial is None else partial + value
+        return partial
     if fn == "mean":
-        return [value, 1] if partial is None else [partial[0] + value, partial[1] + 1]
+        for value, _, _ in values:
+            if value is not None:
+                partial = [value, 1] if partial is None else [partial[0] + value, partial[1] + 1]
+        return partial
     if fn == "min":
-        return value if partial is None or value < partial else partial
+        for value, _, _ in values:
+            if value is not None and (partial is None or value < partial):
+                partial = value
+        return partial
     if fn == "max":
-        return value if partial is None or value > partial else partial
+        for value, _, _ in values:
+            if value is not None and (partial is None or value > partial):
+                partial = value
+        return partial
     if fn == "last":
-        if partial is None or _order(ts, eid) > _order(partial[0], partial[1]):
-            return [ts, eid, value]
+        for value, ts, eid in values:
+            if value is not None and (partial is None or (ts, eid) > (partial[0], partial[1])):
+                partial = [ts, eid, value]
         return partial
     if fn == "count_distinct":
-        if partial is None:
-            return [value]
-        if value not in partial:
-            partial.append(value)
+        for value, _, _ in values:
+            if value is None:
+                continue
+            if partial is None:
+                partial = [value]
+            elif value not in partial:
+                partial.append(value)
         return partial
     if fn == "last_n":
-        items = [*(partial or []), [ts, eid, value]]
+        items = [*(partial or []), *([ts, eid, v] for v, ts, eid in values if v is not None)]
+        if not items:
+            return partial
         items.sort(key=lambda x: (x[0], x[1]), reverse=True)
         return items[:n]
     raise ValueError(fn)  # pragma: no cover
@@ -102,31 +116,74 @@ def apply_events(
 ) -> tuple[list[str], list[str], int]:
     """Apply ``(event_id, ts_us, row)`` events to one entity's state, in order.
 
-    Returns (ids applied now, ids already applied before, number dropped as late).
+    Returns (ids applied now, ids already applied before, number dropped as late). First the
+    events are sorted out in order (duplicate, late against the high-water mark so far, or
+    applied), then each aggregation folds the applied ones into their tiles, tile by tile.
     """
     ids: dict[str, int] = state["ids"]
-    aggs: dict[str, dict[str, Any]] = state["a"]
     applied: list[str] = []
     duplicate: list[str] = []
+    accepted: list[tuple[str, int, dict[str, Any]]] = []
     late = 0
-    for eid, ts, row in events:
+    hw0 = hw = state["hw"]
+    for ev in events:
+        eid = ev[0]
         if eid in ids:
             duplicate.append(eid)
             continue
-        hw = state["hw"]
+        ts = ev[1]
         if hw is not None and ts < hw - lateness_us:
             late += 1
             continue
-        for s in specs:
-            tiles = aggs.setdefault(s.name, {})
-            idx = str(ts // s.tile_us)
-            tiles[idx] = _add(s.function, tiles.get(idx), row.get(s.column), ts, eid, s.n)
         ids[eid] = ts
         applied.append(eid)
+        accepted.append(ev)
         if hw is None or ts > hw:
-            state["hw"] = ts
-    _prune(state, specs, lateness_us)
+            hw = ts
+    state["hw"] = hw
+    if accepted:
+        _fold(state["a"], specs, accepted)
+    if hw != hw0:  # the mark only moves with the high-water mark; otherwise nothing to prune
+        _prune(state, specs, lateness_us)
     return applied, duplicate, late
+
+
+def _fold(
+    aggs: dict[str, dict[str, Any]],
+    specs: Sequence[AggSpec],
+    events: list[tuple[str, int, dict[str, Any]]],
+) -> None:
+    """Fold applied events into every aggregation's tiles (one entity, events in order)."""
+    if len(events) == 1:  # the common case in a busy stream: one event per entity per batch
+        eid, ts, row = events[0]
+        for s in specs:
+            tiles = aggs.get(s.name)
+            if tiles is None:
+                tiles = aggs[s.name] = {}
+            idx = str(ts // s.tile_us)
+            if s.function == "count":
+                tiles[idx] = tiles.get(idx, 0) + 1
+            else:
+                value = [(row.get(s.column), ts, eid)]
+                tiles[idx] = _add_many(s.function, tiles.get(idx), value, s.n)
+        return
+    by_tile_size: dict[int, dict[str, list[tuple[str, int, dict[str, Any]]]]] = {}
+    for s in specs:
+        groups = by_tile_size.get(s.tile_us)
+        if groups is None:
+            groups = by_tile_size[s.tile_us] = {}
+            for ev in events:
+                groups.setdefault(str(ev[1] // s.tile_us), []).append(ev)
+        tiles = aggs.get(s.name)
+        if tiles is None:
+            tiles = aggs[s.name] = {}
+        col = s.column
+        for idx, evs in groups.items():
+            if s.function == "count":
+                tiles[idx] = tiles.get(idx, 0) + len(evs)
+            else:
+                values = [(row.get(col), ts, eid) for eid, ts, row in evs]
+                tiles[idx] = _add_many(s.function, tiles.get(idx), values, s.n)
 
 
 def _prune(state: dict[str, Any], specs: Sequence[AggSpec], lateness_us: int) -> None:
