@@ -430,7 +430,10 @@ def ranker_cutoffs(
             return t
         before = align[align <= t]
         if not len(before):
-            raise RecsysError(f"ranker: no feature snapshot at or before {t:%Y-%m-%d}")
+            raise RecsysError(
+                f"ranker: a cut-off on {t:%Y-%m-%d} is before the data's first weekly snapshot; "
+                "use fewer cutoffs or a shorter window"
+            )
         return pd.Timestamp(before[-1])
 
     valid = snap(pd.Timestamp(end) - window)
