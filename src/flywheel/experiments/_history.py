@@ -95,8 +95,8 @@ class History:
             arms = self.allocation["arms"]
             table = Table("time", "version", *arms, title="allocation", box=box.SIMPLE_HEAD)
             for p in self.allocation["points"]:
-                table.add_row(
-                    p["at"][:19], str(p["version"]), *[f"{x:.1%}" for x in p["probabilities"]]
+                table.add_row(  # updates come fast: milliseconds
+                    p["at"][:23], str(p["version"]), *[f"{x:.1%}" for x in p["probabilities"]]
                 )
             out.append(table)
         return out
