@@ -529,6 +529,25 @@ class OnlineRecommender:
         values = np.clip(np.asarray(scores[0][: len(rows)], dtype=np.float64), 1e-6, None)
         return np.asarray(rows, dtype=np.int64), values
 
+    def _history_content(self, user_id: int, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Content candidates as ``ContentSimilarity`` defines them offline: cosine to the
+        user's purchase profile weighted by 0.5 ** (age / 60 days)."""
+        st = self.state
+        row = st.user_index.get(user_id)
+        if row is None or st.repeat is None or st.content_index is None:
+            return None
+        w = st.repeat._weights[row]
+        if not w.nnz:
+            return None
+        profile = np.asarray(w.data, dtype=np.float32) @ st.content[w.indices]
+        norm = float(np.linalg.norm(profile))
+        if norm == 0:
+            return None
+        ids, scores = st.content_index.search((profile / norm)[None, :].astype(np.float32), n)
+        pairs = [(st.item_index[i], float(v)) for i, v in zip(ids[0], scores[0], strict=False)]
+        rows = np.asarray([r for r, _ in pairs], dtype=np.int64)
+        return rows, np.asarray([v for _, v in pairs], dtype=np.float64)
+
     def _popularity(self, n: int) -> Gens:
         return {"popularity": self.state.popularity_top(n)}
 
@@ -601,6 +620,12 @@ class OnlineRecommender:
             cands = {
                 g: (gens[g][0][:depth], gens[g][1][:depth]) for g in RANKER_GENERATORS if g in gens
             }
+            # The ranker's content feature has its training definition: the time-decayed purchase
+            # profile (the retrieval generator above also follows the session and the anchor).
+            cands.pop("content", None)
+            history_content = self._history_content(user_id, depth)
+            if history_content is not None:
+                cands["content"] = history_content
             features = ranker_features(
                 ctx.rfm,
                 cands,
