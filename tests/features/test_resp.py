@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
 from flywheel.features._eventlog import open_event_log
 from flywheel.features._online import open_online_store
 from flywheel.features._resp import (
@@ -42,6 +46,11 @@ def test_fast_parsers_match_the_generic_one_or_step_aside() -> None:
     assert parse_bulk_array(arr, 0) == (values, len(arr))
     assert parse_replies(arr, 0, 1) == ([values], len(arr))
     assert all(parse_bulk_array(arr[:cut], 0) is None for cut in range(len(arr)))
+    plain = [b"a" * 20, None, b"", b"{}"]
+    arr = b"*4\r\n" + b"".join(b"$-1\r\n" if v is None else _bulk(v) for v in plain)
+    assert parse_bulk_array(arr, 0) == (plain, len(arr))
+    assert parse_bulk_array(arr + b"+OK\r\n", 0) == (plain, len(arr))  # more after it
+    assert all(parse_bulk_array(arr[:cut], 0) is None for cut in range(len(arr)))
 
     entries = [(b"1-0", b'{"a":1}'), (b"1-1", b"")]
     reply = b"*1\r\n*2\r\n" + _bulk(b"stream:s") + b"*2\r\n" + b"".join(_entry(*e) for e in entries)
@@ -80,3 +89,29 @@ def test_payloads_with_crlf_round_trip(backend: dict[str, str]) -> None:
     finally:
         log.close()
         store.close()
+
+
+@pytest.mark.integration
+def test_close_closes_the_connections_of_every_thread(redis_url: str, redis_prefix: str) -> None:
+    url = f"{redis_url}?prefix={redis_prefix}"
+    store = open_online_store(url, namespace="t")
+    log = open_event_log(url, namespace="t")
+    store.write("t", [("1", 1, b"x")])
+    log.append("s", [b"e"])
+
+    def use() -> None:
+        assert store.read([("t", ["1"])]) == [[(1, b"x")]]
+        assert log.lag("s", "g") == 1 and log.read("s", "g", "c", 10, 0)
+
+    with ThreadPoolExecutor(3) as pool:  # threads that stay alive, as in a server
+        for f in [pool.submit(use) for _ in range(6)]:
+            f.result()
+        conns = [*store._conns._open, *log._conns._open]  # type: ignore[attr-defined]
+        assert len(conns) >= 3 and all(c.sock.fileno() >= 0 for c in conns)
+        store.close()
+        log.close()
+        assert all(c.sock.fileno() == -1 for c in conns)
+        # Used again after close (from any thread): a fresh connection.
+        pool.submit(use).result()
+        store.close()
+        log.close()

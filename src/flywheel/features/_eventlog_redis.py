@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +12,7 @@ from flywheel.features._eventlog import Event
 from flywheel.features._online_redis import split_prefix
 from flywheel.features._resp import (
     FastParser,
+    PerThread,
     RespConnection,
     RespError,
     StreamEntries,
@@ -33,23 +33,19 @@ class RedisEventLog:
         self.client = redis.Redis.from_url(clean, socket_connect_timeout=5)
         self._groups: set[tuple[str, str]] = set()
         self._fast_args = None if url.startswith("rediss") else connection_args(self.client)
-        self._local = threading.local()
+        self._conns = PerThread(self._fast_args) if self._fast_args is not None else None
 
     def _raw(
         self, packed: list[bytes], timeout: float = 10.0, fast: FastParser | None = None
     ) -> list[Any]:
-        assert self._fast_args is not None
-        conn: RespConnection | None = getattr(self._local, "conn", None)
+        assert self._conns is not None
+        conn: RespConnection | None = None
         try:
-            if conn is None:
-                conn = RespConnection(*self._fast_args)
-                self._local.conn = conn
+            conn = self._conns.get()
             conn.set_timeout(timeout)
             replies = conn.execute(packed, fast)
         except (OSError, ConnectionError, ValueError) as exc:
-            self._local.conn = None
-            if conn is not None:
-                conn.close()
+            self._conns.discard(conn)
             raise ServiceUnavailable(f"event log (Redis) unreachable: {exc}") from None
         for r in replies:
             if isinstance(r, RespError):
@@ -193,8 +189,7 @@ class RedisEventLog:
         return int(self._call(self.client.xlen, key))
 
     def close(self) -> None:
-        conn: RespConnection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        """Close every connection this log opened, in any thread (later use reconnects)."""
+        if self._conns is not None:
+            self._conns.close_all()
         self.client.close()

@@ -99,26 +99,27 @@ def _decode_view(
 ) -> None:
     ttl_us = int(view.ttl * 1_000_000) if view.ttl else None
     loads = orjson.loads
-    decoded: list[list[Any] | None] = []
-    st: list[str] = []
-    ts_list: list[int | None] = []
-    for r in rows:
-        if r is None:
-            decoded.append(None)
-            st.append(MISSING)
-            ts_list.append(None)
-        elif ttl_us is not None and now - r[0] > ttl_us:
-            decoded.append(None)
-            st.append(EXPIRED)
-            ts_list.append(r[0])
-        else:
-            decoded.append(loads(r[1]))
-            st.append(PRESENT)
-            ts_list.append(r[0])
-    positions = {f.name: (i, f.dtype) for i, f in enumerate(view.schema)}
+    width = len(view.schema)
+    empty = [None] * width
+    ts_list = [None if r is None else r[0] for r in rows]
+    if ttl_us is None:
+        st = [MISSING if r is None else PRESENT for r in rows]
+    else:
+        oldest = now - ttl_us  # older event times are expired
+        st = [MISSING if r is None else (EXPIRED if r[0] < oldest else PRESENT) for r in rows]
+    decoded = [
+        loads(r[1]) if r is not None and s is PRESENT else empty
+        for r, s in zip(rows, st, strict=True)
+    ]
+    if decoded and not (min(map(len, decoded)) == width == max(map(len, decoded))):
+        # Rows written before fields were added (or after some were removed): pad / cut.
+        decoded = [v if len(v) == width else (v + empty)[:width] for v in decoded]
+    # One transposition at C speed instead of a pass per feature.
+    positions = sel.positions
+    by_position = list(zip(*decoded, strict=True)) if decoded else [()] * width
     for feat in sel.features:
         p, dtype = positions[feat]
-        col = [v[p] if v is not None and p < len(v) else None for v in decoded]
+        col = list(by_position[p])
         if dtype == "timestamp":
             col = [us_to_datetime(x) for x in col]
         out = f"{view.name}__{feat}" if full else feat

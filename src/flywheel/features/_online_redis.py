@@ -11,7 +11,6 @@ for 4,000 keys.)
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -20,6 +19,7 @@ from flywheel.errors import ServiceUnavailable
 from flywheel.features._online import Row
 from flywheel.features._resp import (
     FastParser,
+    PerThread,
     RespConnection,
     RespError,
     connection_args,
@@ -89,7 +89,7 @@ def split_prefix(url: str, default: str) -> tuple[str, str]:
 
 
 def encode_ts(ts_us: int) -> bytes:
-    return str(ts_us + TS_OFFSET).zfill(TS_WIDTH).encode()
+    return b"%018d" % (ts_us + TS_OFFSET)  # TS_WIDTH digits
 
 
 def _decode(raw: bytes | str | None) -> Row | None:
@@ -133,7 +133,7 @@ class RedisOnlineStore:
         self._cas = self.client.register_script(_COMPARE_AND_SET)
         # Only plain TCP gets the fast path; TLS and unix sockets go through redis-py.
         self._fast_args = None if url.startswith("rediss") else connection_args(self.client)
-        self._local = threading.local()
+        self._conns = PerThread(self._fast_args) if self._fast_args is not None else None
 
     def _key(self, table: str, key: str) -> str:
         return f"{self.prefix}{table}:{key}"
@@ -189,43 +189,42 @@ class RedisOnlineStore:
             self.client.connection_pool.release(conn)
 
     def read(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[Row | None]]:
-        keys: list[str] = []
+        keys: list[bytes] = []
         for table, ks in requests:
             pre = f"{self.prefix}{table}:"
-            keys += [pre + k for k in ks]
+            keys += [(pre + k).encode() for k in ks]
         if not keys:
             return [[] for _ in requests]
         raw = self._mget(keys)
         out: list[list[Row | None]] = []
         pos = 0
+        offset = TS_OFFSET
         for _, ks in requests:
             part = raw[pos : pos + len(ks)]
             pos += len(ks)
-            out.append([_decode(r) for r in part])
+            out.append(
+                [None if r is None else (int(r[:TS_WIDTH]) - offset, r[TS_WIDTH:]) for r in part]
+            )
         return out
 
     def _raw(self, packed: list[bytes], fast: FastParser | None = None) -> list[Any]:
         """Run pre-packed commands on this thread's raw connection (reconnecting if needed)."""
-        assert self._fast_args is not None
-        conn: RespConnection | None = getattr(self._local, "conn", None)
+        assert self._conns is not None
+        conn: RespConnection | None = None
         try:
-            if conn is None:
-                conn = RespConnection(*self._fast_args)
-                self._local.conn = conn
+            conn = self._conns.get()
             return conn.execute(packed, fast)
         except (OSError, ConnectionError, ValueError) as exc:
-            self._local.conn = None
-            if conn is not None:
-                conn.close()
+            self._conns.discard(conn)
             raise self._unavailable(exc) from None
 
-    def _mget(self, keys: list[str]) -> list[Any]:
+    def _mget(self, keys: list[bytes]) -> list[Any]:
         if self._fast_args is None:
             try:
-                return list(self.client.mget(keys))
+                return [r.encode() if isinstance(r, str) else r for r in self.client.mget(keys)]
             except self._redis_module.ConnectionError as exc:
                 raise self._unavailable(exc) from None
-        (reply,) = self._raw([pack([b"MGET", *[k.encode() for k in keys]])], parse_bulk_array)
+        (reply,) = self._raw([pack([b"MGET", *keys])], parse_bulk_array)
         if isinstance(reply, RespError):
             raise self._unavailable(reply)
         return list(reply)
@@ -236,7 +235,8 @@ class RedisOnlineStore:
         keys: Sequence[str],
         update: Callable[[Mapping[str, Row | None]], Mapping[str, Row]],
     ) -> None:
-        full = [self._key(table, k).encode() for k in keys]
+        pre = f"{self.prefix}{table}:".encode()
+        full = [pre + k.encode() for k in keys]
         if not full:
             update({})
             return
@@ -306,8 +306,7 @@ class RedisOnlineStore:
             self.client.delete(*keys[i : i + 1000])
 
     def close(self) -> None:
-        conn: RespConnection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        """Close every connection this store opened, in any thread (later use reconnects)."""
+        if self._conns is not None:
+            self._conns.close_all()
         self.client.close()

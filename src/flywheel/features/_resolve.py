@@ -32,10 +32,18 @@ class ViewSelection:
     view: FeatureView | StreamFeatureView
     features: list[str] = field(default_factory=list)
     join_keys: tuple[str, ...] = ()
+    _positions: dict[str, tuple[int, str]] | None = field(default=None, repr=False)
 
     @property
     def ref(self) -> str:
         return self.view.ref
+
+    @property
+    def positions(self) -> dict[str, tuple[int, str]]:
+        """Feature name -> (position in the view's stored values, dtype); computed once."""
+        if self._positions is None:
+            self._positions = {f.name: (i, f.dtype) for i, f in enumerate(self.view.schema)}
+        return self._positions
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -91,6 +92,42 @@ class RespConnection:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class PerThread:
+    """One ``RespConnection`` per thread (made on first use); ``close_all`` closes every one
+    opened so far, from any thread, and later uses reconnect."""
+
+    def __init__(self, args: tuple[str, int, int, str | None, str | None]) -> None:
+        self.args = args
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: weakref.WeakSet[RespConnection] = weakref.WeakSet()
+
+    def get(self) -> RespConnection:
+        conn: RespConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = RespConnection(*self.args)
+            self._local.conn = conn
+            with self._lock:
+                self._open.add(conn)
+        return conn
+
+    def discard(self, conn: RespConnection | None) -> None:
+        """Forget this thread's connection (after an error) and close it."""
+        self._local.conn = None
+        if conn is not None:
+            with self._lock:
+                self._open.discard(conn)
+            conn.close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            conns = list(self._open)
+            self._open.clear()
+            self._local = threading.local()  # other threads' stale references are dropped
+        for conn in conns:
+            conn.close()
 
 
 def connection_args(client: Any) -> tuple[str, int, int, str | None, str | None] | None:
@@ -175,15 +212,60 @@ _BULK = re.compile(rb"\$(-1|\d+)\r\n")
 
 
 def parse_bulk_array(buf: bytes, pos: int) -> tuple[list[bytes | None], int] | None:
-    """An array of bulk strings or nils (an ``MGET`` reply), one regex match per element."""
+    """An array of bulk strings or nils (an ``MGET`` reply) that ends the buffer.
+
+    One ``split`` at CRLF; without nils the elements are every other piece (their lengths
+    checked against the headers), with nils a short walk. A string holding CRLF fails the
+    checks and is parsed element by element, as is a reply that is not all here yet.
+    """
     m = _ARRAY.match(buf, pos)
     if m is None:
         return None
+    count = int(m.group(1))
     pos = m.end()
+    toks = buf[pos:].split(b"\r\n")
+    try:
+        fast = _bulk_pieces(toks, count)
+    except ValueError:  # a piece taken for a header is data: a string holding CRLF
+        fast = None
+    if fast is not None:
+        return fast, len(buf)
+    return _parse_bulk_array_slow(buf, pos, count)
+
+
+def _bulk_pieces(toks: list[bytes], count: int) -> list[bytes | None] | None:
+    if toks[-1] == b"":
+        if len(toks) == 2 * count + 1:  # no nils
+            data = toks[1 : 2 * count : 2]
+            if [len(d) for d in data] == [int(h[1:]) for h in toks[0 : 2 * count : 2]]:
+                return list(data)
+        else:
+            out: list[bytes | None] = []
+            i = 0
+            last = len(toks) - 1
+            for _ in range(count):
+                head = toks[i] if i < last else b""
+                if head == b"$-1":
+                    out.append(None)
+                    i += 1
+                    continue
+                if i + 1 >= last or head[:1] != b"$" or int(head[1:]) != len(toks[i + 1]):
+                    break
+                out.append(toks[i + 1])
+                i += 2
+            else:
+                if i == last:
+                    return out
+    return None
+
+
+def _parse_bulk_array_slow(
+    buf: bytes, pos: int, count: int
+) -> tuple[list[bytes | None], int] | None:
     match = _BULK.match
     out: list[bytes | None] = []
     append = out.append
-    for _ in range(int(m.group(1))):
+    for _ in range(count):
         b = match(buf, pos)
         if b is None:
             return None
