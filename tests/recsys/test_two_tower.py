@@ -396,3 +396,17 @@ def test_cli_train_retrieval_writes_the_data_set_and_submits_the_job(
     assert (project.root / spec.dataset / "part-00000.parquet").is_file()
     assert _cli(["recs", "train-retrieval", "--text", "bert", *config]) == 1
     assert "--text" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_offline_evaluation_can_include_the_two_tower(tiny_lines: pd.DataFrame) -> None:
+    from flywheel.recsys import evaluate_offline
+
+    report = evaluate_offline(
+        tiny_lines, text_method="tfidf", baselines=False, ials=False, ranker=False, two_tower=True
+    )
+    row = report.row("two-tower")
+    assert row.kind == "generator" and set(row.metrics) == {"all", "new-only"}
+    assert row.params["all"]["history_len"] == 50
+    assert 0 < row.metrics["all"].recall <= 1
+    assert "two-tower" in report.pool_recall["all"]

@@ -46,6 +46,13 @@ def evaluate(
         bool, typer.Option(help="Try the UCI download when no local file is found.")
     ] = True,
     ials: Annotated[bool, typer.Option(help="Include the iALS baseline.")] = True,
+    two_tower: Annotated[
+        bool,
+        typer.Option(
+            "--two-tower",
+            help="Add the two-tower model as a generator (trained here; ~5 min on Online Retail).",
+        ),
+    ] = False,
     synthetic: Annotated[
         bool, typer.Option("--synthetic", help="Use the seeded synthetic shop, not a file.")
     ] = False,
@@ -86,6 +93,7 @@ def evaluate(
             text_method=text,  # type: ignore[arg-type]
             cache_dir=cache,
             ials=ials,
+            two_tower=two_tower,
         )
         print(json.dumps(report.to_dict(), indent=2))
         return
@@ -112,6 +120,7 @@ def evaluate(
             text_method=text,  # type: ignore[arg-type]
             cache_dir=cache,
             ials=ials,
+            two_tower=two_tower,
             progress=step,
         )
     s = report.stats

@@ -851,16 +851,25 @@ class TwoTower(_Generator):
     without one a ``TextFeaturizer`` with ``config.text`` does. Categories come from the text
     (``derive_categories``); ``TrainData`` has no prices, so the price input is constant.
     ``score`` ranks every train item for each user by ``u · v``.
+
+    ``cache`` (a dict the caller owns) shares fitted models between instances: a second
+    ``fit`` on the same ``TrainData`` object with the same config and text reuses the first
+    (the evaluation builds the same generator several times).
     """
 
     name = "two-tower"
 
     def __init__(
-        self, config: TwoTowerConfig | None = None, *, embedder: TextEmbedder | None = None
+        self,
+        config: TwoTowerConfig | None = None,
+        *,
+        embedder: TextEmbedder | None = None,
+        cache: dict[Any, Any] | None = None,
     ) -> None:
         super().__init__()
         self.config = (config or TwoTowerConfig()).validate()
         self._embedder = embedder
+        self._cache = cache
         self.params = {
             k: v
             for k, v in self.config.to_dict().items()
@@ -876,6 +885,11 @@ class TwoTower(_Generator):
 
         self._train = train
         cfg = self.config
+        key = (id(train), tuple(sorted(self.params.items())), tuple(sorted(cfg.to_dict().items())))
+        if self._cache is not None and key in self._cache:
+            # The cached entry holds ``train`` too, so its id cannot be reused meanwhile.
+            _, self.model, self.item_vectors, self.user_vectors = self._cache[key]
+            return self
         texts = [str(t) for t in train.item_text]
         if self._embedder is not None:
             text = self._embedder(texts)
@@ -908,6 +922,8 @@ class TwoTower(_Generator):
             [examples.final.get(u, []) for u in range(train.n_users)], cfg.history_len
         )
         self.user_vectors = user_embeddings(self.model, self.item_vectors, hist)
+        if self._cache is not None:
+            self._cache[key] = (train, self.model, self.item_vectors, self.user_vectors)
         return self
 
     def score(self, user_rows: np.ndarray) -> np.ndarray:
