@@ -78,3 +78,18 @@ def test_large_catalogue_is_vectorised() -> None:
     frame = generate_transactions(cfg)
     assert frame["StockCode"].nunique() > 20_000
     assert np.isfinite(frame["UnitPrice"]).all() and (frame["UnitPrice"] > 0).all()
+
+
+def test_cover_catalogue_sells_every_item_after_its_launch() -> None:
+    cfg = SyntheticConfig(n_users=300, n_items=5_000, n_categories=8, seed=11)
+    plain = clean_transactions(generate_transactions(cfg))
+    assert plain["StockCode"].nunique() < 0.8 * cfg.n_items  # the power law leaves items unsold
+    full = clean_transactions(
+        generate_transactions(SyntheticConfig(**{**cfg.__dict__, "cover_catalogue": True}))
+    )
+    first_sale = full.groupby(full["StockCode"].astype(str))["InvoiceDate"].min()
+    # every item launched before the last invoice sells (items launched later cannot)
+    assert len(first_sale) > 0.97 * cfg.n_items
+    assert full["InvoiceDate"].is_monotonic_increasing
+    again = generate_transactions(SyntheticConfig(**{**cfg.__dict__, "cover_catalogue": True}))
+    pd.testing.assert_frame_equal(clean_transactions(again), full)

@@ -11,6 +11,9 @@ What it models (all vectorised numpy; ~1M users x 1M items in well under a minut
 * **repeat purchases** — each user has favourite items that come back across invoices;
 * **new users and items over time** — a share of users first appear (and a share of items are
   launched) uniformly through the period; nobody buys an item before its launch;
+* optionally (``cover_catalogue``) a **full catalogue**: items no draw picked get one line in a
+  random invoice after their launch, so all ``n_items`` are sold (at 1M items the power law
+  alone leaves about a fifth unsold);
 * the mess of the real file in small doses: guest orders (no CustomerID), cancellations
   (``C`` invoices with negative quantity) and postage lines (``POST``), so cleaning is exercised.
 
@@ -174,6 +177,7 @@ class SyntheticConfig:
     guest_fraction: float = 0.02  # invoices with no CustomerID
     cancel_fraction: float = 0.02  # invoices later cancelled by a 'C' invoice
     postage_fraction: float = 0.03  # invoices with a POST (postage) line
+    cover_catalogue: bool = False  # every item sells at least once (a full catalogue at scale)
 
     def validate(self) -> None:
         """Raise ``RecsysError`` naming the first field out of range."""
@@ -265,8 +269,27 @@ def _draw_in_range(
     cum = cat.group_cum
     base = np.where(lo > 0, cum[np.maximum(lo - 1, 0)], 0.0)
     mass = cum[hi - 1] - base
-    pos = np.searchsorted(cum, base + rng.random(len(lo)) * mass, side="right")
+    needles = base + rng.random(len(lo)) * mass
+    # Sorted needles make the binary searches walk the array in order (cache-friendly: ~3x
+    # faster at a million items); the result is the same as searching them one by one.
+    by_value = np.argsort(needles)
+    pos = np.empty(len(needles), dtype=np.int64)
+    pos[by_value] = np.searchsorted(cum, needles[by_value], side="right")
     return cat.group_items[np.clip(pos, lo, hi - 1)]
+
+
+def _lexsort(*keys: np.ndarray) -> np.ndarray:
+    """``np.lexsort`` of non-negative integer-valued keys, **primary key first** (the reverse
+    of lexsort's order): packed into one int64 and stably argsorted when they fit in 62 bits
+    (several times faster at millions of rows), else lexsort. Same result either way."""
+    ints = [np.asarray(k).astype(np.int64) for k in keys]
+    bits = [max(int(k.max()), 1).bit_length() if len(k) else 1 for k in ints]
+    if sum(bits) > 62:
+        return np.lexsort(tuple(reversed(ints)))
+    packed = np.zeros(len(ints[0]), dtype=np.int64)
+    for k, b in zip(ints, bits, strict=True):
+        packed = (packed << b) | k
+    return np.argsort(packed, kind="stable")
 
 
 def _draw_items(
@@ -359,13 +382,24 @@ def generate_transactions(config: SyntheticConfig | None = None) -> pd.DataFrame
         item[early] = _draw_items(cat, fresh_cat[early], fresh_style[early], rng, cfg.n_styles)
     keep = cat.launch_day[item] <= line_day
     line_inv, line_user, item = line_inv[keep], line_user[keep], item[keep]
+    cover_inv = np.empty(0, dtype=np.int64)
+    if cfg.cover_catalogue:
+        # Items nobody drew get one line in a random invoice placed after their launch.
+        unsold = np.flatnonzero(np.bincount(item, minlength=cfg.n_items) == 0)
+        by_time = np.argsort(inv_time, kind="stable")
+        after = np.searchsorted(inv_time[by_time], cat.launch_day[unsold] * 1440.0, "left")
+        unsold, after = unsold[after < ni], after[after < ni]
+        cover_inv = by_time[after + (rng.random(len(unsold)) * (ni - after)).astype(np.int64)]
+        line_inv = np.concatenate([line_inv, cover_inv])
+        line_user = np.concatenate([line_user, inv_user[cover_inv]])
+        item = np.concatenate([item, unsold])
 
     # Postage lines (a non-product code) on some invoices.
     post_inv = np.flatnonzero(rng.random(ni) < cfg.postage_fraction)
     n_items = cfg.n_items
     all_inv = np.concatenate([line_inv, post_inv])
     all_item = np.concatenate([item, np.full(len(post_inv), n_items)])  # n_items = POST
-    order = np.lexsort((all_item, inv_time[all_inv]))
+    order = _lexsort(inv_time[all_inv], all_item)
     all_inv, all_item = all_inv[order], all_item[order]
     quantity = rng.choice(_QUANTITIES, size=len(all_inv), p=_QUANTITY_P)
 
@@ -373,6 +407,7 @@ def generate_transactions(config: SyntheticConfig | None = None) -> pd.DataFrame
     inv_rank = np.empty(ni, dtype=np.int64)
     inv_rank[np.argsort(inv_time, kind="stable")] = np.arange(ni)
     guest = rng.random(ni) < cfg.guest_fraction
+    guest[cover_inv] = False  # a covering line must survive cleaning
     customer = (12_346 + inv_user).astype(np.float64)
     customer[guest] = np.nan
 
@@ -393,7 +428,7 @@ def generate_transactions(config: SyntheticConfig | None = None) -> pd.DataFrame
     numbers = (_FIRST_INVOICE + np.arange(ni)).astype(str)
     invoice_names = np.concatenate([numbers, np.char.add("C", numbers)])
 
-    order = np.lexsort((line_item, line_code, line_minutes))
+    order = _lexsort(line_minutes, line_code, line_item)
     frame = pd.DataFrame(
         {
             "InvoiceNo": pd.Categorical.from_codes(line_code[order], categories=invoice_names),
