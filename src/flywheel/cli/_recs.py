@@ -400,7 +400,7 @@ def train_ranker_command(
         str | None,
         typer.Option(help="Use only purchases before this date (default: all ingested data)."),
     ] = None,
-    cutoffs: Annotated[int, typer.Option(min=1, help="Training cut-off dates.")] = 4,
+    cutoffs: Annotated[int, typer.Option(min=1, help="Training cut-off dates.")] = 6,
     window_days: Annotated[
         int, typer.Option(min=7, help="Label window after each cut-off, in days.")
     ] = 28,

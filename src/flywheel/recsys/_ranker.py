@@ -356,7 +356,7 @@ class RankerConfig:
     """
 
     window_days: int = 28  # the label window after a cut-off (a multiple of 7: weekly snapshots)
-    cutoffs: int = 4  # training cut-offs (plus one validation cut-off)
+    cutoffs: int = 6  # training cut-offs (plus one validation cut-off); chosen on validation
     cutoff_every_days: int = 14
     per_generator: int = 50
     repeat_half_life_days: float = 60.0
@@ -494,6 +494,24 @@ class FittedGenerators:
         return out
 
 
+class _CatalogueEmbedder:
+    """A ``TextEmbedder`` stand-in over a ``ContentEncoder`` fitted once: any text, seen or
+    not, is embedded into the same space (``ContentSimilarity`` calls it with item texts)."""
+
+    def __init__(self, config: RankerConfig, texts: Sequence[str]) -> None:
+        from flywheel.recsys._text import ContentEncoder
+
+        self._encoder = ContentEncoder(config.text_method).fit(list(texts))  # type: ignore[arg-type]
+        self.method_used = self._encoder.method_used
+        self._known: dict[str, np.ndarray] = {}
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        new = sorted({t for t in texts if t not in self._known})
+        if new:
+            self._known.update(zip(new, self._encoder.encode(new), strict=True))
+        return np.stack([self._known[t] for t in texts]).astype(np.float32)
+
+
 def union_rows(candidates: Retrieved) -> np.ndarray:
     """The distinct candidate rows of all generators, in first-proposed order."""
     seen: dict[int, None] = {}
@@ -503,12 +521,8 @@ def union_rows(candidates: Retrieved) -> np.ndarray:
     return np.fromiter(seen, dtype=np.int64, count=len(seen))
 
 
-def _catalogue(lines: pd.DataFrame, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Category and price per item row from ``item_table`` (the catalogue the store holds)."""
-    return _catalogue_from(_item_frame(lines), items)
-
-
 def _item_frame(lines: pd.DataFrame) -> pd.DataFrame:
+    """The item table ``ingest`` would write for ``lines`` (the catalogue the store holds)."""
     from flywheel.recsys._ingest import item_table, snapshot_times
 
     end = lines["InvoiceDate"].max() + np.timedelta64(1, "s")
@@ -516,6 +530,7 @@ def _item_frame(lines: pd.DataFrame) -> pd.DataFrame:
 
 
 def _catalogue_from(items_df: pd.DataFrame, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Category and price of each of ``items`` (item ids) from an item table."""
     from flywheel.recsys._ingest import OTHER_CATEGORY
 
     frame = items_df.set_index(items_df["item_id"].astype(str))
@@ -551,16 +566,16 @@ def build_ranker_frame(
     import pandas as pd
 
     from flywheel.recsys._protocol import build_train_data
-    from flywheel.recsys._text import TextEmbedder
 
     say = progress or (lambda _m: None)
     catalogue = catalogue if catalogue is not None else _item_frame(lines)
-    embedder = TextEmbedder(config.text_method)  # type: ignore[arg-type]
-    # One text space for every cut-off: product texts are catalogue data, not behaviour, and
-    # one fit (instead of a TF-IDF refit per cut-off) is what keeps this fast.
-    embedder.prepare(sorted(set(catalogue["description"].astype(str))))
+    # One text space for every cut-off, fitted once on the catalogue's texts (as the online
+    # state does): product texts are catalogue data, not behaviour, and one fit instead of a
+    # TF-IDF refit per cut-off is what keeps this fast.
+    embedder = _CatalogueEmbedder(config, sorted(set(catalogue["description"].astype(str))))
     window = pd.Timedelta(days=config.window_days)
-    parts: list[pd.DataFrame] = []
+    parts: list[dict[str, np.ndarray]] = []
+    stamps: list[pd.Timestamp] = []  # the cut-offs, UTC
     fitted: dict[pd.Timestamp, FittedGenerators] = {}
     next_query = 0
     for c in cutoffs:
@@ -598,21 +613,25 @@ def build_ranker_frame(
                 if labelled_only and not label.any():
                     continue
                 cols = pair_inputs(cands, rows, fg.history.history(int(u_row)), cats)
-                part = pd.DataFrame(
+                n = len(rows)
+                parts.append(
                     {
-                        "query": np.int64(next_query),
-                        "user_id": np.int64(uid),
+                        "query": np.full(n, next_query, dtype=np.int64),
+                        "user_id": np.full(n, uid, dtype=np.int64),
                         "item_id": ids.astype(str),
-                        "event_timestamp": ts,
+                        "cutoff": np.full(n, len(stamps), dtype=np.int64),
                         "label": label,
                         **cols,
                     }
                 )
-                parts.append(part)
                 next_query += 1
+        stamps.append(ts)
     if not parts:
         raise RecsysError("ranker: no query has a candidate the user bought in its window")
-    return pd.concat(parts, ignore_index=True), fitted
+    frame = pd.DataFrame({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    when = pd.DatetimeIndex(stamps).take(frame.pop("cutoff").to_numpy())
+    frame.insert(3, "event_timestamp", when)
+    return frame, fitted
 
 
 def store_columns(
@@ -675,7 +694,7 @@ def write_ranker_dataset(
     import pandas as pd
 
     from flywheel.features import FeatureStore
-    from flywheel.recsys._ingest import load_items, load_purchases, snapshot_times
+    from flywheel.recsys._ingest import load_items, load_purchases
 
     config = config or RankerConfig()
     say = progress or (lambda _m: None)
@@ -685,7 +704,7 @@ def write_ranker_dataset(
     lines = lines.loc[lines["InvoiceDate"] < horizon]
     if lines.empty:
         raise RecsysError(f"end: no ingested purchases before {horizon:%Y-%m-%d}")
-    grid = snapshot_times(lines["InvoiceDate"].min(), data_end)
+    grid = _snapshot_grid(project, lines, data_end)
     train_cuts, valid_cut = ranker_cutoffs(horizon, config, align=grid)
     if train_cuts[0] <= lines["InvoiceDate"].min():
         raise RecsysError(
@@ -710,6 +729,23 @@ def write_ranker_dataset(
         if own:
             fs.close()
     return ds.name
+
+
+def _snapshot_grid(project: Project, lines: pd.DataFrame, end: pd.Timestamp) -> pd.DatetimeIndex:
+    """The snapshot times the last ``ingest`` wrote (``ingest(history_weeks=...)`` may have
+    kept fewer than ``snapshot_times`` would)."""
+    import pandas as pd
+
+    from flywheel.recsys._ingest import data_dir, snapshot_times
+
+    path = data_dir(project) / "users.parquet"
+    if not path.is_file():
+        return snapshot_times(lines["InvoiceDate"].min(), end)
+    stamps = pd.read_parquet(path, columns=["event_timestamp"])["event_timestamp"].unique()
+    times = pd.DatetimeIndex(stamps)
+    if times.tz is not None:
+        times = times.tz_convert("UTC").tz_localize(None)
+    return times.sort_values()
 
 
 def _timestamp(value: str | pd.Timestamp, what: str) -> pd.Timestamp:
