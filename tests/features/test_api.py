@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 from fastapi.testclient import TestClient
@@ -72,10 +73,13 @@ def test_online_push_catalog_materialize_over_http(project: Project) -> None:
             )
             if r.json()["values"]["item_id_count_1h"] == [1]:
                 break
-            import time
-
             time.sleep(0.05)
         assert r.json()["values"]["item_id_count_1h"] == [1]
+        # Acknowledged right after the write (and the archive): the lag drops to 0.
+        for _ in range(100):
+            if client.get("/features/streams/clicks/lag").json()["lag"] == 0:
+                break
+            time.sleep(0.02)
         assert client.get("/features/streams/clicks/lag").json()["lag"] == 0
 
         cat = client.get("/features/catalog").json()["objects"]

@@ -35,3 +35,23 @@ def test_append_read_ack_redeliver_claim_lag(backend: dict[str, str]) -> None:
     finally:
         log.close()
         other.close()
+
+
+def test_read_pending_and_read_new_split_what_read_gives(backend: dict[str, str]) -> None:
+    log = open_event_log(backend["event_log"], namespace="t")
+    try:
+        log.append("s", [b"a", b"b", b"c", b"d"])
+        assert log.read_pending("s", "g", "c1", 10) == []
+        first = log.read_new("s", "g", "c1", 2)
+        assert [p for _, p in first] == [b"a", b"b"]
+        ahead = log.read_new("s", "g", "c1", 1)  # read ahead while the first is applied
+        assert [p for _, p in ahead] == [b"c"]
+        # Nothing acknowledged: both are pending, in order, and read() resumes with them.
+        assert log.read_pending("s", "g", "c1", 10) == first + ahead
+        assert log.read("s", "g", "c1", 10, 0) == first + ahead
+        log.ack("s", "g", [i for i, _ in first + ahead])
+        assert log.read_pending("s", "g", "c1", 10) == []
+        assert [p for _, p in log.read_new("s", "g", "c1", 10)] == [b"d"]
+        assert log.read_new("s", "g", "c1", 10) == []
+    finally:
+        log.close()

@@ -101,7 +101,7 @@ def test_close_closes_the_connections_of_every_thread(redis_url: str, redis_pref
 
     def use() -> None:
         assert store.read([("t", ["1"])]) == [[(1, b"x")]]
-        assert log.lag("s", "g") == 1 and log.read("s", "g", "c", 10, 0)
+        assert log.lag("s", "g") == 1
 
     with ThreadPoolExecutor(3) as pool:  # threads that stay alive, as in a server
         for f in [pool.submit(use) for _ in range(6)]:

@@ -32,6 +32,10 @@ class EventLog(Protocol):
       that no consumer of the group has been given; each new event goes to exactly one consumer.
       The group is created at the start of the stream on first use. Waits up to ``block_ms`` for
       new events when there are none.
+    - ``read_pending(stream, group, consumer, count)``: only this consumer's delivered but
+      unacknowledged events; ``read_new(stream, group, consumer, count)``: only new events. Both
+      without waiting. A processor resumes with the first and reads its next batch with the
+      second while it applies the current one.
     - ``ack(stream, group, ids)``: the events are done; they are never delivered again.
     - ``claim(stream, group, consumer, min_idle_ms, count)``: take over events that were given
       to any consumer of the group (this one included) more than ``min_idle_ms`` ago and not
@@ -44,6 +48,10 @@ class EventLog(Protocol):
     def read(
         self, stream: str, group: str, consumer: str, count: int, block_ms: int
     ) -> list[Event]: ...
+
+    def read_pending(self, stream: str, group: str, consumer: str, count: int) -> list[Event]: ...
+
+    def read_new(self, stream: str, group: str, consumer: str, count: int) -> list[Event]: ...
 
     def ack(self, stream: str, group: str, ids: Sequence[str]) -> None: ...
 

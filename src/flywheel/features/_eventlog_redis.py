@@ -134,6 +134,26 @@ class RedisEventLog:
         )
         return self._reply_events(new)
 
+    def read_pending(self, stream: str, group: str, consumer: str, count: int) -> list[Event]:
+        return self._read_from(stream, group, consumer, count, "0")
+
+    def read_new(self, stream: str, group: str, consumer: str, count: int) -> list[Event]:
+        return self._read_from(stream, group, consumer, count, ">")
+
+    def _read_from(
+        self, stream: str, group: str, consumer: str, count: int, at: str
+    ) -> list[Event]:
+        self._ensure_group(stream, group)
+        key = self._key(stream)
+        if self._fast_args is None:
+            got = self._call(self.client.xreadgroup, group, consumer, {key: at}, count=count)
+            return self._events(got[0][1]) if got else []
+        cmd = [b"XREADGROUP", b"GROUP", group.encode(), consumer.encode(), b"COUNT", b"%d" % count]
+        (got,) = self._raw(
+            [pack([*cmd, b"STREAMS", key.encode(), at.encode()])], fast=parse_stream_entries
+        )
+        return self._reply_events(got)
+
     @classmethod
     def _reply_events(cls, reply: Any) -> list[Event]:
         """Events of an ``XREADGROUP`` reply (parsed fast or generically) for one stream."""

@@ -90,7 +90,9 @@ class SQLiteEventLog:
         ).fetchone()
         return bool(row[0]) or row[2] is None or row[1] > row[2]
 
-    def _take(self, stream: str, group: str, consumer: str, count: int) -> list[Event]:
+    def _take(
+        self, stream: str, group: str, consumer: str, count: int, pending: bool = True
+    ) -> list[Event]:
         if not self._anything(stream, group, consumer):
             return []
         conn = self._conn()
@@ -100,12 +102,16 @@ class SQLiteEventLog:
                 "INSERT OR IGNORE INTO groups (stream, grp, delivered) VALUES (?, ?, 0)",
                 (stream, group),
             )
-            mine = conn.execute(
-                "SELECT e.id, e.payload FROM pending p JOIN events e ON e.stream = p.stream "
-                "AND e.id = p.id WHERE p.stream = ? AND p.grp = ? AND p.consumer = ? "
-                "ORDER BY p.id LIMIT ?",
-                (stream, group, consumer, count),
-            ).fetchall()
+            mine = (
+                conn.execute(
+                    "SELECT e.id, e.payload FROM pending p JOIN events e ON e.stream = p.stream "
+                    "AND e.id = p.id WHERE p.stream = ? AND p.grp = ? AND p.consumer = ? "
+                    "ORDER BY p.id LIMIT ?",
+                    (stream, group, consumer, count),
+                ).fetchall()
+                if pending
+                else []
+            )
             if mine:
                 conn.execute("COMMIT")
                 return [(_fmt(i), p) for i, p in mine]
@@ -142,6 +148,22 @@ class SQLiteEventLog:
             if events or time.monotonic() >= deadline:
                 return events
             time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
+
+    def read_pending(self, stream: str, group: str, consumer: str, count: int) -> list[Event]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT e.id, e.payload FROM pending p JOIN events e ON e.stream = p.stream "
+                "AND e.id = p.id WHERE p.stream = ? AND p.grp = ? AND p.consumer = ? "
+                "ORDER BY p.id LIMIT ?",
+                (stream, group, consumer, count),
+            )
+            .fetchall()
+        )
+        return [(_fmt(i), p) for i, p in rows]
+
+    def read_new(self, stream: str, group: str, consumer: str, count: int) -> list[Event]:
+        return self._take(stream, group, consumer, count, pending=False)
 
     def ack(self, stream: str, group: str, ids: Sequence[str]) -> None:
         if not ids:

@@ -4,7 +4,10 @@ For each batch it reads from the log (its own unacknowledged events first, then 
 of dead consumers are claimed after ``claim_idle_ms``), applies them per stream view and entity
 in one optimistic transaction per view (``OnlineStore.transact``), archives the applied events
 as Parquet for the offline store, and only then acknowledges them (``XACK`` after the write).
-A processor killed at any point redelivers unacknowledged events on restart; tiles remember
+While ``run`` runs, the next batch is read (new events only) and the archive is written in a
+worker thread, overlapping with the store's round trips; a batch is acknowledged only once its
+tiles and its archive are written. A processor killed at any point (read-ahead events included:
+they are pending at its consumer) redelivers unacknowledged events on restart; tiles remember
 applied event ids, so nothing is counted twice and nothing acknowledged is lost. Several
 processes share a stream through the consumer group; concurrent updates of one entity are
 serialised by the store's transactions.
@@ -18,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,6 +101,12 @@ class StreamProcessor:
         self.archive = archive
         self.stats = ProcessorStats()
         self._last_claim = 0.0
+        # While ``run`` runs: a worker pool that reads each stream's next batch while the current
+        # one is applied, and writes archives while the tiles are being stored.
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: dict[str, Future[list[Event]]] = {}
+        self._archiving: list[Future[None]] = []
+        self._resumed: set[str] = set()  # streams with nothing left pending from before
 
     def _stream_views(self) -> dict[str, list[StreamFeatureView]]:
         defs = self.store.definitions
@@ -126,11 +136,25 @@ class StreamProcessor:
                 events = log.claim(
                     stream, self.group, self.consumer, self.claim_idle_ms, self.batch_size
                 )
+            if not events and self._pool is not None and stream not in self._resumed:
+                # Before reading ahead: what this consumer left unacknowledged (a restart), in
+                # order, so that batches apply in the same order as in a run without a crash.
+                events = log.read_pending(stream, self.group, self.consumer, self.batch_size)
+                if not events:
+                    self._resumed.add(stream)
+            if not events and stream in self._ahead:
+                events = self._ahead.pop(stream).result()
             if not events:
                 wait = block_ms if len(by_stream) == 1 else min(block_ms, 20)
                 events = log.read(stream, self.group, self.consumer, self.batch_size, wait)
             if not events:
                 continue
+            if self._pool is not None and stream in self._resumed and stream not in self._ahead:
+                # The next batch (new events only: this one is still pending) is fetched meanwhile;
+                # if the processor dies, those events are pending and come back on restart.
+                self._ahead[stream] = self._pool.submit(
+                    log.read_new, stream, self.group, self.consumer, self.batch_size
+                )
             self.process(stream, views, events)
             log.ack(stream, self.group, [i for i, _ in events])
             handled += len(events)
@@ -147,8 +171,13 @@ class StreamProcessor:
         decoded = [(log_id, orjson.loads(p)) for log_id, p in events]
         self.stats.events += len(decoded)
         self.stats.batches += 1
-        for view in views:
-            self._apply_view(view, decoded, events[0][0], events[-1][0])
+        try:
+            for view in views:
+                self._apply_view(view, decoded, events[0][0], events[-1][0])
+        finally:
+            jobs, self._archiving = self._archiving, []
+            for job in jobs:  # archived before the batch is acknowledged
+                job.result()
 
     def _apply_view(
         self,
@@ -188,6 +217,7 @@ class StreamProcessor:
             if newest is None or ts > newest:
                 newest = ts
         counts = {"applied": 0, "duplicates": 0, "late": 0}
+        written: list[Future[None]] = []
         archive_dir = self.store.stream_archive(view.ref)
         safe_name = f"{first_id}_{last_id}".replace(":", "-")
 
@@ -210,7 +240,14 @@ class StreamProcessor:
                 if applied:
                     new[key] = (int(state["hw"]), dump_state(state))
             if self.archive and archived:
-                _write_archive(archive_dir, safe_name, archived)
+                if self._pool is None:
+                    _write_archive(archive_dir, safe_name, archived)
+                else:  # written while the store commits; a retried update rewrites the file
+                    if written:  # an earlier try of this update: let it finish first
+                        written.pop().result()
+                    job = self._pool.submit(_write_archive, archive_dir, safe_name, archived)
+                    written.append(job)
+                    self._archiving.append(job)
             counts.update(applied=applied_n, duplicates=dup_n, late=late_n)
             return new
 
@@ -236,10 +273,19 @@ class StreamProcessor:
     ) -> ProcessorStats:
         """Process until ``stop`` is set, the log is drained (``until_idle``) or time runs out."""
         started = time.monotonic()
-        while not (stop is not None and stop.is_set()):
-            n = self.run_once(block_ms)
-            if until_idle and n == 0:
-                break
-            if max_seconds is not None and time.monotonic() - started > max_seconds:
-                break
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="flywheel-stream")
+        try:
+            while not (stop is not None and stop.is_set()):
+                n = self.run_once(block_ms)
+                if until_idle and n == 0:
+                    break
+                if max_seconds is not None and time.monotonic() - started > max_seconds:
+                    break
+        finally:
+            # Batches read ahead stay pending at this consumer: the next run reads them first.
+            wait(list(self._ahead.values()))
+            self._ahead.clear()
+            self._resumed.clear()
+            self._pool.shutdown(wait=True)
+            self._pool = None
         return self.stats
