@@ -248,7 +248,13 @@ class RedisOnlineStore:
             (raw,) = self._raw([pack([b"MGET", *full])], parse_bulk_array)
             if isinstance(raw, RespError):
                 raise self._unavailable(raw)
-            new = update({k: _decode(r) for k, r in zip(keys, raw, strict=True)})
+            off = TS_OFFSET
+            new = update(
+                {
+                    k: None if r is None else (int(r[:TS_WIDTH]) - off, r[TS_WIDTH:])
+                    for k, r in zip(keys, raw, strict=True)
+                }
+            )
             if not new:
                 return
             extra = [k for k in new if k not in index]
@@ -256,9 +262,12 @@ class RedisOnlineStore:
             args += [self._key(table, k).encode() for k in extra]
             args.append(b"%d" % len(full))
             args += [b"" if r is None else r for r in raw]
+            pos = (
+                index if not extra else {**index, **{k: len(full) + i for i, k in enumerate(extra)}}
+            )
             for k, (ts, v) in new.items():
-                pos = index[k] if k in index else len(full) + extra.index(k)
-                args += [b"%d" % (pos + 1), encode_ts(ts) + v]
+                args.append(b"%d" % (pos[k] + 1))
+                args.append(b"%018d" % (ts + off) + v)  # encode_ts(ts) + v
             (reply,) = self._raw([pack(args)])
             if isinstance(reply, RespError):
                 if str(reply).startswith("NOSCRIPT"):  # after a restart or SCRIPT FLUSH

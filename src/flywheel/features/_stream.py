@@ -32,7 +32,7 @@ from flywheel.features._definitions import StreamFeatureView
 from flywheel.features._eventlog import Event
 from flywheel.features._metrics import metrics
 from flywheel.features._online import Row, table_name
-from flywheel.features._tiles import agg_specs, apply_events, dump_state, load_state
+from flywheel.features._tiles import agg_specs, apply_events, new_state
 
 if TYPE_CHECKING:
     from flywheel.features._store import FeatureStore
@@ -225,9 +225,10 @@ class StreamProcessor:
             new: dict[str, Row] = {}
             archived: list[tuple[str, int, dict[str, Any]]] = []
             applied_n = dup_n = late_n = 0
+            loads, dumps = orjson.loads, orjson.dumps  # = load_state / dump_state, inlined
             for key, evs in by_key.items():
                 cur = current.get(key)
-                state = load_state(cur[1] if cur else None)
+                state = loads(cur[1]) if cur else new_state()
                 applied, dups, late = apply_events(state, specs, evs, lateness_us)
                 applied_n += len(applied)
                 dup_n += len(dups)
@@ -238,7 +239,7 @@ class StreamProcessor:
                     keep = set(applied) | set(dups)
                     archived += [ev for ev in evs if ev[0] in keep]
                 if applied:
-                    new[key] = (int(state["hw"]), dump_state(state))
+                    new[key] = (int(state["hw"]), dumps(state))
             if self.archive and archived:
                 if self._pool is None:
                     _write_archive(archive_dir, safe_name, archived)
