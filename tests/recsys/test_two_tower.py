@@ -335,7 +335,9 @@ def test_load_refuses_a_model_the_job_did_not_register(project: Project) -> None
 
     x = np.random.default_rng(0).normal(size=(20, 3))
     model = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
-    Registry(project).register_model("other", model, flavor="sklearn", input_example=x[:2])
+    Registry(project).register_model(
+        "other", model, flavor="sklearn", input_example=x[:2], export_onnx=False
+    )
     with pytest.raises(RecsysError, match="not registered by the two-tower training job"):
         TwoTowerRetriever.load(project, "other")
     with pytest.raises(RecsysError, match="not registered"):

@@ -13,6 +13,11 @@ Public API (everything else is private):
   ``CoOccurrence`` (incremental ``update``), ``Popularity`` (all-time or trending),
   ``ContentSimilarity`` (MiniLM / TF-IDF text embeddings, ``TextEmbedder``), their union with
   reasons (``CandidateUnion``) and a tuned blend (``HybridBlend``, ``tune_blend_weights``);
+* two-tower retrieval — ``TwoTowerConfig``, ``write_two_tower_dataset`` and
+  ``two_tower_job_spec`` (a 2-process DDP ``flywheel.training`` job that registers
+  ``recs-two-tower``), ``TwoTowerRetriever`` (user / item embeddings, unseen items from their
+  content, ``add_items``, ``search``) over a FAISS ``ItemIndex``; ``TwoTower`` is the same model
+  as an in-process generator;
 * ``evaluate_offline`` — the whole OR-T1 table (``EvaluationReport``), as
   ``flywheel recs evaluate`` prints it;
 * online — ``feature_definitions`` / ``ingest`` (``IngestReport``) put the data into the feature
