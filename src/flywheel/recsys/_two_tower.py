@@ -638,7 +638,8 @@ def item_embeddings(model: TwoTowerModel, content: ItemContent, batch: int = 65_
     """Item-tower embeddings of every row of ``content`` (eval mode: no id dropout)."""
     was = model.training
     model.eval()
-    ids, text, category, price = content.tensors()
+    device = next(model.parameters()).device
+    ids, text, category, price = (t.to(device) for t in content.tensors())
     parts = [
         model.item_tower(
             ids[s : s + batch], text[s : s + batch], category[s : s + batch], price[s : s + batch]
@@ -648,7 +649,7 @@ def item_embeddings(model: TwoTowerModel, content: ItemContent, batch: int = 65_
     model.train(was)
     if not parts:
         return np.zeros((0, int(model.arch["dim"])), dtype=np.float32)
-    return torch.cat(parts).numpy().astype(np.float32)
+    return torch.cat(parts).cpu().numpy().astype(np.float32)
 
 
 @torch.inference_mode()
@@ -656,12 +657,13 @@ def user_embeddings(model: TwoTowerModel, items: np.ndarray, history: np.ndarray
     """User embeddings from histories of rows into ``items`` (item embeddings, -1 padded)."""
     was = model.training
     model.eval()
+    device = next(model.parameters()).device
     out = model.users_from_items(
-        torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32)),
-        torch.from_numpy(np.ascontiguousarray(history, dtype=np.int64)),
+        torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32)).to(device),
+        torch.from_numpy(np.ascontiguousarray(history, dtype=np.int64)).to(device),
     )
     model.train(was)
-    return out.numpy().astype(np.float32)
+    return out.cpu().numpy().astype(np.float32)
 
 
 def recall_at_k(
@@ -1014,7 +1016,7 @@ class TwoTowerRetriever:
 
         arch = dict(section["arch"])
         net = TwoTowerModel(**arch)
-        state = torch.load(io.BytesIO(blob("state_dict.pt")), weights_only=True)
+        state = torch.load(io.BytesIO(blob("state_dict.pt")), map_location="cpu", weights_only=True)
         net.load_state_dict(state)
         encoding = ItemEncoding.from_json(
             blob("encoding.json"), blob("text_state.npz") if "text_state.npz" in files else None

@@ -460,7 +460,7 @@ def main() -> int:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt = rt.Checkpointer(model=model, optimizer=opt, dataset=examples)
     step = ckpt.resume()
-    content = data.content.tensors()
+    content = tuple(t.to(ctx.device) for t in data.content.tensors())
     rt.log(
         f"two-tower: {data.meta['examples']:,} examples, {len(data.content):,} items "
         f"({data.meta['text_method']} text), {ctx.world_size} process(es), "
@@ -469,9 +469,15 @@ def main() -> int:
     for epoch in range(examples.epoch, cfg.epochs):
         examples.set_epoch(epoch)
         for batch in examples:
-            history = torch.stack([batch[c] for c in columns], dim=1)
+            history = torch.stack([batch[c] for c in columns], dim=1).to(ctx.device)
             loss = batch_loss(
-                model, history, batch["item"], batch["basket"], batch["log_q"], content, cfg
+                model,
+                history,
+                batch["item"].to(ctx.device),
+                batch["basket"].to(ctx.device),
+                batch["log_q"].to(ctx.device),
+                content,
+                cfg,
             )
             opt.zero_grad()
             loss.backward()
@@ -489,7 +495,7 @@ def main() -> int:
         metrics = evaluate(net, data, cfg.eval_k)
         rt.log_metrics(step, **metrics)
         rt.log("final " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        _register(net, data, cfg, metrics, ctx.spec.get("register"))
+        _register(net.cpu(), data, cfg, metrics, ctx.spec.get("register"))
     rt.shutdown()
     return 0
 
