@@ -536,7 +536,7 @@ def ensure_feast() -> str:
     if not FEAST_PY.exists():
         print(f"installing {FEAST_SPEC} into {FEAST_VENV} ...", flush=True)
         subprocess.run(
-            [sys.executable.replace("/.venv/", "/.venv/"), "-m", "venv", str(FEAST_VENV)],
+            [sys.executable, "-m", "venv", str(FEAST_VENV)],
             check=True,
         )
         subprocess.run(
