@@ -735,6 +735,11 @@ class InferenceServer:
         loop, thread = held
         if self._loop is loop:
             asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout=timeout_s)
+        # Whatever is left there (a server that moved to another loop left its reconciler).
+        asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), loop).result(timeout=timeout_s)
+        asyncio.run_coroutine_threadsafe(loop.shutdown_default_executor(), loop).result(
+            timeout=timeout_s
+        )
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout_s)
         loop.close()
@@ -944,6 +949,14 @@ def disagreement(a: Tensors, b: Tensors) -> float:
         else:
             worst = max(worst, float(np.mean(x != y)))
     return worst
+
+
+async def _cancel_other_tasks() -> None:
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _request_from_arrays(
