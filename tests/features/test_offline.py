@@ -174,22 +174,29 @@ def test_entity_columns_come_back_as_given_and_the_join_plan_follows_the_data(
     store.apply([user_entity(), dense])
     entity_df = pd.DataFrame(
         {
-            "user_id": [i % 3 for i in range(60)],  # key 2 has no rows
+            # Key 2 has no rows; a missing key gets nulls.
+            "user_id": pd.array([None if i == 59 else i % 3 for i in range(60)], dtype="Int64"),
             "event_timestamp": [T0 + timedelta(minutes=7 * i + 3) for i in range(60)],
             "label": pd.Categorical(["a", "b"] * 30),
             "weight": [0.5] * 60,
         },
         index=range(100, 40, -1),
     )
-    got = store.get_historical_features(entity_df, ["dense:x"])
-    assert list(got.columns) == ["user_id", "event_timestamp", "label", "weight", "x"]
-    assert got["label"].dtype == "category" and list(got["label"]) == list(entity_df["label"])
-    assert list(got["event_timestamp"]) == list(entity_df["event_timestamp"])
     expected = [
-        None if u == 2 else max(m for m in range(n) if m % 2 == u and m <= 7 * i + 3)
+        None if pd.isna(u) or u == 2 else max(m for m in range(n) if m % 2 == u and m <= 7 * i + 3)
         for i, u in enumerate(entity_df["user_id"])
     ]
-    assert [None if pd.isna(x) else int(x) for x in got["x"]] == expected
+    try:
+        for strategy in ("auto", "hash"):
+            _offline.JOIN_STRATEGY = strategy
+            got = store.get_historical_features(entity_df, ["dense:x"])
+            assert list(got.columns) == ["user_id", "event_timestamp", "label", "weight", "x"]
+            assert got["label"].dtype == "category"
+            assert list(got["label"]) == list(entity_df["label"])
+            assert list(got["event_timestamp"]) == list(entity_df["event_timestamp"])
+            assert [None if pd.isna(x) else int(x) for x in got["x"]] == expected
+    finally:
+        _offline.JOIN_STRATEGY = "auto"
     con = _offline.shared_cursor()
     try:
         con.register("entity_df", _offline.normalise_entity_df(entity_df, ["user_id"]))

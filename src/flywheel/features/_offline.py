@@ -127,7 +127,7 @@ def normalise_entity_df(entity_df: pd.DataFrame, join_keys: Sequence[str]) -> pd
     ts = pd.to_datetime(entity_df[ENTITY_TS], utc=True)
     cols: dict[str, Any] = {ROW: np.arange(len(entity_df), dtype="int64")}
     for k in join_keys:
-        cols[k] = entity_df[k].to_numpy()
+        cols[k] = entity_df[k].reset_index(drop=True)  # keeps the dtype (nullable, category)
     cols[ENTITY_TS] = ts.dt.tz_localize(None).astype("datetime64[us]").to_numpy()
     return pd.DataFrame(cols)
 
