@@ -78,13 +78,14 @@ def trained(
 
 
 def _settings() -> RecsysSettings:
-    return RecsysSettings(content_method="tfidf", explore_experiment=None)
+    return RecsysSettings(content_method="tfidf", explore_experiment=None, deadline_ms=5_000)
 
 
 def test_both_models_are_used_and_reported(trained: Project) -> None:
     reg = Registry(trained)
     assert reg.get_version("recs-two-tower", 1).flavor == "pytorch"
     assert reg.get_version("recs-ranker", 1).flavor == "lightgbm"
+    tt_version = max(v.version for v in reg.list_versions("recs-two-tower"))
     rec = OnlineRecommender(trained, _settings(), background=False)
     try:
         users = list(rec.state.user_index)[:10]
@@ -92,7 +93,7 @@ def test_both_models_are_used_and_reported(trained: Project) -> None:
         for page in pages:
             assert page.fallbacks == []
             assert page.model_versions == {
-                "two_tower": "recs-two-tower/1",
+                "two_tower": f"recs-two-tower/{tt_version}",
                 "ranker": "recs-ranker/1",
             }
             assert len(page.items) == 20

@@ -36,6 +36,7 @@ BASE_CONFIG = {
     "two_tower_model": None,
     "ranker_endpoint": None,
     "explore_experiment": None,
+    "deadline_ms": 5000,  # the deadline tests set their own; a loaded machine must not flake
 }
 BASE = RecsysSettings(**BASE_CONFIG)  # type: ignore[arg-type]
 

@@ -29,8 +29,14 @@ from flywheel.recsys import (
 from flywheel.recsys._api import set_recommender
 from tests.conftest import make_project
 
-# Exploration on, no learned models (those have their own tests), TF-IDF text (fast).
-CONFIG = {"content_method": "tfidf", "two_tower_model": None, "ranker_endpoint": None}
+# Exploration on, no learned models (those have their own tests), TF-IDF text (fast). A long
+# deadline: on a loaded machine a 50 ms budget would turn pages into deadline fallbacks.
+CONFIG = {
+    "content_method": "tfidf",
+    "two_tower_model": None,
+    "ranker_endpoint": None,
+    "deadline_ms": 5000,
+}
 SETTINGS = RecsysSettings(**CONFIG)  # type: ignore[arg-type]
 
 
