@@ -70,6 +70,7 @@ SPLIT = "2011-11-09"  # protocol OR-T1: history before it, the replayed month af
 EXPERIMENT = "recs-strategy"
 WANTED_VARIANTS = (("ranked", 40), ("hybrid", 20), ("content", 20), ("popularity", 20))
 MARKER = ".flywheel-demo"  # a folder the demo may wipe and recreate
+V1_OLDER_DAYS = 28  # the first ranker is trained as if a month ago; the canary then replaces it
 console = Console(highlight=False)
 if not console.is_terminal:  # a log or CI: wide enough that tables do not wrap
     console = Console(highlight=False, width=120)
@@ -84,8 +85,7 @@ class Preset:
 
     name: str
     two_tower: dict[str, Any]
-    ranker_v1: dict[str, Any]
-    ranker_v2: dict[str, Any]
+    ranker: dict[str, Any]
     synthetic: dict[str, Any]
     canary_steps: str
     step_requests: int
@@ -94,8 +94,7 @@ class Preset:
 FULL = Preset(
     name="full",
     two_tower={"text": "tfidf", "epochs": 2},
-    ranker_v1={"n_estimators": 60},
-    ranker_v2={},
+    ranker={},
     synthetic={"n_users": 4_000, "n_items": 3_000, "n_categories": 40},
     canary_steps="10,50",
     step_requests=50,
@@ -111,8 +110,7 @@ SMALL = Preset(
         "batch_size": 128,
         "epochs": 1,
     },
-    ranker_v1={"cutoffs": 2, "n_estimators": 20, "early_stopping_rounds": 10},
-    ranker_v2={"cutoffs": 2, "n_estimators": 40, "early_stopping_rounds": 10},
+    ranker={"cutoffs": 2, "n_estimators": 40, "early_stopping_rounds": 10},
     synthetic={"n_users": 600, "n_items": 200, "n_categories": 8, "seed": 5},
     canary_steps="20,50",
     step_requests=5,
@@ -298,6 +296,7 @@ def make_project(args: argparse.Namespace, steps: Steps) -> tuple[Any, str]:
                 raise DemoError(f"{root} exists and was not made by the demo; use --dir")
             bar.update("removing the previous demo project")
             shutil.rmtree(root)
+        bar.update("flywheel init")
         root.mkdir(parents=True)
         (root / MARKER).write_text("made by examples/demo.py; removed by its next run\n")
         for line in flywheel_cli("init", str(root), "--project", "shop", cwd=ROOT).splitlines():
@@ -338,7 +337,9 @@ def ingest_history(project: Any, data: Data, steps: Steps) -> None:
             bar.say(f"materialized {view}: {rows:,} rows to the online store (SQLite)")
 
 
-def training_datasets(project: Any, preset: Preset, steps: Steps) -> tuple[Path, str, Any]:
+def training_datasets(
+    project: Any, preset: Preset, steps: Steps
+) -> tuple[Path, dict[str, str], Any]:
     from flywheel.features import FeatureStore
     from flywheel.recsys import (
         RankerConfig,
@@ -361,22 +362,29 @@ def training_datasets(project: Any, preset: Preset, steps: Steps) -> tuple[Path,
             f"two-tower data set {folder.name}: {meta['examples']:,} examples, "
             f"{meta['items']:,} items, {meta['text_method']} text"
         )
-        ranker = RankerConfig(**preset.ranker_v2)
-        name = write_ranker_dataset(project, config=ranker, progress=lambda m: bar.update(m))
-        store = FeatureStore(project)
-        try:
-            ds = store.get_training_dataset(name)
-        finally:
-            store.close()
-        bar.say(
-            f"ranker training dataset {name}: {ds.row_count:,} rows, point-in-time join of "
-            "user and item features at each cut-off (feature-store catalog, with lineage)"
-        )
-    return folder, name, tt
+        ranker = RankerConfig(**preset.ranker)
+        last = load_purchases(project)["InvoiceDate"].max()
+        older = (last - pd.Timedelta(days=V1_OLDER_DAYS)).normalize()
+        names: dict[str, str] = {}
+        for version, end in (("v1", older), ("v2", None)):
+            names[version] = write_ranker_dataset(
+                project, config=ranker, end=end, progress=lambda m: bar.update(m)
+            )
+            store = FeatureStore(project)
+            try:
+                ds = store.get_training_dataset(names[version])
+            finally:
+                store.close()
+            upto = f"purchases before {end:%Y-%m-%d}" if end is not None else "all the history"
+            bar.say(
+                f"ranker dataset {names[version]} ({upto}): {ds.row_count:,} rows, point-in-time "
+                "join of user and item features at each cut-off (catalogued, with lineage)"
+            )
+    return folder, names, tt
 
 
 def train(
-    project: Any, preset: Preset, tt: Any, dataset: str, folder: Path, steps: Steps
+    project: Any, preset: Preset, tt: Any, datasets: dict[str, str], folder: Path, steps: Steps
 ) -> dict[str, str]:
     from flywheel.recsys import RankerConfig, ranker_job_spec, two_tower_job_spec
     from flywheel.training import Scheduler, scheduler_lock
@@ -397,19 +405,18 @@ def train(
         with steps.step(
             "rankers", "train the rankers (LightGBM LambdaRank) via the scheduler"
         ) as bar:
-            for label, overrides in (("v1 quick", preset.ranker_v1), ("v2", preset.ranker_v2)):
-                cfg = RankerConfig(**overrides)
-                spec = ranker_job_spec(project, dataset=dataset, config=cfg)
+            cfg = RankerConfig(**preset.ranker)
+            for label, what in (
+                ("v1", f"last month's model: data to {V1_OLDER_DAYS} days before the split"),
+                ("v2", "retrained on all the history"),
+            ):
+                spec = ranker_job_spec(project, dataset=datasets[label], config=cfg)
                 job = scheduler.store.submit(spec)
                 job = run_job(scheduler, job.id, bar, f"ranker {label}", None)
                 series = [v for k, _, v in scheduler.store.metrics(job.id) if "ndcg" in k]
                 best = f", validation NDCG@20 {max(series):.4f}" if series else ""
-                bar.say(
-                    f"{job.id} ({label}: at most {cfg.n_estimators} trees, early stopping on "
-                    "the validation cut-off)"
-                    f"{best} → registered models:/{job.model_version}"
-                )
-                versions[f"ranker_{label.split()[0]}"] = str(job.model_version)
+                bar.say(f"{job.id} ({what}){best} → registered models:/{job.model_version}")
+                versions[f"ranker_{label}"] = str(job.model_version)
     return versions
 
 
@@ -903,8 +910,8 @@ def main() -> int:
         data = load_data(args, preset, steps)
         project, token = make_project(args, steps)
         ingest_history(project, data, steps)
-        folder, dataset, tt = training_datasets(project, preset, steps)
-        versions = train(project, preset, tt, dataset, folder, steps)
+        folder, datasets, tt = training_datasets(project, preset, steps)
+        versions = train(project, preset, tt, datasets, folder, steps)
         deploy_models(project, preset, versions, steps)
         start_experiment(project, steps)
         port = pick_port(args.port)
