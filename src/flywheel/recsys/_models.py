@@ -92,3 +92,13 @@ class ModelHandles:
             self.retriever, self.retriever_version = retriever, version
         log.info("recsys: two-tower %s/%s loaded", self.two_tower_model, version)
         return True
+
+    def close(self) -> None:
+        """Stop the private serving loop the ranker client used when no app loop ran (tests,
+        scripts); under ``flywheel up`` the server lives on the app's loop and is left alone."""
+        server = getattr(self.ranker, "_server", None)
+        if server is not None:
+            try:
+                server.stop_blocking()
+            except Exception as exc:  # shutting down anyway
+                log.warning("recsys: stopping the ranker's serving loop failed: %s", exc)

@@ -300,6 +300,7 @@ class OnlineRecommender:
         except Exception as exc:  # the database may be gone at shutdown
             log.warning("recsys: exploration rewards not written at close: %s", exc)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.models.close()
         if self._experiments is not None:
             self._experiments.close()
         if self._own_store:
