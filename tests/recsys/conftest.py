@@ -3,11 +3,16 @@ small synthetic shops."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from fastapi.testclient import TestClient
 
+from flywheel.api import create_app
+from flywheel.auth import TokenStore
+from flywheel.project import Project
 from flywheel.recsys import (
     Split,
     SyntheticConfig,
@@ -91,3 +96,20 @@ def make_lines(
             "Country": ["United Kingdom"] * len(rows),
         }
     )
+
+
+@pytest.fixture
+def http(shop: Project) -> Iterator[tuple[TestClient, dict[str, str], dict[str, str]]]:
+    """The recsys app over the module's ``shop`` fixture: (client, writer headers, reader
+    headers)."""
+    _, writer = TokenStore(shop.db).create("writer", "w")
+    _, reader = TokenStore(shop.db).create("reader", "r")
+    with TestClient(create_app(shop, systems=["recsys"])) as client:
+        yield client, {"Authorization": f"Bearer {writer}"}, {"Authorization": f"Bearer {reader}"}
+
+
+def fallback_count(reason: str) -> float:
+    """The ``flywheel_recsys_fallbacks_total`` counter of ``reason`` (0 before the first)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("flywheel_recsys_fallbacks_total", {"reason": reason}) or 0.0

@@ -11,7 +11,6 @@ from typing import Any
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client import REGISTRY
 
 from flywheel.api import create_app
 from flywheel.auth import TokenStore
@@ -29,6 +28,7 @@ from flywheel.recsys import (
 )
 from flywheel.recsys._api import set_recommender
 from tests.conftest import make_project
+from tests.recsys.conftest import fallback_count
 
 # The rule-based path only: no learned models, no exploration slots, TF-IDF text (fast).
 BASE_CONFIG = {
@@ -54,18 +54,6 @@ def shop(tmp_path: Path, tiny_lines: pd.DataFrame) -> Iterator[Project]:
     yield proj
     set_recommender(proj, None)
     proj.close()
-
-
-@pytest.fixture
-def http(shop: Project) -> Iterator[tuple[TestClient, dict[str, str], dict[str, str]]]:
-    _, writer = TokenStore(shop.db).create("writer", "w")
-    _, reader = TokenStore(shop.db).create("reader", "r")
-    with TestClient(create_app(shop, systems=["recsys"])) as client:
-        yield client, {"Authorization": f"Bearer {writer}"}, {"Authorization": f"Bearer {reader}"}
-
-
-def _fallbacks(reason: str) -> float:
-    return REGISTRY.get_sample_value("flywheel_recsys_fallbacks_total", {"reason": reason}) or 0.0
 
 
 def test_categories_are_head_nouns() -> None:
@@ -235,11 +223,11 @@ def test_slow_features_fall_back_to_defaults(shop: Project) -> None:
             raise AssertionError("not reached in time")
 
         rec.read_features = slow  # type: ignore[method-assign]
-        before = _fallbacks("features_timeout")
+        before = fallback_count("features_timeout")
         out = rec.recommend(user, 10)
         assert "features_timeout" in out.fallbacks
         assert len(out.items) == 10
-        assert _fallbacks("features_timeout") == before + 1
+        assert fallback_count("features_timeout") == before + 1
     finally:
         rec.close()
 
@@ -252,10 +240,10 @@ def test_feature_store_errors_fall_back_to_defaults(shop: Project) -> None:
             raise ConnectionError("online store unreachable")
 
         rec.read_features = broken  # type: ignore[method-assign]
-        before = _fallbacks("features_error")
+        before = fallback_count("features_error")
         out = rec.recommend(next(iter(rec.state.user_index)), 10)
         assert out.fallbacks == ["features_error"] and len(out.items) == 10
-        assert _fallbacks("features_error") == before + 1
+        assert fallback_count("features_error") == before + 1
     finally:
         rec.close()
 
@@ -268,11 +256,11 @@ def test_missing_generators_fall_back_to_popularity(shop: Project) -> None:
     state.trending._scores[:] = 0.0  # nothing trending either
     rec = OnlineRecommender(shop, BASE, state=state)
     try:
-        before = _fallbacks("generators_missing")
+        before = fallback_count("generators_missing")
         out = rec.recommend(next(iter(state.user_index)), 10)
         assert "generators_missing" in out.fallbacks
         assert len(out.items) == 10 and all(i["reasons"] == ["popularity"] for i in out.items)
-        assert _fallbacks("generators_missing") == before + 1
+        assert fallback_count("generators_missing") == before + 1
     finally:
         rec.close()
 

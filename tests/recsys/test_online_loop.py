@@ -12,7 +12,6 @@ from typing import Any
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client import REGISTRY
 
 from flywheel.api import create_app
 from flywheel.auth import TokenStore
@@ -28,6 +27,7 @@ from flywheel.recsys import (
 )
 from flywheel.recsys._api import set_recommender
 from tests.conftest import make_project
+from tests.recsys.conftest import fallback_count
 
 # Exploration on, no learned models (those have their own tests), TF-IDF text (fast). A long
 # deadline: on a loaded machine a 50 ms budget would turn pages into deadline fallbacks.
@@ -47,18 +47,6 @@ def shop(tmp_path: Path, tiny_lines: pd.DataFrame) -> Iterator[Project]:
     yield proj
     set_recommender(proj, None)
     proj.close()
-
-
-@pytest.fixture
-def http(shop: Project) -> Iterator[tuple[TestClient, dict[str, str], dict[str, str]]]:
-    _, writer = TokenStore(shop.db).create("writer", "w")
-    _, reader = TokenStore(shop.db).create("reader", "r")
-    with TestClient(create_app(shop, systems=["recsys"])) as client:
-        yield client, {"Authorization": f"Bearer {writer}"}, {"Authorization": f"Bearer {reader}"}
-
-
-def _count(reason: str) -> float:
-    return REGISTRY.get_sample_value("flywheel_recsys_fallbacks_total", {"reason": reason}) or 0.0
 
 
 def _ids(body: dict[str, Any]) -> list[str]:
@@ -214,10 +202,13 @@ def test_no_two_tower_index_and_no_ranker_are_counted_fallbacks(shop: Project) -
     rec = OnlineRecommender(shop, replace(settings, explore_experiment=None), background=False)
     try:
         user = next(iter(rec.state.user_index))
-        idx, rnk = _count("index_missing"), _count("ranker_unavailable")
+        idx, rnk = fallback_count("index_missing"), fallback_count("ranker_unavailable")
         out = rec.recommend(user, 20)
         assert {"index_missing", "ranker_unavailable"} <= set(out.fallbacks)
-        assert _count("index_missing") == idx + 1 and _count("ranker_unavailable") == rnk + 1
+        assert (
+            fallback_count("index_missing") == idx + 1
+            and fallback_count("ranker_unavailable") == rnk + 1
+        )
         assert out.model_versions == {}
         # Falling back means the retrieval order: the same page as with no models configured.
         assert [i["item_id"] for i in out.items] == [
