@@ -414,7 +414,7 @@ def train(
                 job = scheduler.store.submit(spec)
                 job = run_job(scheduler, job.id, bar, f"ranker {label}", None)
                 series = [v for k, _, v in scheduler.store.metrics(job.id) if "ndcg" in k]
-                best = f", validation NDCG@20 {max(series):.4f}" if series else ""
+                best = f", NDCG@20 {max(series):.4f} on its own validation window" if series else ""
                 bar.say(f"{job.id} ({what}){best} → registered models:/{job.model_version}")
                 versions[f"ranker_{label}"] = str(job.model_version)
     return versions
@@ -539,7 +539,8 @@ def start_server(project: Any, port: int, data: Data, steps: Steps) -> Server:
             time.sleep(0.5)
         bar.say(
             f"GET /recommendations/{probe}?k=5 → variant {page['experiment_variant']}, "
-            f"strategy {page['strategy']}, models {page['model_versions'] or 'none'}"
+            f"strategy {page['strategy']}, models "
+            + (", ".join(sorted(page["model_versions"].values())) or "none")
         )
         for item in page["items"][:5]:
             bar.say(f"  {item['item_id']:>8}  {item['category']:<12} {', '.join(item['reasons'])}")
@@ -870,7 +871,14 @@ def summary(project: Any, server: Server, live: Replay, steps: Steps) -> None:
     console.print(f"endpoint recs-ranker: {routes}")
     for event in ep["events"]:
         detail = event["detail"] if isinstance(event["detail"], dict) else {}
-        reason = detail.get("reason") or (detail.get("canary") or {}).get("reason") or ""
+        canary = detail.get("canary") or {}
+        reason = detail.get("reason") or canary.get("reason") or ""
+        if not reason and canary:
+            reason = (
+                f"v{canary['candidate']} at {canary['weight']}%, baseline v{canary['baseline']}"
+            )
+        elif not reason and detail.get("routes"):
+            reason = ", ".join(f"v{r['version']} {r['weight']:.0f}%" for r in detail["routes"])
         console.print(f"  {event['at'][11:19]} {event['kind']:<16} {reason}")
     metrics = httpx.get(f"{server.base}/metrics", timeout=10).text
     fallbacks = [
