@@ -219,24 +219,26 @@ def test_no_two_tower_index_and_no_ranker_are_counted_fallbacks(shop: Project) -
         plain.close()
 
 
-def test_cli_recommend_event_and_add_item_against_a_server(
-    shop: Project, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from flywheel.cli import main
+def test_cli_recommend_event_and_add_item_against_a_server(shop: Project) -> None:
+    import os
+    import subprocess
+    import sys
+
     from tests.serving.conftest import running_server
 
-    def cli(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        got = capsys.readouterr()
-        return code, " ".join(got.out.split()), got.err
-
     _, writer = TokenStore(shop.db).create("writer", "cli")
-    monkeypatch.setenv("FLYWHEEL_TOKEN", writer)
+    env = {**os.environ, "FLYWHEEL_TOKEN": writer}
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "flywheel.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return done.returncode, " ".join(done.stdout.split()), done.stderr
+
     with running_server(create_app(shop, systems=["recsys"])) as hostport:
         url = f"http://{hostport}"
         user = str(
