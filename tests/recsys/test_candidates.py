@@ -172,3 +172,30 @@ def test_tuning_anchors_on_the_best_single_generator_and_never_loses_to_it(
             assert weights["repeat"] in (0.0, 1.0) and alone["repeat"].ndcg == 0.0
             assert max(alone, key=lambda n: alone[n].ndcg) in anchors
         json.dumps(weights)
+
+
+def test_co_occurrence_max_neighbours_keeps_each_items_strongest(tiny: Split) -> None:
+    full = CoOccurrence(half_life_days=None).fit(tiny.train)
+    kept = CoOccurrence(half_life_days=None, max_neighbours=1).fit(tiny.train)
+    s_full, s_kept = full.similarity().toarray(), kept.similarity().toarray()
+    for row in range(s_full.shape[0]):
+        nonzero = np.flatnonzero(s_full[row])
+        assert np.count_nonzero(s_kept[row]) == min(1, len(nonzero))
+        if len(nonzero):
+            best = nonzero[np.argmax(s_full[row][nonzero])]  # ties: the lower column
+            assert s_kept[row, best] == s_full[row, best]
+    # a brute-force reference on random data: the k largest per row, ties by column
+    import scipy.sparse as sp
+
+    from flywheel.recsys._candidates import _strongest_per_row
+
+    rng = np.random.default_rng(0)
+    dense = np.where(rng.random((40, 30)) < 0.4, rng.integers(1, 6, (40, 30)), 0).astype(float)
+    got = _strongest_per_row(sp.csr_matrix(dense), 3).toarray()
+    for r in range(40):
+        cols = sorted(np.flatnonzero(dense[r]), key=lambda c: (-dense[r, c], c))[:3]
+        want = np.zeros(30)
+        want[cols] = dense[r, cols]
+        assert np.array_equal(got[r], want)
+    with pytest.raises(RecsysError, match="max_neighbours"):
+        CoOccurrence(max_neighbours=0)
