@@ -64,6 +64,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS = "redis://127.0.0.1:6379/0"
+EVENT_REASONS = {"session", "category", "content"}  # candidates made from a user's recent items
 STAGES_ORDER = ("experiment", "features", "candidates", "ranking", "rerank", "total")
 
 
@@ -474,6 +475,13 @@ class Freshness:
 async def freshness(port: int, shop: Shop, token: str, trials: int, seed: int) -> Freshness:
     """Event posted -> first response that reflects it (and -> stream view that holds it)."""
     http = Http(port, max_connections=4)
+    # the page of a user never seen holds none of these reasons (checked on the first trial)
+    status, data = await http.request("GET", f"/recommendations/{int(shop.users.max()) + 7}?k=20")
+    before = (
+        {r for it in json.loads(data)["items"] for r in it["reasons"]} if status == 200 else set()
+    )
+    if before & EVENT_REASONS:
+        raise RuntimeError(f"a new user's page already has {sorted(before & EVENT_REASONS)}")
     rng = random.Random(seed)
     base_user = int(shop.users.max()) + 50_000_000 + rng.randrange(1_000_000) * 100
     out = Freshness([], [], [], 0)
@@ -494,8 +502,10 @@ async def freshness(port: int, shop: Shop, token: str, trials: int, seed: int) -
         while clock() - t0 < 5.0:
             polls += 1
             status, data = await http.request("GET", f"/recommendations/{user}?k=20")
+            # A user never seen before gets only trending / popular / exploration items; a
+            # candidate built from their recent items (session, category, content) is the event.
             if status == 200 and any(
-                "session" in it["reasons"] for it in json.loads(data)["items"]
+                EVENT_REASONS & set(it["reasons"]) for it in json.loads(data)["items"]
             ):
                 seen = True
                 break
