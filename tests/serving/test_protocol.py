@@ -333,3 +333,14 @@ def test_fast_path_requests_carry_their_route_in_http_metrics(server: str) -> No
     assert _http_requests(after, "unmatched", "200") == _http_requests(before, "unmatched", "200")
     # The latency histogram is labelled the same way.
     assert f'flywheel_http_request_duration_seconds_count{{method="POST",route="{infer}"}}' in after
+
+
+def test_a_unicode_digit_version_is_404_not_500(project: Project) -> None:
+    # "²".isdigit() is True but int("²") raises: found by the schemathesis fuzz.
+    from fastapi.testclient import TestClient
+
+    from flywheel.api import create_app
+
+    with TestClient(create_app(project, systems=["serving"])) as client:
+        r = client.get("/v2/models/m/versions/²/ready")
+        assert r.status_code == 404 and "error" in r.json()

@@ -996,7 +996,7 @@ class TwoTowerRetriever:
                     mv = registry.resolve(f"models:/{model}@production")
                 except ModelNotFound:
                     mv = registry.resolve(f"models:/{model}@latest")
-            elif isinstance(version, int) or str(version).isdigit():
+            elif isinstance(version, int) or (str(version).isascii() and str(version).isdigit()):
                 mv = registry.get_version(model, int(version))
             else:
                 mv = registry.resolve(f"models:/{model}@{version}")

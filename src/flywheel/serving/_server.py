@@ -366,7 +366,9 @@ class InferenceServer:
     ) -> tuple[ServedVersion, Endpoint | None]:
         """The version that serves a request to ``name`` (and the endpoint, if ``name`` is one)."""
         if version is not None:
-            number = int(version) if version.isdigit() and len(version) < 10 else 0
+            number = (
+                int(version) if version.isascii() and version.isdigit() and len(version) < 10 else 0
+            )
             if number < 1:
                 raise UnknownModel(f"version {version!r} of {name!r} is not a version number")
             endpoint = self._endpoints.get(name)
