@@ -463,6 +463,7 @@ class OnlineRecommender:
             for cat, count in counts.items():
                 rows = st.category_rows.get(cat)
                 if rows is not None and len(rows):
+                    rows = rows[rows < len(trend)]  # items added after `trend` was read
                     t = trend[rows]
                     parts_rows.append(rows)
                     parts_scores.append((count / total) * (1.0 + t / (t.max() or 1.0)))
@@ -641,8 +642,12 @@ class OnlineRecommender:
             log.debug("ranker fallback: %s", exc)
             fallbacks.append("ranker_unavailable")
             # A circuit breaker: do not pay for features while nothing is served; try again
-            # after RANKER_RETRY_S (a promoted version is picked up within that time).
-            self._ranker_retry_at = time.monotonic() + RANKER_RETRY_S
+            # after RANKER_RETRY_S (a promoted version is picked up within that time). A late
+            # answer is only this request's fallback: the next one may be in time.
+            from flywheel.serving import DeadlineExceeded
+
+            if not isinstance(exc.__cause__, DeadlineExceeded):
+                self._ranker_retry_at = time.monotonic() + RANKER_RETRY_S
             return rows
         versions["ranker"] = version
         order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
@@ -735,6 +740,7 @@ class OnlineRecommender:
                 rows = st.category_rows.get(cat)
                 if rows is None or not len(rows):
                     continue
+                rows = rows[rows < len(trend)]  # items added after `trend` was read
                 order = rows[np.argsort(-trend[rows], kind="stable")]
                 # past the head of the category: the head is on the page already
                 pick = [int(r) for r in order[5:].tolist() if int(r) not in taken]
