@@ -20,7 +20,7 @@ $(VENV)/.stamp-core: pyproject.toml constraints.txt | $(BIN)/python
 
 # Everything `make test` needs: core + TensorFlow + test tools.
 $(VENV)/.stamp-all: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) install -q -c constraints.txt -e '.[tensorflow,dev]'
+	$(PIP) install -q -c constraints.txt -e '.[tensorflow,ray,dev]'
 	touch $@ $(VENV)/.stamp-core
 
 # The dashboard's browser libraries, from the npm registry, served by Flywheel itself.
