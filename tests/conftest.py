@@ -77,6 +77,20 @@ def redis_url(redis_prefix: str) -> Iterator[str]:
     client.close()
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """Online store and event log URLs: both embedded SQLite, then both on the real Redis."""
+    if request.param == "sqlite":
+        return {
+            "online_store": f"sqlite:///{tmp_path}/online.db",
+            "event_log": f"sqlite:///{tmp_path}/events.db",
+        }
+    request.applymarker(pytest.mark.integration)
+    url: str = request.getfixturevalue("redis_url")
+    prefix: str = request.getfixturevalue("redis_prefix")
+    return {"online_store": f"{url}?prefix={prefix}", "event_log": f"{url}?prefix={prefix}"}
+
+
 def make_project(root: Path, **overrides: object) -> Project:
     """A project in ``root`` with the default config plus ``overrides`` (top-level keys)."""
     import yaml

@@ -113,8 +113,8 @@ def test_flywheel_up_consumes_configured_streams_and_updates_bandits(tmp_path: o
     import time
     from pathlib import Path
 
+    from flywheel.events import open_event_log
     from flywheel.experiments import Experiments
-    from flywheel.features import open_event_log
     from tests.conftest import make_project
 
     project = make_project(Path(str(tmp_path)) / "p", experiments={"event_streams": ["clicks"]})

@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
+from flywheel.events import open_event_log
 from flywheel.experiments import EventStreamConsumer, Experiments
-from flywheel.features import open_event_log
 
 
 def test_stream_events_feed_reports_and_bandits_exactly_once(

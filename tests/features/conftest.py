@@ -126,20 +126,6 @@ def online_project(tmp_path: Path, online_url: str):  # type: ignore[no-untyped-
     proj.close()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    """Online store and event log URLs: both embedded SQLite, then both on the real Redis."""
-    if request.param == "sqlite":
-        return {
-            "online_store": f"sqlite:///{tmp_path}/online.db",
-            "event_log": f"sqlite:///{tmp_path}/events.db",
-        }
-    request.applymarker(pytest.mark.integration)
-    url: str = request.getfixturevalue("redis_url")
-    prefix: str = request.getfixturevalue("redis_prefix")
-    return {"online_store": f"{url}?prefix={prefix}", "event_log": f"{url}?prefix={prefix}"}
-
-
 @pytest.fixture
 def stream_project(tmp_path: Path, backend: dict[str, str]):  # type: ignore[no-untyped-def]
     from tests.conftest import make_project

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression, Ridge
 
+from flywheel.environment import current_user
 from flywheel.lineage import Node, downstream
 from flywheel.project import Project
 from flywheel.registry import (
@@ -24,7 +25,6 @@ from flywheel.registry import (
     UnsafeModelError,
 )
 from flywheel.tracking import Tracker
-from flywheel.tracking._sysinfo import current_user
 
 XY = tuple[np.ndarray, np.ndarray]
 

@@ -24,7 +24,7 @@ ActorOption = Annotated[
 def _actor(actor: str) -> str:
     if actor:
         return actor
-    from flywheel.tracking._sysinfo import current_user
+    from flywheel.environment import current_user
 
     return current_user()
 

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from hashlib import blake2b
 from typing import TYPE_CHECKING, Any
 
+from flywheel.events import EventLog, open_event_log
 from flywheel.experiments._errors import ExperimentNotFound, InvalidExperiment
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class EventStreamConsumer:
     Args:
         experiments: the experiments client to store into.
         stream: the event-log stream name.
-        event_log: an ``flywheel.features.EventLog``; default: the project's configured one.
+        event_log: a ``flywheel.events.EventLog``; default: the project's configured one.
         group: the consumer group (one group per independent reader of the stream).
         consumer: this consumer's name (default: host and pid); reuse it to resume after a crash.
     """
@@ -68,7 +69,7 @@ class EventStreamConsumer:
         experiments: Experiments,
         stream: str,
         *,
-        event_log: Any = None,
+        event_log: EventLog | None = None,
         group: str = "flywheel-experiments",
         consumer: str | None = None,
         unit_field: str = "user_id",
@@ -83,8 +84,6 @@ class EventStreamConsumer:
         self.stream = stream
         self._owns_log = event_log is None
         if event_log is None:
-            from flywheel.features import open_event_log
-
             config = experiments.project.config
             event_log = open_event_log(config.event_log_url, namespace=config.project)
         self.event_log = event_log

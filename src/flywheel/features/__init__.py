@@ -25,7 +25,6 @@ from flywheel.features._errors import (
     FeatureStoreError,
     PushValidationError,
 )
-from flywheel.features._eventlog import EventLog, open_event_log
 from flywheel.features._materialize import MaterializeReport
 from flywheel.features._online import OnlineStore, open_online_store
 from flywheel.features._response import OnlineResponse
@@ -39,7 +38,6 @@ __all__ = [
     "CatalogEntry",
     "Change",
     "Entity",
-    "EventLog",
     "EventStream",
     "FeatureNotFound",
     "FeatureService",
@@ -59,7 +57,6 @@ __all__ = [
     "StreamProcessor",
     "TrainingDataset",
     "list_of",
-    "open_event_log",
     "open_online_store",
     "vector",
 ]

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from flywheel.errors import ServiceUnavailable
-from flywheel.features._online import Row
-from flywheel.features._resp import (
+from flywheel._resp import (
     FastParser,
     PerThread,
     RespConnection,
@@ -25,7 +22,10 @@ from flywheel.features._resp import (
     connection_args,
     pack,
     parse_bulk_array,
+    split_prefix,
 )
+from flywheel.errors import ServiceUnavailable
+from flywheel.features._online import Row
 
 TS_OFFSET = 10**17
 TS_WIDTH = 18
@@ -72,20 +72,6 @@ end
 if #m > 0 then redis.call('MSET', unpack(m)) end
 return 1
 """
-
-
-def split_prefix(url: str, default: str) -> tuple[str, str]:
-    """(url without our ``prefix`` query parameter, the prefix)."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    prefix = default
-    rest = []
-    for k, v in query:
-        if k == "prefix":
-            prefix = v
-        else:
-            rest.append((k, v))
-    return urlunsplit(parts._replace(query=urlencode(rest))), prefix
 
 
 def encode_ts(ts_us: int) -> bytes:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from flywheel.events import EventLog, open_event_log
 from flywheel.features._catalog import ApplyPlan, Catalog, CatalogEntry
 from flywheel.features._datasets import (
     TrainingDataset,
@@ -25,7 +26,6 @@ from flywheel.features._definitions import (
     StreamFeatureView,
 )
 from flywheel.features._errors import FeatureNotFound, FeatureStoreError
-from flywheel.features._eventlog import EventLog, open_event_log
 from flywheel.features._materialize import (
     EPOCH,
     MaterializeReport,

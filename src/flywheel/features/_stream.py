@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from flywheel.events import Event
 from flywheel.features._definitions import StreamFeatureView
-from flywheel.features._eventlog import Event
 from flywheel.features._metrics import metrics
 from flywheel.features._online import Row, table_name
 from flywheel.features._tiles import agg_specs, apply_events, new_state

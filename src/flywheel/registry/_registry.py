@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from flywheel.environment import current_user
 from flywheel.errors import IntegrityError, NotFoundError
 from flywheel.lineage import LineageGraph, Node, record_edge
 from flywheel.lineage import lineage as lineage_graph
@@ -47,7 +48,6 @@ from flywheel.registry._store import (
     versions_t,
 )
 from flywheel.registry._types import AuditEntry, ModelVersion, RegisteredModel, Signature
-from flywheel.tracking._sysinfo import current_user
 
 # The stage that serving answers under the model's own name with no configuration at all: moving
 # a version into it records the lineage edge ``model_version -> endpoint:<model name>``.
@@ -342,8 +342,8 @@ class Registry:
         return OnnxPredict(data, input_names, output_names, device=device)
 
     def _run_facts(self, run: Any) -> tuple[str | None, dict[str, float], str | None]:
+        from flywheel.environment import git_commit
         from flywheel.tracking import RunNotFound, Tracker
-        from flywheel.tracking._sysinfo import git_commit
 
         if run is None:
             return None, {}, git_commit()[0]

@@ -6,11 +6,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from flywheel.environment import current_user, distributed_rank, git_commit, system_info
 from flywheel.project import Project
 from flywheel.tracking._errors import TrackingError
 from flywheel.tracking._run import Run, _param_text
 from flywheel.tracking._store import MetricPoint, RunInfo, TrackingStore
-from flywheel.tracking._sysinfo import current_user, distributed_rank, git_commit, system_info
 
 _EXPERIMENT_MAX = 200
 

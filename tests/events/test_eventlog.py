@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from flywheel.features._eventlog import open_event_log
+from flywheel.events import open_event_log
 
 
 def test_append_read_ack_redeliver_claim_lag(backend: dict[str, str]) -> None:

@@ -7,10 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from flywheel.errors import ServiceUnavailable
-from flywheel.features._eventlog import Event
-from flywheel.features._online_redis import split_prefix
-from flywheel.features._resp import (
+from flywheel._resp import (
     FastParser,
     PerThread,
     RespConnection,
@@ -19,7 +16,10 @@ from flywheel.features._resp import (
     connection_args,
     pack,
     parse_stream_entries,
+    split_prefix,
 )
+from flywheel.errors import ServiceUnavailable
+from flywheel.events._log import Event
 
 
 class RedisEventLog:

@@ -8,8 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from flywheel.features._errors import FeatureStoreError
-from flywheel.features._eventlog import Event
+from flywheel.events._log import Event, EventLogError
 from flywheel.metadata import enable_sqlite_wal
 
 _SCHEMA = """
@@ -38,7 +37,7 @@ class SQLiteEventLog:
 
     def __init__(self, url: str, *, namespace: str = "flywheel") -> None:
         if not url.startswith("sqlite:///"):
-            raise FeatureStoreError(f"event log URL {url!r} is not sqlite:///PATH")
+            raise EventLogError(f"event log URL {url!r} is not sqlite:///PATH")
         self.path = url[len("sqlite:///") :].split("?", 1)[0]
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()

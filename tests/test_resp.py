@@ -6,15 +6,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from flywheel.features._eventlog import open_event_log
-from flywheel.features._online import open_online_store
-from flywheel.features._resp import (
+from flywheel._resp import (
     RespError,
     StreamEntries,
     parse_bulk_array,
     parse_replies,
     parse_stream_entries,
 )
+from flywheel.events import open_event_log
+from flywheel.features._online import open_online_store
 
 
 def _bulk(b: bytes) -> bytes:

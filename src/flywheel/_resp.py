@@ -1,4 +1,5 @@
-"""A minimal RESP2 connection for the hot paths (online reads, stream reads, batched writes).
+"""Shared Redis plumbing for the features online store and the events log: a minimal RESP2
+connection for the hot paths (online reads, stream reads, batched writes).
 
 redis-py encodes each argument and parses each reply element in Python (~1-8 µs apiece); for
 commands with thousands of elements that dominates. This sends pre-packed commands in one
@@ -16,6 +17,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 # A fast parser for one known reply shape: (value, end position), or None to use the generic one.
 FastParser = Callable[[bytes, int], "tuple[Any, int] | None"]
@@ -324,3 +326,17 @@ def parse_stream_entries(buf: bytes, pos: int) -> tuple[StreamEntries, int] | No
         return None
     end = len(buf) - len(toks[-1])  # everything before the unsplit remainder
     return StreamEntries(zip(toks[2 : 8 * count : 8], payloads, strict=True)), end
+
+
+def split_prefix(url: str, default: str) -> tuple[str, str]:
+    """(url without our ``prefix`` query parameter, the prefix)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = default
+    rest = []
+    for k, v in query:
+        if k == "prefix":
+            prefix = v
+        else:
+            rest.append((k, v))
+    return urlunsplit(parts._replace(query=urlencode(rest))), prefix

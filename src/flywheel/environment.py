@@ -1,4 +1,7 @@
-"""What a run records about where it ran: host, Python, packages, git commit, distributed rank."""
+"""Environment facts (shared ground): who runs this, at which git commit, on what host, at which
+distributed rank. Tracking records them on a run; the registry records the actor of a stage
+change and the code commit of a version.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ def git_commit(path: str | Path | None = None) -> tuple[str | None, bool]:
 
 
 def current_user() -> str:
+    """The login name of this process's user (the uid as text when it has no name)."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):

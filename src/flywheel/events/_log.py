@@ -1,5 +1,6 @@
-"""The event log interface (what ``push`` appends to and stream processors consume) and its
-backend registry. Payloads are opaque bytes; ids are strings that sort in append order.
+"""The event log interface (what features' ``push`` appends to, and what stream processors,
+experiments' event consumer and the recommender's catalogue follower consume) and its backend
+registry. Payloads are opaque bytes; ids are strings that sort in append order.
 """
 
 from __future__ import annotations
@@ -9,21 +10,26 @@ from collections.abc import Sequence
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from flywheel.features._errors import FeatureStoreError
+from flywheel.errors import FlywheelError
 
 Event = tuple[str, bytes]  # (log id, payload)
 
+
+class EventLogError(FlywheelError):
+    """An event log URL or backend call is invalid (names the URL and the reason)."""
+
+
 EVENT_LOGS: dict[str, str] = {
-    "sqlite": "flywheel.features._eventlog_sqlite:SQLiteEventLog",
-    "redis": "flywheel.features._eventlog_redis:RedisEventLog",
-    "rediss": "flywheel.features._eventlog_redis:RedisEventLog",
+    "sqlite": "flywheel.events._sqlite:SQLiteEventLog",
+    "redis": "flywheel.events._redis:RedisEventLog",
+    "rediss": "flywheel.events._redis:RedisEventLog",
 }
 
 
 class EventLog(Protocol):
     """An append-only log per stream, consumed by groups of consumers (Redis Streams semantics).
 
-    Contract (``tests/features/test_eventlog.py`` runs it on SQLite and the real Redis):
+    Contract (``tests/events/test_eventlog.py`` runs it on SQLite and the real Redis):
 
     - ``append(stream, payloads)``: all payloads or none are appended (one transaction); returns
       their ids, increasing in append order.
@@ -69,7 +75,7 @@ def open_event_log(url: str, *, namespace: str = "flywheel") -> EventLog:
     scheme = urlsplit(url).scheme.lower()
     target = EVENT_LOGS.get(scheme)
     if target is None:
-        raise FeatureStoreError(
+        raise EventLogError(
             f"event log URL {url!r}: scheme {scheme!r} is not one of {sorted(EVENT_LOGS)}"
         )
     module, _, cls = target.partition(":")
