@@ -67,6 +67,9 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # true: ``/metrics`` answers anyone (a Prometheus scraper without a token); false: it is a
+    # read like any other (open on 127.0.0.1 unless ``auth.required``, else a reader token).
+    public_metrics: bool = False
 
 
 class TrainingConfig(_Section):
@@ -357,6 +360,8 @@ auth:
 server:
   host: 127.0.0.1
   port: 8000
+  # true: /metrics needs no token even when auth.required is true (for a Prometheus scraper).
+  public_metrics: false
 """
 
 __all__ = [

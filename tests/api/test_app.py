@@ -71,3 +71,104 @@ def test_body_over_limit_is_413(tmp_path: object) -> None:
     r = client.post("/healthz", content=b"x" * 5000)
     assert r.status_code == 413
     assert "limit is 2048" in r.json()["error"]
+
+
+# -- auth on every route (issue #17 items 1-3) ---------------------------------------------------
+
+HEALTH_PROBES = {"/healthz", "/v2/health/live", "/v2/health/ready"}
+
+
+def _fill(path: str) -> str:
+    import re
+
+    return re.sub(r"\{(\w+)(:\w+)?\}", lambda m: "1" if m.group(1) == "version" else "x", path)
+
+
+def _required_app(tmp_path: object, **server: object) -> tuple[TestClient, str]:
+    from pathlib import Path
+
+    from flywheel.api import create_server_app
+    from flywheel.auth import TokenStore
+
+    proj = make_project(Path(str(tmp_path)) / "p", auth={"required": True}, server=server)
+    _, reader = TokenStore(proj.db).create("reader")
+    return TestClient(create_server_app(proj)), reader
+
+
+def test_every_documented_route_needs_a_token_when_auth_is_required(tmp_path: object) -> None:
+    """Every operation in the OpenAPI document (V2 inference included, on the fast path that
+    ``flywheel up`` serves) answers 401 without a token when ``auth.required``; only the health
+    probes stay open."""
+    client, reader = _required_app(tmp_path)
+    spec = client.get("/openapi.json").json()
+    assert "/v2/models/{name}/infer" in spec["paths"]
+    checked = 0
+    for path, item in spec["paths"].items():
+        for method in item:
+            url = _fill(path)
+            r = client.request(method.upper(), url)
+            if path in HEALTH_PROBES:
+                assert r.status_code != 401, url
+                continue
+            assert r.status_code == 401, (method, url, r.status_code, r.text)
+            assert "Bearer" in r.json()["error"]
+            checked += 1
+    assert checked > 40
+    # V2 routes outside the document too: server metadata, with and without a token.
+    assert client.get("/v2").status_code == 401
+    assert client.get("/v2", headers={"Authorization": f"Bearer {reader}"}).status_code == 200
+    ok = {"Authorization": f"Bearer {reader}"}
+    assert client.post("/v2/models/nope/infer", json={"inputs": []}, headers=ok).status_code != 401
+    assert client.get("/v2/models/nope", headers=ok).status_code == 404
+    for probe in ("/healthz", "/v2/health/live"):
+        assert client.get(probe).status_code == 200
+
+
+def test_metrics_follow_auth_unless_public(tmp_path: object) -> None:
+    from pathlib import Path
+
+    client, reader = _required_app(Path(str(tmp_path)) / "a")
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {reader}"}).status_code == 200
+    public, _ = _required_app(Path(str(tmp_path)) / "b", public_metrics=True)
+    assert public.get("/metrics").status_code == 200
+
+
+def test_malformed_authorization_is_401_even_on_open_reads(project: Project) -> None:
+    from flywheel.api import create_server_app
+
+    client = TestClient(create_server_app(project))
+    # Open on loopback without a header...
+    assert client.get("/registry/models").status_code == 200
+    assert client.get("/v2/models/nope").status_code == 404
+    for header in ("Basic dXNlcjpwdw==", "garbage", "Bearer", "Bearer a b"):
+        for method, url in (
+            ("GET", "/registry/models"),
+            ("GET", "/v2/models/nope"),
+            ("POST", "/v2/models/nope/infer"),
+            ("GET", "/v2"),
+        ):
+            r = client.request(method, url, headers={"Authorization": header})
+            assert r.status_code == 401, (header, url)
+            assert "'Bearer <token>'" in r.json()["error"]
+            assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_openapi_describes_auth_as_it_behaves(project: Project) -> None:
+    spec = TestClient(create_app(project)).get("/openapi.json").json()
+    paths = spec["paths"]
+    read = paths["/registry/models"]["get"]
+    assert {} in read["security"] and "401" in read["responses"]
+    write = paths["/serving/endpoints/{name}"]["put"]
+    assert write["security"] == [{"bearer": []}]
+    assert {"401", "403"} <= set(write["responses"])
+    infer = paths["/v2/models/{name}/infer"]["post"]
+    assert {"401", "429"} <= set(infer["responses"]) and {} in infer["security"]
+    assert "/v2/models/{name}/versions/{version}/infer" in paths
+    assert set(spec["components"]["securitySchemes"]) == {"bearer"}
+
+
+def test_405_lists_every_method_of_the_path(project: Project) -> None:
+    r = TestClient(create_app(project)).request("PATCH", "/serving/endpoints/x")
+    assert r.status_code == 405
+    assert set(r.headers["allow"].split(", ")) == {"GET", "PUT", "DELETE"}

@@ -94,3 +94,18 @@ def test_online_push_catalog_materialize_over_http(project: Project) -> None:
         metrics = client.get("/metrics").text
         assert "flywheel_features_online_seconds" in metrics
         assert "flywheel_features_stream_events_total" in metrics
+
+
+def test_materialize_refuses_numbers_where_date_times_are_declared(project: Project) -> None:
+    _, token = TokenStore(project.db).create("writer", "t")
+    auth = {"Authorization": f"Bearer {token}"}
+    client = TestClient(create_app(project, systems=["features"]))
+    for body, url in (
+        ({"start": 0, "end": "2000-01-01T00:00:00Z"}, "/features/materialize"),
+        ({"start": "0", "end": "2000-01-01T00:00:00Z"}, "/features/materialize"),
+        ({"end": 0}, "/features/materialize-incremental"),
+        ({"end": 1.5e9}, "/features/materialize-incremental"),
+    ):
+        r = client.post(url, json=body, headers=auth)
+        assert r.status_code == 422, (body, r.text)
+        assert "date-time" in r.json()["error"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter
@@ -344,3 +345,64 @@ def test_control_api_needs_a_writer_token(project: Project, source: FakeSource) 
             headers={"Authorization": f"Bearer {writer}"},
         )
         assert missing.status_code == 404
+
+
+def test_control_bodies_take_json_integers_as_the_schema_declares() -> None:
+    """JSON Schema's integer includes 2.0 (schemathesis sends it); true and 2.5 stay refused."""
+    from pydantic import ValidationError
+
+    from flywheel.serving._api import DeployBody, ShadowUpdate
+
+    body = DeployBody.model_validate_json('{"version": 2.0, "canary": [10.0, 100]}')
+    assert body.version == 2 and body.canary == [10, 100]
+    assert ShadowUpdate.model_validate_json('{"version": 3.0}').version == 3
+    for bad in ('{"version": true}', '{"version": 2.5}', '{"version": "2"}', '{"version": 0}'):
+        with pytest.raises(ValidationError):
+            DeployBody.model_validate_json(bad)
+    schema = DeployBody.model_json_schema()["properties"]["canary"]["anyOf"][0]["items"]
+    assert schema["minimum"] == 1 and schema["maximum"] == 100
+
+
+def test_a_callers_timeout_is_not_a_candidate_error(
+    fast_project: Project, source: FakeSource
+) -> None:
+    """Issue #17 item 18: a slow-but-correct candidate whose callers give up (Timeout header,
+    ``predict(timeout_s=...)``) is not rolled back for "errors"; its real failures still count."""
+    from flywheel.serving import server_for
+
+    source.add("m", 1, FakeModel(linear(1.0)), stage="production")
+    source.add("m", 2, FakeModel(linear(2.0), delay=0.05))
+    deploy(fast_project, "shop", model="m", version=1, source=source)
+    with running_server(serving_app(fast_project, source)) as server:
+        url = f"http://{server}/v2/models/shop/infer"
+        deploy(
+            fast_project,
+            "shop",
+            version=2,
+            canary="50,100",
+            step_requests=10,
+            max_error_rate=0.05,
+            source=source,
+        )
+        store = EndpointStore(fast_project.db)
+        codes: Counter[int] = Counter()
+        with httpx.Client() as client:
+            for i in range(60):
+                r = client.post(
+                    url, content=BODY, headers={"Timeout": "5ms", "X-Routing-Key": f"u{i}"}
+                )
+                codes[r.status_code] += 1
+        assert codes[504] >= 10, codes  # the candidate's share did time out on the caller's clock
+
+        srv = server_for(fast_project)
+        for i in range(20):
+            with contextlib.suppress(ServingError):
+                srv.predict_blocking(
+                    "shop",
+                    {"input": np.ones((1, 4), np.float32)},
+                    routing_key=f"p{i}",
+                    timeout_s=0.005,
+                )
+        time.sleep(0.3)  # a reconcile pass would have acted on counted errors by now
+        ep = store.get("shop")
+        assert ep.canary is not None and ep.canary.state is RolloutState.running, ep.canary

@@ -17,6 +17,8 @@ import flywheel
 from flywheel.api._errors import install_error_handlers
 from flywheel.api._health import health_report
 from flywheel.api._middleware import BodyLimitMiddleware, MetricsMiddleware
+from flywheel.api._openapi import install_openapi
+from flywheel.auth import require_metrics_reader
 from flywheel.config import CONFIG_ENV_VAR
 from flywheel.project import Project, current_project
 
@@ -78,7 +80,7 @@ def _core_router() -> APIRouter:
         status = 200 if report["status"] == "ok" else 503
         return JSONResponse(report, status_code=status)
 
-    @router.get("/metrics", response_class=Response)
+    @router.get("/metrics", response_class=Response, dependencies=[Depends(require_metrics_reader)])
     def metrics() -> Response:
         """Prometheus text exposition (all processes when PROMETHEUS_MULTIPROC_DIR is set)."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -125,9 +127,14 @@ def create_app(project: Project, systems: Iterable[str] | None = None) -> FastAP
     app.state.project = project
     install_error_handlers(app)
     app.include_router(_core_router())
+    # Plain-ASGI routes (V2 inference) are described by their router's ``openapi_paths``.
+    extra_paths: dict[str, dict[str, Any]] = {}
     for name in chosen:
         if name in SYSTEM_ROUTERS:
-            app.include_router(_load(SYSTEM_ROUTERS[name]))
+            router = _load(SYSTEM_ROUTERS[name])
+            app.include_router(router)
+            extra_paths.update(getattr(router, "openapi_paths", {}))
+    install_openapi(app, extra_paths)
     app.add_middleware(BodyLimitMiddleware, max_bytes=project.config.server.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     return app

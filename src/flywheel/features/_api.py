@@ -18,12 +18,12 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from flywheel.auth import require_reader, require_writer
 from flywheel.features._errors import FeatureStoreError
@@ -71,16 +71,32 @@ class PushRequest(BaseModel):
     rows: list[dict[str, Any]] = Field(max_length=100_000)
 
 
+def _iso_datetime(value: Any) -> Any:
+    """Only an ISO 8601 date-time string, as the schema declares (never a number or '0')."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"must be an ISO 8601 date-time string, got {type(value).__name__}")
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{value[:40]!r} is not an ISO 8601 date-time") from None
+
+
+# Pydantic's lax mode would take 0 or "0" as a Unix time; the document declares a date-time string.
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_datetime)]
+
+
 class MaterializeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    start: datetime
-    end: datetime
+    start: IsoDatetime
+    end: IsoDatetime
     views: list[str] | None = None
 
 
 class IncrementalRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    end: datetime
+    end: IsoDatetime
     views: list[str] | None = None
 
 

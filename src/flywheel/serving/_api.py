@@ -11,12 +11,17 @@ import asyncio
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from flywheel.auth import Principal, require_reader, require_writer
 from flywheel.project import Project, current_project
 from flywheel.serving import _control
-from flywheel.serving._asgi import HealthEndpoint, InferEndpoint, ServerMetadataEndpoint
+from flywheel.serving._asgi import (
+    OPENAPI_PATHS,
+    HealthEndpoint,
+    InferEndpoint,
+    ServerMetadataEndpoint,
+)
 from flywheel.serving._drift import alert, drift_report
 from flywheel.serving._endpoints import EndpointStore
 from flywheel.serving._server import server_for
@@ -31,6 +36,8 @@ _errors: dict[int | str, dict[str, Any]] = {
 
 
 router = APIRouter(tags=["serving"])
+# The plain-ASGI inference routes, described for the app's OpenAPI document (flywheel.api).
+router.openapi_paths = OPENAPI_PATHS  # type: ignore[attr-defined]
 _infer: Any = InferEndpoint()
 router.add_route(
     "/v2", cast(Any, ServerMetadataEndpoint()), methods=["GET"], include_in_schema=False
@@ -51,13 +58,26 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-@router.get("/v2/models/{name}", responses=_errors)
+def _whole_number(value: Any) -> Any:
+    # JSON Schema's "integer" includes 3.0; strict mode alone would refuse it (true stays refused).
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Version = Annotated[int, Field(ge=1, le=MAX_VERSION), BeforeValidator(_whole_number)]
+Percent = Annotated[int, Field(ge=1, le=100), BeforeValidator(_whole_number)]
+
+
+@router.get("/v2/models/{name}", dependencies=[Depends(require_reader)], responses=_errors)
 async def model_metadata(name: str, project: Project = Depends(current_project)) -> dict[str, Any]:
     """V2 model metadata: inputs, outputs, versions, the runtime and device that serve it."""
     return await server_for(project).model_metadata(name, None)
 
 
-@router.get("/v2/models/{name}/versions/{version}", responses=_errors)
+@router.get(
+    "/v2/models/{name}/versions/{version}",
+    dependencies=[Depends(require_reader)],
+    responses=_errors,
+)
 async def model_version_metadata(
     name: str, version: str, project: Project = Depends(current_project)
 ) -> dict[str, Any]:
@@ -65,14 +85,18 @@ async def model_version_metadata(
     return await server_for(project).model_metadata(name, version)
 
 
-@router.get("/v2/models/{name}/ready", responses=_errors)
+@router.get("/v2/models/{name}/ready", dependencies=[Depends(require_reader)], responses=_errors)
 async def model_ready(name: str, project: Project = Depends(current_project)) -> dict[str, Any]:
     """200 once the model (or endpoint) is loaded and warm; loads it if needed."""
     meta = await server_for(project).model_metadata(name, None)
     return {"name": name, "ready": True, "version": meta["parameters"]["version"]}
 
 
-@router.get("/v2/models/{name}/versions/{version}/ready", responses=_errors)
+@router.get(
+    "/v2/models/{name}/versions/{version}/ready",
+    dependencies=[Depends(require_reader)],
+    responses=_errors,
+)
 async def model_version_ready(
     name: str, version: str, project: Project = Depends(current_project)
 ) -> dict[str, Any]:
@@ -82,12 +106,12 @@ async def model_version_ready(
 
 
 class RouteBody(_Body):
-    version: int = Field(ge=1, le=MAX_VERSION)
+    version: Version
     weight: float = Field(ge=0, le=1e6)
 
 
 class ShadowBody(_Body):
-    version: int = Field(ge=1, le=MAX_VERSION)
+    version: Version
     share: float = Field(default=1.0, gt=0, le=1)
 
 
@@ -98,10 +122,12 @@ class EndpointBody(_Body):
 
 
 class DeployBody(_Body):
-    version: int = Field(ge=1, le=MAX_VERSION)
+    version: Version
     model: str | None = Field(default=None, pattern=NAME)
-    canary: list[Annotated[int, Field(ge=1, le=100)]] | None = Field(default=None, max_length=20)
-    step_requests: int = Field(default=100, ge=1, le=10_000_000)
+    canary: list[Percent] | None = Field(default=None, max_length=20)
+    step_requests: Annotated[int, BeforeValidator(_whole_number)] = Field(
+        default=100, ge=1, le=10_000_000
+    )
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
     max_p99_ms: float | None = Field(default=None, gt=0, le=3_600_000)
 
@@ -111,7 +137,7 @@ class RollbackBody(_Body):
 
 
 class ShadowUpdate(_Body):
-    version: int | None = Field(default=None, ge=1, le=MAX_VERSION)
+    version: Version | None = None
     share: float = Field(default=1.0, gt=0, le=1)
 
 
@@ -216,7 +242,7 @@ def delete_endpoint(
 )
 async def endpoint_drift(
     name: str,
-    window: str = Query(default="1h", max_length=20),
+    window: str = Query(default="1h", pattern=r"^[0-9]{1,6}(\.[0-9]{1,3})?[smhd]$"),
     notify: bool = Query(default=False, description="Record an alert and call the webhook."),
     project: Project = Depends(current_project),
 ) -> dict[str, Any]:

@@ -20,6 +20,9 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from flywheel import __version__
+from flywheel.auth import authorize_asgi
+from flywheel.errors import AuthError
+from flywheel.serving._codec import V2_DTYPES
 from flywheel.serving._errors import InvalidInput, PayloadTooLarge
 from flywheel.serving._server import InferenceResult, parse_timeout_header, server_for
 
@@ -55,6 +58,19 @@ def _project(scope: Scope) -> Any:
     return scope["app"].state.project
 
 
+async def _authorized(scope: Scope, send: Send) -> bool:
+    """Checks the caller as ``require_reader`` does; answers 401/403 and returns False if not."""
+    try:
+        await authorize_asgi(scope)
+    except AuthError as exc:
+        headers = [_JSON]
+        if exc.status_code == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+        await _send(send, exc.status_code, orjson.dumps({"error": str(exc)}), headers)
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class RouteTemplate:
     """What route-labelling middleware reads from ``scope["route"]``: the path template."""
@@ -77,6 +93,8 @@ class InferEndpoint:
             # Starlette's plain routes leave no "route" in the scope; label the request with
             # its template (the middleware reads it after this returns, from the same dict).
             scope["route"] = INFER_VERSION_ROUTE if "version" in params else INFER_ROUTE
+        if not await _authorized(scope, send):
+            return
         header_length: int | None = None
         timeout_s: float | None = None
         routing_key = request_id = encoding = None
@@ -226,15 +244,128 @@ class ServerMetadataEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope.setdefault("route", self.route)
+        if not await _authorized(scope, send):
+            return
         body = orjson.dumps(
             {"name": "flywheel", "version": __version__, "extensions": SERVER_EXTENSIONS}
         )
         await _send(send, 200, body, [_JSON])
 
 
+# -- OpenAPI description of the plain-ASGI routes (merged into the app's document by flywheel.api)
+
+_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype", "data"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string", "enum": list(V2_DTYPES)},
+        "parameters": {"type": "object"},
+        "data": {"type": "array"},
+    },
+}
+_INFER_REQUEST = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object"},
+        "inputs": {"type": "array", "minItems": 1, "items": _TENSOR},
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+            },
+        },
+    },
+}
+_INFER_RESPONSE = {
+    "type": "object",
+    "required": ["model_name", "outputs"],
+    "properties": {
+        "model_name": {"type": "string"},
+        "model_version": {"type": "string"},
+        "id": {"type": "string"},
+        "parameters": {"type": "object"},
+        "outputs": {"type": "array", "items": _TENSOR},
+    },
+}
+
+
+def _infer_operation(summary: str, params: list[str]) -> dict[str, Any]:
+    return {
+        "tags": ["serving"],
+        "summary": summary,
+        "operationId": "v2_infer" + ("_version" if "version" in params else ""),
+        "security": [{"bearer-reader": []}],
+        "parameters": [
+            *(
+                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                for p in params
+            ),
+            {
+                "name": "Timeout",
+                "in": "header",
+                "required": False,
+                "description": "The caller's deadline: 250ms, 2s, 500us (bare: microseconds); "
+                "504 once it passes.",
+                "schema": {"type": "string", "pattern": r"^[0-9]{1,9}(\.[0-9]{1,6})?(us|ms|s)?$"},
+            },
+            {
+                "name": "X-Routing-Key",
+                "in": "header",
+                "required": False,
+                "description": "Sticky key for an endpoint's traffic split.",
+                "schema": {"type": "string"},
+            },
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _INFER_REQUEST}},
+        },
+        "responses": {
+            "200": {
+                "description": "The outputs (binary tensor data when the request asks for it).",
+                "content": {
+                    "application/json": {"schema": _INFER_RESPONSE},
+                    "application/octet-stream": {},
+                },
+            },
+            "400": {"description": "The request does not match the signature.", "content": _ERROR},
+            "404": {"description": "No such model, version or endpoint.", "content": _ERROR},
+            "413": {
+                "description": "The body is over `serving.max_request_bytes`.",
+                "content": _ERROR,
+            },
+            "429": {
+                "description": "The version's queue is full; retry after `Retry-After` seconds.",
+                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                "content": _ERROR,
+            },
+            "503": {"description": "The version could not be loaded.", "content": _ERROR},
+            "504": {"description": "The request's deadline passed.", "content": _ERROR},
+        },
+    }
+
+
+OPENAPI_PATHS: dict[str, dict[str, Any]] = {
+    "/v2/models/{name}/infer": {
+        "post": _infer_operation("V2 inference on a model or endpoint", ["name"])
+    },
+    "/v2/models/{name}/versions/{version}/infer": {
+        "post": _infer_operation("V2 inference on one version", ["name", "version"])
+    },
+}
+
+
 __all__ = [
     "INFER_ROUTE",
     "INFER_VERSION_ROUTE",
+    "OPENAPI_PATHS",
     "SERVER_EXTENSIONS",
     "HealthEndpoint",
     "InferEndpoint",

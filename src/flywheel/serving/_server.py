@@ -416,6 +416,7 @@ class InferenceServer:
         """Answer one V2 inference request; never raises for a request-level problem."""
         start = time.perf_counter()
         served: ServedVersion | None = None
+        caller_deadline = False
         endpoint: Endpoint | None = None
         request: Any = None
         outputs: Tensors = {}
@@ -434,6 +435,7 @@ class InferenceServer:
                 )
             if timeout_s is None and request.timeout_us is not None:
                 timeout_s = request.timeout_us / 1e6
+            caller_deadline = timeout_s is not None
             if timeout_s is None and self.config.request_timeout_ms is not None:
                 timeout_s = self.config.request_timeout_ms / 1000
             deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -465,7 +467,9 @@ class InferenceServer:
         if served is not None:
             label = endpoint.name if endpoint is not None else name
             self._observe(label, served, result.status, elapsed)
-            if endpoint is not None:
+            if endpoint is not None and not (result.status == 504 and caller_deadline):
+                # A deadline the caller chose passing is the caller giving up, not a candidate
+                # error (the server's own request_timeout_ms passing still counts).
                 self._count_canary(endpoint, served.version, result.status, elapsed)
             if result.status == 200 and request is not None:
                 self._after_success(label, endpoint, served, request, outputs, elapsed, request_id)
@@ -615,6 +619,7 @@ class InferenceServer:
         """
         start = time.perf_counter()
         served: ServedVersion | None = None
+        caller_deadline = False
         endpoint: Endpoint | None = None
         request: InferenceRequest | None = None
         outputs: Tensors = {}
@@ -631,6 +636,7 @@ class InferenceServer:
                 inputs, served.signature, model=name, allow_nan=served.allow_nan
             )
             request.id = request_id
+            caller_deadline = timeout_s is not None
             if timeout_s is None and self.config.request_timeout_ms is not None:
                 timeout_s = self.config.request_timeout_ms / 1000
             deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -653,7 +659,7 @@ class InferenceServer:
                 label = endpoint.name if endpoint is not None else name
                 elapsed = time.perf_counter() - start
                 self._observe(label, served, status, elapsed)
-                if endpoint is not None:
+                if endpoint is not None and not (status == 504 and caller_deadline):
                     self._count_canary(endpoint, served.version, status, elapsed)
                 if status == 200 and request is not None:
                     self._after_success(
