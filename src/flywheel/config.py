@@ -148,6 +148,29 @@ class RecsysConfig(_Section):
     ranker_budget: float = Field(default=0.35, gt=0.0, le=1.0)  # share of the deadline
 
 
+class TelemetryConfig(_Section):
+    """``telemetry:`` — OpenTelemetry spans that Flywheel emits (agent, LLM API, recommendations,
+    model inference).
+
+    ``exporter`` picks where they go: ``store`` (the metadata store, searchable under
+    ``/traces``), ``otlp`` (an external collector such as Jaeger or Tempo at ``otlp_endpoint``,
+    OTLP/HTTP protobuf), ``both``, or ``none`` (spans are not recorded at all). ``sample_rate`` is
+    the share of request traces kept (parent-based: a trace is kept or dropped whole); agent and
+    LLM traces (GenAI operations) are always kept.
+    """
+
+    exporter: Literal["store", "otlp", "both", "none"] = "store"
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    otlp_headers: dict[str, str] = {}
+    service_name: str = Field(default="flywheel", min_length=1, max_length=200)
+    sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_scheme(cls, v: str) -> str:
+        return _check_scheme(v, ("http", "https"))
+
+
 class FlywheelConfig(_Section):
     """The whole of ``flywheel.yaml``. Every key is optional; defaults are the embedded stores."""
 
@@ -163,6 +186,7 @@ class FlywheelConfig(_Section):
     serving: ServingConfig = ServingConfig()
     experiments: ExperimentsConfig = ExperimentsConfig()
     recsys: RecsysConfig = RecsysConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     # The folder that holds flywheel.yaml; relative paths are resolved against it. Not a YAML key.
     root: Path = Field(default=Path("."), exclude=True)
 
@@ -372,6 +396,7 @@ __all__ = [
     "FlywheelConfig",
     "ServerConfig",
     "ServingConfig",
+    "TelemetryConfig",
     "TrainingConfig",
     "find_config_file",
     "load_config",

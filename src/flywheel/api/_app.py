@@ -33,6 +33,7 @@ SYSTEM_ROUTERS: dict[str, str] = {
     "experiments": "flywheel.experiments._api:router",
     "training": "flywheel.training._api:router",
     "recsys": "flywheel.recsys._api:router",
+    "telemetry": "flywheel.telemetry._api:router",
 }
 
 # System name -> "module:attribute" of ``(project) -> async context manager``, run for the app's
@@ -43,6 +44,7 @@ SYSTEM_SERVICES: dict[str, str] = {
     "experiments": "flywheel.experiments._api:bandit_updater",
     "training": "flywheel.training._service:scheduler_service",
     "recsys": "flywheel.recsys._api:recsys_service",
+    "telemetry": "flywheel.telemetry._api:tracing_service",
 }
 
 ServiceFactory = Callable[[Project], contextlib.AbstractAsyncContextManager[Any]]

@@ -39,6 +39,7 @@ SYSTEM_GROUPS: dict[str, str] = {
     "serve": "flywheel.cli._serve",
     "experiments": "flywheel.cli._experiments",
     "recs": "flywheel.cli._recs",
+    "traces": "flywheel.cli._traces",
 }
 for _name, _module in SYSTEM_GROUPS.items():
     app.add_typer(importlib.import_module(_module).app, name=_name)

@@ -36,6 +36,7 @@ MIGRATION_BRANCHES: dict[str, tuple[str, str]] = {
     "training": ("flywheel.training", "_migrations"),
     "serving": ("flywheel.serving", "_migrations"),
     "experiments": ("flywheel.experiments", "_migrations"),
+    "telemetry": ("flywheel.telemetry", "_migrations"),
 }
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
