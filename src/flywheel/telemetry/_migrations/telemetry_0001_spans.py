@@ -2,9 +2,9 @@
 
 ``trace_spans`` holds one row per span (ids as lowercase hex, times in Unix nanoseconds, the
 attributes, resource, events and links as JSON, GenAI token usage pulled out into columns so
-that per-trace totals are one ``SUM``). ``trace_span_attributes`` indexes every text (up to 256
-characters), integer and boolean attribute as ``(key, value-as-text, span_pk)``; on SQLite it is a WITHOUT ROWID table, so the table is its
-own index and an insert touches one B-tree.
+that per-trace totals are one ``SUM``). ``trace_span_attributes`` indexes every text (up to
+256 characters), integer and boolean attribute as ``(key, value-as-text, span_pk)``; on SQLite
+it is a WITHOUT ROWID table, so the table is its own index and an insert touches one B-tree.
 
 Revision ID: telemetry_0001
 """
