@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test ui check lint typecheck pytest lock clean bench-features bench-registry \
+.PHONY: demo test ui check lint typecheck docs pytest lock clean bench-features bench-registry \
         bench-training bench-serving bench-experiments bench-recsys bench-traces
 
 $(BIN)/python:
@@ -40,14 +40,19 @@ demo: $(VENV)/.stamp-core $(UI_VENDOR)
 
 test: $(VENV)/.stamp-all $(UI_VENDOR) check pytest
 
-check: lint typecheck
+check: lint typecheck docs
 
 lint: $(VENV)/.stamp-all
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples tools
+	$(BIN)/ruff format --check src tests benchmarks examples tools
 
 typecheck: $(VENV)/.stamp-all
 	$(BIN)/mypy src/
+
+# The documentation site (docs/, mkdocs.yml) into site/. Strict: a broken link or reference
+# fails. Offline: the reference pages are generated from the code by tools/docs_hooks.py.
+docs: $(VENV)/.stamp-all
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 pytest: $(VENV)/.stamp-all $(UI_VENDOR)
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -62,5 +67,5 @@ bench-features bench-registry bench-training bench-serving bench-experiments ben
 	done
 
 clean:
-	rm -rf $(VENV) .bench .mypy_cache .ruff_cache build src/*.egg-info \
+	rm -rf $(VENV) .bench .mypy_cache .ruff_cache build site src/*.egg-info \
 	  $(UI_DIR)/static/vendor $(UI_DIR)/frontend/node_modules

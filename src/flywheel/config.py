@@ -1,6 +1,6 @@
 """``flywheel.yaml``: one file per project, parsed once at the edge into typed objects.
 
-Every store is chosen by a URL whose scheme picks the backend (see DESIGN.md). Relative paths,
+Every store is chosen by a URL whose scheme picks the backend (docs: architecture). Relative paths,
 including the path inside a ``sqlite:///`` URL, are resolved against the folder that holds the
 config file, so a project works from any current directory.
 
