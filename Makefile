@@ -45,6 +45,7 @@ check: lint typecheck docs
 lint: $(VENV)/.stamp-all
 	$(BIN)/ruff check src tests benchmarks examples tools
 	$(BIN)/ruff format --check src tests benchmarks examples tools
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.stamp-all
 	$(BIN)/mypy src/

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -172,3 +173,41 @@ def test_405_lists_every_method_of_the_path(project: Project) -> None:
     r = TestClient(create_app(project)).request("PATCH", "/serving/endpoints/x")
     assert r.status_code == 405
     assert set(r.headers["allow"].split(", ")) == {"GET", "PUT", "DELETE"}
+
+
+# -- create_app_from_env: the one factory of every `serve` command ---------------------------
+
+
+def _paths(app: object) -> set[str]:
+    from fastapi import FastAPI
+
+    inner = app if isinstance(app, FastAPI) else app.app  # type: ignore[attr-defined]
+    return set(inner.openapi()["paths"])
+
+
+def test_create_app_from_env_mounts_the_systems_asked_for(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flywheel.api import SYSTEMS_ENV_VAR, create_app_from_env
+    from flywheel.config import CONFIG_ENV_VAR
+
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(project.config.root / "flywheel.yaml"))
+    monkeypatch.setenv(SYSTEMS_ENV_VAR, "features")
+    features_only = create_app_from_env()
+    paths = _paths(features_only)
+    assert "/features/catalog" in paths and "/healthz" in paths
+    assert not any(p.startswith(("/v2", "/serving", "/recommendations")) for p in paths)
+
+    serving = create_app_from_env(["serving"])  # an argument wins over the variable
+    assert type(serving).__name__ == "InferenceFastPath", "serving gets the V2 fast path"
+    assert any(p.startswith("/serving") for p in _paths(serving))
+    assert "/features/catalog" not in _paths(serving)
+
+    monkeypatch.delenv(SYSTEMS_ENV_VAR)
+    everything = _paths(create_app_from_env())
+    assert {"/features/catalog", "/healthz"} <= everything
+    assert any(p.startswith("/serving") for p in everything)
+
+    monkeypatch.setenv(SYSTEMS_ENV_VAR, "features,nonsense")
+    with pytest.raises(ValueError, match="nonsense"):
+        create_app_from_env()

@@ -111,3 +111,37 @@ def test_init_then_up_serves_health_metrics_and_docs(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_features_serve_with_two_workers_runs_the_one_app_factory(tmp_path: Path) -> None:
+    """`flywheel features serve --workers 2`: two processes from `api.create_app_from_env`,
+    mounting only the feature routes."""
+    assert run(["init", "proj"], tmp_path).returncode == 0
+    port = free_port()
+    proc = subprocess.Popen(
+        [*FLYWHEEL, "features", "serve", "--port", str(port), "--workers", "2"],
+        cwd=tmp_path / "proj",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                health = httpx.get(f"{base}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(proc.stdout.read() if proc.stdout else "no output")  # noqa: B904
+                time.sleep(0.3)
+        assert health.status_code == 200
+        assert httpx.get(f"{base}/features/catalog", timeout=5).status_code == 200
+        assert httpx.get(f"{base}/serving/endpoints", timeout=5).status_code == 404
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(30)

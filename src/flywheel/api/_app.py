@@ -47,6 +47,9 @@ SYSTEM_SERVICES: dict[str, str] = {
     "telemetry": "flywheel.telemetry._api:tracing_service",
 }
 
+# The systems a ``serve`` command's worker processes mount (comma-separated; unset: all).
+SYSTEMS_ENV_VAR = "FLYWHEEL_SYSTEMS"
+
 ServiceFactory = Callable[[Project], contextlib.AbstractAsyncContextManager[Any]]
 
 
@@ -142,16 +145,31 @@ def create_app(project: Project, systems: Iterable[str] | None = None) -> FastAP
     return app
 
 
-def create_server_app(project: Project) -> Any:
-    """What ``flywheel up`` serves: ``create_app`` with V2 inference on serving's fast path,
-    which skips the framework middleware (serving records its own metrics and limits)."""
+def create_server_app(project: Project, systems: Iterable[str] | None = None) -> Any:
+    """``create_app`` as a server runs it: with serving among ``systems`` (default: all), V2
+    inference takes serving's fast path, which skips the framework middleware (serving records
+    its own metrics and limits)."""
     from flywheel.serving import with_inference_fast_path
 
-    return with_inference_fast_path(create_app(project))
+    chosen = None if systems is None else list(systems)
+    app = create_app(project, chosen)
+    if chosen is None or "serving" in chosen:
+        return with_inference_fast_path(app)
+    return app
 
 
-def create_app_from_env() -> Any:
-    """Factory for ``uvicorn --factory`` (several workers): the project in $FLYWHEEL_CONFIG."""
+def create_app_from_env(systems: Iterable[str] | None = None) -> Any:
+    """The app of every ``serve`` command: the project in ``$FLYWHEEL_CONFIG``, its schema
+    brought up to date, and ``create_server_app`` over ``systems``.
+
+    ``systems`` defaults to ``$FLYWHEEL_SYSTEMS`` (comma-separated), else every system. Called
+    without arguments it is the ``uvicorn --factory`` target of ``flywheel up --workers N``,
+    ``flywheel serve``, ``flywheel features serve`` and ``flywheel recs serve``, which put the
+    config path and their systems in those two variables for the worker processes.
+    """
+    if systems is None:
+        listed = os.environ.get(SYSTEMS_ENV_VAR, "").strip()
+        systems = [s.strip() for s in listed.split(",") if s.strip()] if listed else None
     project = Project.open(os.environ.get(CONFIG_ENV_VAR))
     project.prepare()
-    return create_server_app(project)
+    return create_server_app(project, systems)

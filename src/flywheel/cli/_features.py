@@ -45,7 +45,7 @@ def _when(text: str) -> datetime:
 
 
 def _plan(repo: Path, config: Path | None, prune: bool, apply: bool) -> None:
-    from flywheel.features._repo import load_definitions
+    from flywheel.features import load_definitions
 
     store = _store(config)
     objects = load_definitions(repo)
@@ -217,17 +217,15 @@ def serve_cmd(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
     """Serve only the feature routes (online reads, push, catalog, /metrics)."""
-    import uvicorn
-
-    from flywheel.config import CONFIG_ENV_VAR, CONFIG_FILENAME
+    from flywheel.cli._server import run_server
 
     project = open_project(config)
     host = host or project.config.server.host
-    os.environ[CONFIG_ENV_VAR] = str(Path(config or project.root / CONFIG_FILENAME).resolve())
     console.print(f"feature server on http://{host}:{port} with {workers} worker(s)")
-    uvicorn.run(
-        "flywheel.features._api:create_feature_app_from_env",
-        factory=True,
+    run_server(
+        project,
+        config=config,
+        systems=["features"],
         host=host,
         port=port,
         workers=workers,

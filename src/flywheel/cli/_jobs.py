@@ -46,8 +46,7 @@ def submit(
     """Queue a job; the scheduler (`flywheel scheduler run` or `flywheel up`) runs it."""
     from dataclasses import replace
 
-    from flywheel.training import JobSpecError, load_job_spec
-    from flywheel.training._service import TrainingService
+    from flywheel.training import JobSpecError, TrainingService, load_job_spec
 
     spec = load_job_spec(job_file)
     changes: dict[str, object] = {}
@@ -87,7 +86,7 @@ def list_jobs(
     """List jobs, newest first."""
     from rich.table import Table
 
-    from flywheel.training._service import TrainingService
+    from flywheel.training import TrainingService
 
     jobs = TrainingService(open_project(config)).list(state=state, team=team, limit=limit)
     if as_json:
@@ -122,7 +121,7 @@ def show(
     config: ConfigOption = None,
 ) -> None:
     """A job's spec, state, placement, history and latest metrics."""
-    from flywheel.training._service import TrainingService
+    from flywheel.training import TrainingService
 
     service = TrainingService(open_project(config))
     job = service.get(job_id)
@@ -195,7 +194,7 @@ def _print_new(texts: dict[str, str], seen: dict[str, int], rank: str | None) ->
 
 
 def _follow(service: object, job_id: str, rank: str | None = None) -> None:
-    from flywheel.training._service import TrainingService
+    from flywheel.training import TrainingService
 
     assert isinstance(service, TrainingService)
     seen: dict[str, int] = {}
@@ -223,7 +222,7 @@ def logs(
     config: ConfigOption = None,
 ) -> None:
     """Print a job's logs per rank (torchrun restarts included); `-f` follows them."""
-    from flywheel.training._service import TrainingService
+    from flywheel.training import TrainingService
 
     service = TrainingService(open_project(config))
     if follow:
@@ -235,7 +234,7 @@ def logs(
 @app.command("cancel")
 def cancel(job_id: str, config: ConfigOption = None) -> None:
     """Cancel a job: at once if queued; running jobs get SIGTERM (they checkpoint) then stop."""
-    from flywheel.training._service import TrainingService
+    from flywheel.training import TrainingService
 
     job = TrainingService(open_project(config)).cancel(job_id)
     console.print(
@@ -261,8 +260,7 @@ def tune(
 ) -> None:
     """Hyper-parameter search with Optuna (TPE + median pruning); each trial is a scheduled job."""
     from flywheel.cli._output import progress_bar
-    from flywheel.training import load_job_spec
-    from flywheel.training._tuning import TrialOutcome, run_study
+    from flywheel.training import TrialOutcome, load_job_spec, run_study
 
     spec = load_job_spec(job_file)
     project = open_project(config)

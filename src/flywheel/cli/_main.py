@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +13,7 @@ import typer
 import flywheel
 from flywheel.cli._context import ConfigOption, open_project
 from flywheel.cli._output import console, print_error
-from flywheel.config import CONFIG_ENV_VAR, CONFIG_FILENAME, DEFAULT_CONFIG_TEXT
+from flywheel.config import CONFIG_FILENAME, DEFAULT_CONFIG_TEXT
 from flywheel.errors import FlywheelError
 
 app = typer.Typer(
@@ -91,9 +90,7 @@ def up(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve everything (features, inference, recommendations, UI, /metrics) in one process."""
-    import uvicorn
-
-    from flywheel.api import create_server_app
+    from flywheel.cli._server import run_server
 
     project = open_project(config)
     host = host or project.config.server.host
@@ -102,17 +99,10 @@ def up(
         f"flywheel {flywheel.__version__} serving project [bold]{project.config.project}[/] "
         f"on http://{host}:{port}  (docs: /docs, health: /healthz, metrics: /metrics)"
     )
-    if workers == 1:
-        uvicorn.run(create_server_app(project), host=host, port=port, log_level=log_level)
-        return
-    # Several workers need an import string; they find the project through $FLYWHEEL_CONFIG.
-    config_path = project.config.root / CONFIG_FILENAME
-    if config is not None:
-        config_path = config
-    os.environ[CONFIG_ENV_VAR] = str(Path(config_path).resolve())
-    uvicorn.run(
-        "flywheel.api:create_app_from_env",
-        factory=True,
+    run_server(
+        project,
+        config=config,
+        systems=None,
         host=host,
         port=port,
         workers=workers,

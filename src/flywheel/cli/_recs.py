@@ -199,19 +199,15 @@ def serve_command(
     """Serve only the recommender (GET /recommendations, POST /events) and the feature routes,
     without the rest of `flywheel up`. Each worker fits its own generators at start-up and
     sees the others' events through the feature store's stream views."""
-    import os
-
-    import uvicorn
-
-    from flywheel.config import CONFIG_ENV_VAR, CONFIG_FILENAME
+    from flywheel.cli._server import run_server
 
     project = open_project(config)
     host = host or project.config.server.host
-    os.environ[CONFIG_ENV_VAR] = str(Path(config or project.root / CONFIG_FILENAME).resolve())
     console.print(f"recommender on http://{host}:{port} with {workers} worker(s)")
-    uvicorn.run(
-        "flywheel.recsys._api:create_recsys_app_from_env",
-        factory=True,
+    run_server(
+        project,
+        config=config,
+        systems=["recsys", "features"],
         host=host,
         port=port,
         workers=workers,

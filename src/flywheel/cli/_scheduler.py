@@ -64,7 +64,7 @@ def status(config: ConfigOption = None) -> None:
     """The inventory, what running jobs hold, and the queue length."""
     from rich.table import Table
 
-    from flywheel.training._service import TrainingService
+    from flywheel.training import TrainingService
 
     report = TrainingService(open_project(config)).inventory_report()
     table = Table("node", "host", "CPUs used", "GPUs used")

@@ -8,7 +8,6 @@ project's metadata store directly; running servers pick changes up within a poll
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,24 +16,12 @@ import typer
 
 from flywheel.cli._context import ConfigOption, open_project
 from flywheel.cli._output import console
-from flywheel.config import CONFIG_ENV_VAR, CONFIG_FILENAME
 from flywheel.errors import FlywheelError
 
 app = typer.Typer(
     help="Model serving: the V2 inference server, endpoints, canaries, drift.",
     invoke_without_command=True,
 )
-
-
-def serving_app_from_env() -> Any:
-    """``uvicorn --factory`` target: the serving app of the project in $FLYWHEEL_CONFIG."""
-    from flywheel.api import create_app
-    from flywheel.project import Project
-    from flywheel.serving import with_inference_fast_path
-
-    project = Project.open(os.environ.get(CONFIG_ENV_VAR))
-    project.prepare()
-    return with_inference_fast_path(create_app(project, systems=["serving"]))
 
 
 @app.callback()
@@ -49,7 +36,7 @@ def serve(
     """Run the inference server alone (`flywheel serve --workers 4`), or manage endpoints."""
     if ctx.invoked_subcommand is not None:
         return
-    import uvicorn
+    from flywheel.cli._server import run_server
 
     project = open_project(config)
     host = host or project.config.server.host
@@ -58,20 +45,16 @@ def serve(
         f"flywheel serving project [bold]{project.config.project}[/] on http://{host}:{port} "
         f"with {workers} worker(s)  (V2: /v2, control: /serving, metrics: /metrics)"
     )
-    config_path = Path(config) if config is not None else project.config.root / CONFIG_FILENAME
-    os.environ[CONFIG_ENV_VAR] = str(config_path.resolve())
-    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # One metrics file per worker, summed by /metrics.
-        folder = tempfile.mkdtemp(prefix="prometheus-", dir=project.config.state_dir)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
-    uvicorn.run(
-        "flywheel.cli._serve:serving_app_from_env",
-        factory=True,
+    run_server(
+        project,
+        config=config,
+        systems=["serving"],
         host=host,
         port=port,
         workers=workers,
         log_level=log_level,
         access_log=False,
+        sum_metrics=True,
     )
 
 

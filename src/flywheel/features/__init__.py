@@ -27,6 +27,7 @@ from flywheel.features._errors import (
 )
 from flywheel.features._materialize import MaterializeReport
 from flywheel.features._online import OnlineStore, open_online_store
+from flywheel.features._repo import load_definitions
 from flywheel.features._response import OnlineResponse
 from flywheel.features._store import FeatureStore, PushResult
 from flywheel.features._stream import ProcessorStats, StreamProcessor
@@ -57,6 +58,7 @@ __all__ = [
     "StreamProcessor",
     "TrainingDataset",
     "list_of",
+    "load_definitions",
     "open_online_store",
     "vector",
 ]

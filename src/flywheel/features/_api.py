@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -222,13 +222,3 @@ async def stream_service(project: Project) -> AsyncIterator[None]:
         stop.set()
         await asyncio.to_thread(thread.join, 5)
         store.close()
-
-
-def create_feature_app_from_env() -> FastAPI:
-    """Factory for ``flywheel features serve --workers N``: only the feature routes."""
-    from flywheel.api import create_app
-    from flywheel.config import CONFIG_ENV_VAR
-
-    project = Project.open(os.environ.get(CONFIG_ENV_VAR))
-    project.prepare()
-    return create_app(project, systems=["features"])

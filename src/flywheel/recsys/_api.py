@@ -214,16 +214,3 @@ async def recsys_service(project: Project) -> AsyncIterator[None]:
         yield
     finally:
         set_recommender(project, None)
-
-
-def create_recsys_app_from_env() -> Any:
-    """Factory for ``flywheel recs serve --workers N``: the recommender's routes plus the
-    feature store's (whose stream processor keeps the real-time views fresh in each worker)."""
-    import os
-
-    from flywheel.api import create_app
-    from flywheel.config import CONFIG_ENV_VAR
-
-    project = Project.open(os.environ.get(CONFIG_ENV_VAR))
-    project.prepare()
-    return create_app(project, systems=["recsys", "features"])

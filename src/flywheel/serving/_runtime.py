@@ -21,15 +21,18 @@ whose ONNX export runs on onnxruntime's CUDA provider is served through that exp
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from flywheel.serving._errors import ModelUnavailable
+
+if TYPE_CHECKING:  # the registry is imported on first use (it pulls in the model flavors)
+    from flywheel.project import Project
+    from flywheel.registry import AuditEntry, ModelVersion, Registry
 
 log = logging.getLogger("flywheel.serving")
 
@@ -49,50 +52,49 @@ class LoadedModelLike(Protocol):
 class ModelSource(Protocol):
     """The registry, as serving sees it (see ``RegistrySource`` for the contract)."""
 
-    def resolve(self, uri: str) -> Any:
+    def resolve(self, uri: str) -> ModelVersion:
         """The ``ModelVersion`` for ``models:/NAME/V`` or ``models:/NAME@stage``; raises 404."""
 
-    def load(self, mv: Any, *, prefer_onnx: bool) -> LoadedModelLike:
+    def load(self, mv: ModelVersion, *, prefer_onnx: bool) -> LoadedModelLike:
         """A loaded, callable model for the version (sha256-verified)."""
 
-    def input_example(self, mv: Any) -> Tensors | None:
+    def input_example(self, mv: ModelVersion) -> Tensors | None:
         """The version's input example, or None when it has none."""
 
-    def audit_log(self, since_id: int) -> list[Any]:
+    def audit_log(self, since_id: int) -> list[AuditEntry]:
         """Stage changes (entries with ``id``, ``model``, ``stage``) with id > ``since_id``."""
 
 
 class RegistrySource:
     """``ModelSource`` over ``flywheel.registry.Registry(project)``."""
 
-    def __init__(self, project: Any) -> None:
+    def __init__(self, project: Project) -> None:
         self.project = project
-        self._registry: Any = None
+        self._registry: Registry | None = None
 
     @property
-    def registry(self) -> Any:
+    def registry(self) -> Registry:
         if self._registry is None:
-            module = importlib.import_module("flywheel.registry")
-            self._registry = module.Registry(self.project)
+            from flywheel.registry import Registry
+
+            self._registry = Registry(self.project)
         return self._registry
 
-    def resolve(self, uri: str) -> Any:
+    def resolve(self, uri: str) -> ModelVersion:
         return self.registry.resolve(uri)
 
-    def load(self, mv: Any, *, prefer_onnx: bool) -> LoadedModelLike:
-        loaded: LoadedModelLike = self.registry.load(mv, trusted=False, prefer_onnx=prefer_onnx)
-        return loaded
+    def load(self, mv: ModelVersion, *, prefer_onnx: bool) -> LoadedModelLike:
+        return self.registry.load(mv, trusted=False, prefer_onnx=prefer_onnx)
 
-    def input_example(self, mv: Any) -> Tensors | None:
+    def input_example(self, mv: ModelVersion) -> Tensors | None:
         try:
             example = self.registry.input_example(mv)
         except Exception:  # a version registered without an example
             return None
         return dict(example) if example else None
 
-    def audit_log(self, since_id: int) -> list[Any]:
-        entries: list[Any] = self.registry.audit_log(since_id=since_id)
-        return entries
+    def audit_log(self, since_id: int) -> list[AuditEntry]:
+        return self.registry.audit_log(since_id=since_id)
 
     def staged(self, stage: str) -> list[tuple[str, int]]:
         """(model, version) of every model that has a version in ``stage``."""
@@ -165,7 +167,7 @@ def _is_device_error(exc: BaseException) -> bool:
     return isinstance(exc, DeviceUnavailable)
 
 
-def load_runtime(source: ModelSource, mv: Any, *, prefer_onnx: bool) -> LoadedRuntime:
+def load_runtime(source: ModelSource, mv: ModelVersion, *, prefer_onnx: bool) -> LoadedRuntime:
     """Load ``mv``, warm it with its input example, and pick the faster runtime (see module doc).
 
     Raises:
@@ -217,7 +219,9 @@ def load_runtime(source: ModelSource, mv: Any, *, prefer_onnx: bool) -> LoadedRu
     )
 
 
-def _onnx_instead(source: ModelSource, mv: Any, error: Exception) -> LoadedModelLike | None:
+def _onnx_instead(
+    source: ModelSource, mv: ModelVersion, error: Exception
+) -> LoadedModelLike | None:
     """The ONNX export on onnxruntime when the native runtime cannot use the requested GPU
     (sklearn asked for ``cuda``) but onnxruntime's CUDA provider can; else None."""
     if not (getattr(mv, "onnx_sha256", None) and _is_device_error(error)):
