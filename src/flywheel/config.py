@@ -171,6 +171,27 @@ class TelemetryConfig(_Section):
         return _check_scheme(v, ("http", "https"))
 
 
+class AgentConfig(_Section):
+    """``agent:`` — the chat model behind ``flywheel ask`` / ``POST /agent/ask``.
+
+    ``base_url`` unset means Flywheel's own OpenAI-compatible ``/v1`` on the server that runs
+    the agent; any OpenAI-compatible server works (its key read from ``api_key_env``). ``model``
+    names a registered model (``name``, ``name@production``) or the external server's model.
+    """
+
+    base_url: str | None = None
+    model: str = "flywheel-ops"
+    api_key_env: str | None = None
+    max_steps: int = Field(default=8, ge=1, le=50)
+    max_tokens: int = Field(default=20_000, ge=100)
+    request_timeout_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_scheme(cls, v: str | None) -> str | None:
+        return None if v is None else _check_scheme(v, ("http", "https"))
+
+
 class FlywheelConfig(_Section):
     """The whole of ``flywheel.yaml``. Every key is optional; defaults are the embedded stores."""
 
@@ -187,6 +208,7 @@ class FlywheelConfig(_Section):
     experiments: ExperimentsConfig = ExperimentsConfig()
     recsys: RecsysConfig = RecsysConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    agent: AgentConfig = AgentConfig()
     # The folder that holds flywheel.yaml; relative paths are resolved against it. Not a YAML key.
     root: Path = Field(default=Path("."), exclude=True)
 
@@ -392,6 +414,7 @@ __all__ = [
     "CONFIG_ENV_VAR",
     "CONFIG_FILENAME",
     "DEFAULT_CONFIG_TEXT",
+    "AgentConfig",
     "AuthConfig",
     "FlywheelConfig",
     "ServerConfig",

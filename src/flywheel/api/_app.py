@@ -34,6 +34,7 @@ SYSTEM_ROUTERS: dict[str, str] = {
     "training": "flywheel.training._api:router",
     "recsys": "flywheel.recsys._api:router",
     "telemetry": "flywheel.telemetry._api:router",
+    "agent": "flywheel.agent._api:router",
 }
 
 # System name -> "module:attribute" of ``(project) -> async context manager``, run for the app's

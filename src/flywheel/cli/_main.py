@@ -42,6 +42,7 @@ SYSTEM_GROUPS: dict[str, str] = {
 }
 for _name, _module in SYSTEM_GROUPS.items():
     app.add_typer(importlib.import_module(_module).app, name=_name)
+importlib.import_module("flywheel.cli._agent").register(app)  # `flywheel ask`, `flywheel mcp`
 
 
 @app.command()

@@ -1,0 +1,62 @@
+"""The platform agent: tools over Flywheel's own API, a bounded tool-calling loop, the MCP
+server, and agent evaluation. A composer: it may use any system's public API; no system
+imports it.
+
+- ``all_tools()`` / ``select_tools(allow_writes=...)``: typed tools (JSON Schema from the
+  signature) that call the HTTP API as the caller (``ApiCaller``).
+- ``Agent``: ``run(question)`` yields events and ends with an answer and its evidence.
+- ``router``: ``POST /agent/ask`` (streamed), ``POST /agent/actions``, ``GET /agent/tools``.
+
+Errors: ``ToolError`` (a tool call refused or failed; the model gets its message).
+"""
+
+from flywheel.agent._api import router
+from flywheel.agent._demo import DEFAULT_RULES, ChurnSeed, seed_churn
+from flywheel.agent._loop import (
+    SYSTEM_PROMPT,
+    Agent,
+    AgentAnswer,
+    ChatModel,
+    ChatTurn,
+    Evidence,
+    OpenAIChatModel,
+    ToolCallRequest,
+    run_action,
+)
+from flywheel.agent._service import PolicyChatModel, build_agent, caller_client, chat_model
+from flywheel.agent._tools import (
+    ApiCall,
+    ApiCaller,
+    Tool,
+    ToolError,
+    all_tools,
+    select_tools,
+    tool,
+)
+
+__all__ = [
+    "DEFAULT_RULES",
+    "SYSTEM_PROMPT",
+    "Agent",
+    "AgentAnswer",
+    "ApiCall",
+    "ApiCaller",
+    "ChatModel",
+    "ChatTurn",
+    "ChurnSeed",
+    "Evidence",
+    "OpenAIChatModel",
+    "PolicyChatModel",
+    "Tool",
+    "ToolCallRequest",
+    "ToolError",
+    "all_tools",
+    "build_agent",
+    "caller_client",
+    "chat_model",
+    "router",
+    "run_action",
+    "seed_churn",
+    "select_tools",
+    "tool",
+]
