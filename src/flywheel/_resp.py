@@ -328,6 +328,16 @@ def parse_stream_entries(buf: bytes, pos: int) -> tuple[StreamEntries, int] | No
     return StreamEntries(zip(toks[2 : 8 * count : 8], payloads, strict=True)), end
 
 
+def redis_from_url(url: str, **kwargs: Any) -> Any:
+    """A redis-py client for a store URL: Flywheel's own ``?prefix=`` is taken out (redis-py
+    would pass it to the connection and fail), every other option goes to ``Redis.from_url``.
+    Every place that opens a Redis store URL (online store, event log, ``/healthz``) uses this."""
+    import redis
+
+    clean, _ = split_prefix(url, "")
+    return redis.Redis.from_url(clean, **kwargs)
+
+
 def split_prefix(url: str, default: str) -> tuple[str, str]:
     """(url without our ``prefix`` query parameter, the prefix)."""
     parts = urlsplit(url)

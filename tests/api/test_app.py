@@ -211,3 +211,36 @@ def test_create_app_from_env_mounts_the_systems_asked_for(
     monkeypatch.setenv(SYSTEMS_ENV_VAR, "features,nonsense")
     with pytest.raises(ValueError, match="nonsense"):
         create_app_from_env()
+
+
+@pytest.mark.integration
+def test_every_place_that_opens_a_redis_store_takes_its_url_options(
+    tmp_path: object, redis_url: str, redis_prefix: str
+) -> None:
+    """Issue #17 item 6: `?prefix=` (and redis-py's own options beside it) work for /healthz,
+    the online store and the event log alike."""
+    from pathlib import Path
+
+    import redis
+
+    from flywheel.events import open_event_log
+    from flywheel.features import open_online_store
+
+    url = f"{redis_url}?prefix={redis_prefix}&socket_timeout=5"
+    proj = make_project(Path(str(tmp_path)) / "p", online_store=url, event_log=url)
+    r = TestClient(create_app(proj)).get("/healthz")
+    assert r.status_code == 200, r.json()
+    assert r.json()["stores"]["online_store"]["ok"] and r.json()["stores"]["event_log"]["ok"]
+    log = open_event_log(url)
+    online = open_online_store(url)
+    try:
+        log.append("s", [b"x"])
+        online.write("t", [("k", 1, b"[1]")])
+    finally:
+        log.close()
+        online.close()
+    raw = redis.Redis.from_url(redis_url)
+    keys = {k.decode() for k in raw.scan_iter(match=f"{redis_prefix}*")}
+    raw.close()
+    assert any(k.startswith(f"{redis_prefix}stream:") for k in keys), keys
+    assert any(k.startswith(f"{redis_prefix}t:") for k in keys), keys

@@ -18,6 +18,7 @@ def test_append_read_ack_redeliver_claim_lag(backend: dict[str, str]) -> None:
         assert [p for _, p in first] == [b"a", b"b"]
         # Another consumer gets only what nobody was given.
         assert [p for _, p in other.read("s", "g", "c2", 10, 0)] == [b"c"]
+        assert log.pending("s", "g") == 3  # delivered, at either consumer, not acknowledged
         # c1 restarts without acking: its pending events come back first.
         assert log.read("s", "g", "c1", 10, 0) == first
         log.ack("s", "g", [first[0][0]])
@@ -28,7 +29,7 @@ def test_append_read_ack_redeliver_claim_lag(backend: dict[str, str]) -> None:
         assert [p for _, p in claimed] == [b"b", b"c"]
         assert other.read("s", "g", "c2", 10, 0) == []
         log.ack("s", "g", [i for i, _ in claimed])
-        assert log.lag("s", "g") == 0
+        assert log.lag("s", "g") == 0 and log.pending("s", "g") == 0
         assert log.read("s", "g", "c1", 10, 20) == []
         # A second group sees everything from the start.
         assert len(log.read("s", "other", "x", 10, 0)) == 3

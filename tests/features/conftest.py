@@ -51,7 +51,11 @@ def user_stats_view(path: str = "data/user_stats.parquet", **kw: object) -> Feat
 def clicks_stream() -> EventStream:
     return EventStream(
         "clicks",
-        schema=[Field("user_id", "int64"), Field("item_id", "int64"), Field("amount", "float64")],
+        schema=[
+            Field("user_id", "int64"),
+            Field("item_id", "int64"),
+            Field("amount", "float64", nullable=True),
+        ],
         timestamp_field="ts",
     )
 

@@ -217,3 +217,130 @@ def test_two_processors_share_a_stream_without_double_counting(stream_project: P
     snap = _snapshot(store, t_end)
     window = [e for e in events if e["ts"] > t_end - timedelta(hours=1)]
     assert sum(snap["item_id_count_1h"]) == len(window)
+
+
+@pytest.mark.integration
+def test_cli_stream_killed_at_a_random_point_restarts_to_the_clean_result(
+    tmp_path: Path, backend: dict[str, str]
+) -> None:
+    """Issue #17 item 4: `flywheel features stream` is killed -9 at a random point during 20k
+    events and restarted once with `--until-idle` and the default consumer name; every aggregate
+    then equals a clean run's."""
+    import random
+
+    def urls(tag: str) -> dict[str, str]:
+        return {
+            k: v.replace(".db", f"-{tag}.db").replace("?prefix=", f"?prefix={tag}")
+            for k, v in backend.items()
+        }
+
+    n = 20_000
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    events = _events(n, 17, start)
+    stores = [_store(make_project(tmp_path / t, **urls(t))) for t in ("crashed", "clean")]
+    for s in stores:
+        for i in range(0, n, 5000):
+            s.push("clicks", events[i : i + 5000])
+    crashed = stores[0]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cli = [sys.executable, "-m", "flywheel.cli", "features", "stream", "-s", "clicks"]
+    config = ["-c", str(crashed.project.root / "flywheel.yaml"), "--batch-size", "500"]
+    kill_at = random.Random().randint(1_000, n - 2_000)  # events applied before the kill
+    proc = subprocess.Popen([*cli, *config], env=env, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    log = crashed.event_log
+    while time.monotonic() < deadline and log.lag("clicks", "flywheel") > n - kill_at:
+        assert proc.poll() is None, "the processor exited on its own"
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    lag = log.lag("clicks", "flywheel")
+    assert 0 < lag < n, f"not killed mid-stream (kill_at={kill_at})"
+    assert log.pending("clicks", "flywheel") > 0  # the dead process left work pending
+    done = subprocess.run(
+        [*cli, *config, "--until-idle"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    stores[1].processor(["clicks"], batch_size=2000).run(until_idle=True, block_ms=5)
+    assert log.lag("clicks", "flywheel") == 0, (kill_at, done.stdout)
+    t = max(e["ts"] for e in events)  # type: ignore[type-var]
+    assert _snapshot(crashed, t) == _snapshot(stores[1], t), f"kill_at={kill_at}"  # type: ignore[arg-type]
+    for s in stores:
+        s.project.close()
+
+
+def test_until_idle_takes_over_what_a_gone_consumer_left_pending(stream_project: Project) -> None:
+    """A processor under another name (a dead process) left batches pending: `until_idle` does
+    not report done while the group has pending events, and claims them once they waited
+    ``gone_ms`` (not the 30 s ``claim_idle_ms``)."""
+    store = _store(stream_project)
+    events = _events(300, 4, datetime(2026, 3, 1, tzinfo=UTC))
+    store.push("clicks", events)
+    log = store.event_log
+    log.read_new("clicks", "flywheel", "host-4242", 40)
+    log.read_new("clicks", "flywheel", "host-4242", 40)
+    stats = store.processor(["clicks"], batch_size=50, gone_ms=100).run(until_idle=True, block_ms=5)
+    assert log.lag("clicks", "flywheel") == 0 and log.pending("clicks", "flywheel") == 0
+    assert stats.events == 300
+
+
+def test_push_requires_every_non_nullable_field_and_the_event_id(project: Project) -> None:
+    """Issue #17 item 5: a missing field (the event id included) is refused, naming it."""
+    from flywheel.features import EventStream, Field
+
+    store = FeatureStore(project)
+    stream = EventStream(
+        "orders",
+        [
+            Field("user_id", "int64"),
+            Field("total", "float64"),
+            Field("note", "string", nullable=True),
+        ],
+        "ts",
+        event_id_field="order_id",
+    )
+    store.apply([stream])
+    now = datetime.now(UTC)
+    good = {"order_id": "o1", "user_id": 1, "total": 2.5, "ts": now}
+    with pytest.raises(PushValidationError, match=r"row 1, field 'total'.*required but missing"):
+        store.push("orders", [good, {k: v for k, v in good.items() if k != "total"}])
+    with pytest.raises(PushValidationError, match=r"field 'total'.*required, got null.*nullable"):
+        store.push("orders", [{**good, "total": None}])
+    with pytest.raises(PushValidationError, match=r"field 'order_id'.*required but missing"):
+        store.push("orders", [{k: v for k, v in good.items() if k != "order_id"}])
+    assert store.event_log.lag("orders", "flywheel") == 0  # nothing half-written
+    assert store.push("orders", [good, {**good, "order_id": "o2", "note": None}]).count == 2
+    # A DataFrame's missing value is a null: fine for a nullable field, refused otherwise.
+    frame = pd.DataFrame([{**good, "order_id": "o3", "note": None}])
+    assert store.push("orders", frame).count == 1
+    with pytest.raises(PushValidationError, match=r"field 'total'.*null"):
+        store.push("orders", pd.DataFrame([{**good, "total": float("nan")}]))
+
+
+def test_push_refuses_nan_and_infinity_naming_the_field(project: Project) -> None:
+    """NaN/Infinity are refused (422 over HTTP) rather than stored as null."""
+    from fastapi.testclient import TestClient
+
+    from flywheel.api import create_app
+    from flywheel.auth import TokenStore
+
+    store = _store(project)
+    now = datetime.now(UTC)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(PushValidationError, match=r"field 'amount'.*not a finite number"):
+            store.push("clicks", [{"user_id": 1, "item_id": 2, "amount": bad, "ts": now}])
+    _, token = TokenStore(project.db).create("writer")
+    client = TestClient(create_app(project, systems=["features"]))
+    for literal in (b"NaN", b"Infinity", b"-Infinity"):
+        body = b'{"rows": [{"user_id": 1, "item_id": 2, "amount": %s, "ts": "%s"}]}' % (
+            literal,
+            now.isoformat().encode(),
+        )
+        r = client.post(
+            "/features/push/clicks",
+            content=body,
+            headers={"Authorization": f"Bearer {token}", "content-type": "application/json"},
+        )
+        assert r.status_code == 422, r.text
+        assert "'amount'" in r.json()["error"] and "finite" in r.json()["error"]
+    assert store.event_log.lag("clicks", "flywheel") == 0

@@ -60,9 +60,9 @@ def probe_url(url: str) -> tuple[bool, str]:
                     conn.execute("SELECT 1")
             return True, f"sqlite {path}"
         if scheme in ("redis", "rediss"):
-            import redis
+            from flywheel._resp import redis_from_url
 
-            client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+            client = redis_from_url(url, socket_timeout=1, socket_connect_timeout=1)
             try:
                 client.ping()
             finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 from datetime import UTC, datetime
@@ -181,21 +180,30 @@ def stream_cmd(
         list[str] | None, typer.Option("--stream", "-s", help="Only these streams (repeatable).")
     ] = None,
     consumer: Annotated[
-        str | None, typer.Option(help="Consumer name (default: HOST-PID); reuse it to resume.")
+        str | None,
+        typer.Option(
+            help="Consumer name (default: HOST-0, the same after a restart, so it resumes what it "
+            "left unacknowledged). Give each processor on one host its own name."
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Events per batch.")] = 2000,
-    until_idle: Annotated[bool, typer.Option(help="Exit when the log is drained.")] = False,
+    until_idle: Annotated[
+        bool,
+        typer.Option(help="Exit when nothing is new or pending for the group (any consumer)."),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Run a stream processor: event log -> windowed aggregations in the online store.
 
     Start several (each with its own --consumer) to share the streams; Ctrl-C stops cleanly.
     """
+    from flywheel.features import default_consumer_name
+
     store = _store(config)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     proc = store.processor(
-        streams, consumer=consumer or f"{os.uname().nodename}-{os.getpid()}", batch_size=batch_size
+        streams, consumer=consumer or default_consumer_name(), batch_size=batch_size
     )
     console.print(f"stream processor {proc.consumer} running (Ctrl-C to stop)")
     try:

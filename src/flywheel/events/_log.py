@@ -47,6 +47,8 @@ class EventLog(Protocol):
       to any consumer of the group (this one included) more than ``min_idle_ms`` ago and not
       acknowledged (their consumer died or is stuck); they are then pending at ``consumer``.
     - ``lag(stream, group)``: events appended but not acknowledged by the group.
+    - ``pending(stream, group)``: events delivered to any consumer of the group and not yet
+      acknowledged (a dead consumer's included).
     """
 
     def append(self, stream: str, payloads: Sequence[bytes]) -> list[str]: ...
@@ -66,6 +68,8 @@ class EventLog(Protocol):
     ) -> list[Event]: ...
 
     def lag(self, stream: str, group: str) -> int: ...
+
+    def pending(self, stream: str, group: str) -> int: ...
 
     def close(self) -> None: ...
 

@@ -208,6 +208,11 @@ class RedisEventLog:
                 return int(lag) + pending
         return int(self._call(self.client.xlen, key))
 
+    def pending(self, stream: str, group: str) -> int:
+        self._ensure_group(stream, group)
+        summary = self._call(self.client.xpending, self._key(stream), group)
+        return int(summary["pending"])
+
     def close(self) -> None:
         """Close every connection this log opened, in any thread (later use reconnects)."""
         if self._conns is not None:

@@ -219,6 +219,14 @@ class SQLiteEventLog:
         ).fetchone()
         return int(total) - (int(row[0]) if row else 0)
 
+    def pending(self, stream: str, group: str) -> int:
+        (n,) = (
+            self._conn()
+            .execute("SELECT count(*) FROM pending WHERE stream = ? AND grp = ?", (stream, group))
+            .fetchone()
+        )
+        return int(n)
+
     def close(self) -> None:
         with self._lock:
             for conn in self._all:

@@ -30,7 +30,7 @@ from flywheel.features._online import OnlineStore, open_online_store
 from flywheel.features._repo import load_definitions
 from flywheel.features._response import OnlineResponse
 from flywheel.features._store import FeatureStore, PushResult
-from flywheel.features._stream import ProcessorStats, StreamProcessor
+from flywheel.features._stream import ProcessorStats, StreamProcessor, default_consumer_name
 
 __all__ = [
     "Aggregation",
@@ -57,6 +57,7 @@ __all__ = [
     "StreamFeatureView",
     "StreamProcessor",
     "TrainingDataset",
+    "default_consumer_name",
     "list_of",
     "load_definitions",
     "open_online_store",

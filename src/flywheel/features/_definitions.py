@@ -125,22 +125,36 @@ def _check_name(name: str, kind: str) -> str:
 
 @dataclass(frozen=True)
 class Field:
-    """A named, typed column of a feature view or stream."""
+    """A named, typed column of a feature view or stream.
+
+    ``nullable``: whether a pushed event may leave the field out or send null (stream schemas;
+    the default is required). A stream's ``event_id_field`` is required even if nullable.
+    """
 
     name: str
     dtype: str
     description: str = ""
+    nullable: bool = False
 
     def __post_init__(self) -> None:
         _check_name(self.name, "field")
         check_dtype(self.dtype, f"field {self.name!r}")
 
     def to_spec(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "description": self.description}
+        spec: dict[str, Any] = {
+            "name": self.name,
+            "dtype": self.dtype,
+            "description": self.description,
+        }
+        if self.nullable:  # absent when false, so specs stored before the key existed still match
+            spec["nullable"] = True
+        return spec
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Field:
-        return cls(spec["name"], spec["dtype"], spec.get("description", ""))
+        return cls(
+            spec["name"], spec["dtype"], spec.get("description", ""), spec.get("nullable", False)
+        )
 
 
 @dataclass
@@ -328,7 +342,9 @@ class EventStream(_Meta):
     """A named stream of events that ``push`` appends to and stream processors consume.
 
     ``schema`` lists the event fields (entity keys included); ``timestamp_field`` is event time.
-    An optional ``event_id_field`` makes retried pushes idempotent (otherwise the log assigns ids).
+    An optional ``event_id_field`` makes retried pushes idempotent (otherwise the log assigns ids);
+    when declared, every pushed event must carry it. A pushed event must carry every field that is
+    not declared ``nullable``.
     """
 
     name: str = ""

@@ -1,7 +1,13 @@
 """Validating pushed rows against a stream's schema and encoding them as event payloads.
 
 Every row is checked before anything is written, so a request with one bad row writes nothing
-and the error names the row index, the field and the reason.
+and the error names the row index, the field and the reason (HTTP 422).
+
+- Every schema field must be present and non-null unless declared ``Field(..., nullable=True)``;
+  the timestamp, the entity keys of the stream's views and the ``event_id_field`` always.
+- ``NaN`` and ``Infinity`` in a number are refused, naming the field: a pushed number is stored as
+  the finite value it is, never turned into null. (In a pandas DataFrame, a missing value (NaN
+  in a float column) is a null, as pandas means it; ±inf there is refused too.)
 """
 
 from __future__ import annotations
@@ -54,8 +60,8 @@ def _check(value: Any, dtype: str) -> Any:
     if dtype in ("float32", "float64"):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"expected a number, got {type(value).__name__}")
-        if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{value} is not a finite number; send a finite number or null")
         return float(value)
     if dtype == "string":
         if not isinstance(value, str):
@@ -82,7 +88,16 @@ def _check(value: Any, dtype: str) -> Any:
 
 def rows_of(rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> list[Mapping[str, Any]]:
     if isinstance(rows, pd.DataFrame):
-        return rows.to_dict("records")
+        # pandas marks a missing value as NaN/NaT/NA: that is a null here (±inf is not missing).
+        missing = rows.isna().to_numpy()
+        records: list[dict[str, Any]] = rows.to_dict("records")
+        if missing.any():
+            columns = list(rows.columns)
+            for record, row_missing in zip(records, missing, strict=True):
+                for column, is_missing in zip(columns, row_missing, strict=True):
+                    if is_missing:
+                        record[column] = None
+        return list(records)
     if isinstance(rows, Mapping):
         return [rows]
     return list(rows)
@@ -93,11 +108,20 @@ def encode_events(
 ) -> list[bytes]:
     """Validate every row, then encode each as one JSON payload (timestamps as µs).
 
-    ``required``: fields that must be present and non-null (the entity keys of the stream's
-    views and the timestamp field).
+    ``required``: fields that must be present and non-null besides the schema's non-nullable
+    fields, the timestamp and the event id (the entity keys of the stream's views).
     """
     schema = {f.name: f.dtype for f in stream.schema}
     must = set(required) | {stream.timestamp_field}
+    plain = {f.name for f in stream.schema if not f.nullable} - must  # could be made nullable
+    must |= plain
+    if stream.event_id_field is not None:
+        must.add(stream.event_id_field)
+        plain.discard(stream.event_id_field)
+
+    def hint(name: str) -> str:
+        return " (declare the field nullable to allow that)" if name in plain else ""
+
     out: list[bytes] = []
     records = rows_of(rows)
     if not records:
@@ -111,17 +135,21 @@ def encode_events(
                 raise PushValidationError(
                     stream.name, i, str(name), f"not in the stream's schema ({sorted(schema)})"
                 )
-            if value is None or (isinstance(value, float) and math.isnan(value)):
+            if value is None:
                 if name in must:
-                    raise PushValidationError(stream.name, i, name, "is required, got null")
+                    raise PushValidationError(
+                        stream.name, i, name, f"is required, got null{hint(name)}"
+                    )
                 event[name] = None
                 continue
             try:
                 event[name] = _check(value, schema[name])
             except (ValueError, TypeError, OverflowError) as exc:
                 raise PushValidationError(stream.name, i, name, str(exc)) from None
-        for name in must:
+        for name in sorted(must):
             if name not in event:
-                raise PushValidationError(stream.name, i, name, "is required but missing")
+                raise PushValidationError(
+                    stream.name, i, name, f"is required but missing{hint(name)}"
+                )
         out.append(orjson.dumps(event))
     return out

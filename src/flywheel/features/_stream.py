@@ -1,9 +1,11 @@
 """The stream processor: event log -> time tiles in the online store (+ an archive for offline).
 
 For each batch it reads from the log (its own unacknowledged events first, then new ones; events
-of dead consumers are claimed after ``claim_idle_ms``), applies them per stream view and entity
-in one optimistic transaction per view (``OnlineStore.transact``), archives the applied events
-as Parquet for the offline store, and only then acknowledges them (``XACK`` after the write).
+of a consumer that is gone are claimed as soon as this one has nothing new to do and they have
+waited ``gone_ms``, and in any case every ``claim_idle_ms``), applies them per stream view and
+entity in one optimistic transaction per view (``OnlineStore.transact``), archives the applied
+events as Parquet for the offline store, and only then acknowledges them (``XACK`` after the
+write).
 While ``run`` runs, the next batch is read (new events only) and the archive is written in a
 worker thread, overlapping with the store's round trips; a batch is acknowledged only once its
 tiles and its archive are written. A processor killed at any point (read-ahead events included:
@@ -53,6 +55,8 @@ class ProcessorStats:
 
 
 def default_consumer_name(index: int = 0) -> str:
+    """``HOST-INDEX``: stable across restarts on one host, so that a restarted processor is the
+    same consumer and re-reads first what it left unacknowledged when it died."""
     return f"{socket.gethostname()}-{index}"
 
 
@@ -90,6 +94,7 @@ class StreamProcessor:
         group: str = DEFAULT_GROUP,
         batch_size: int = 2000,
         claim_idle_ms: int = 30_000,
+        gone_ms: int = 2_000,
         archive: bool = True,
     ) -> None:
         self.store = store
@@ -98,6 +103,7 @@ class StreamProcessor:
         self.group = group
         self.batch_size = batch_size
         self.claim_idle_ms = claim_idle_ms
+        self.gone_ms = gone_ms
         self.archive = archive
         self.stats = ProcessorStats()
         self._last_claim = 0.0
@@ -148,6 +154,11 @@ class StreamProcessor:
                 wait = block_ms if len(by_stream) == 1 else min(block_ms, 20)
                 events = log.read(stream, self.group, self.consumer, self.batch_size, wait)
             if not events:
+                # Nothing new: take over what a consumer that is gone left pending (delivered
+                # ``gone_ms`` ago and never acknowledged). If that consumer is only slow, the
+                # batch is applied twice, which tiles make harmless (they skip applied ids).
+                events = log.claim(stream, self.group, self.consumer, self.gone_ms, self.batch_size)
+            if not events:
                 continue
             if self._pool is not None and stream in self._resumed and stream not in self._ahead:
                 # The next batch (new events only: this one is still pending) is fetched meanwhile;
@@ -163,6 +174,10 @@ class StreamProcessor:
         if not by_stream and block_ms:
             time.sleep(block_ms / 1000)
         return handled
+
+    def _group_pending(self) -> bool:
+        log = self.store.event_log
+        return any(log.pending(stream, self.group) for stream in self._stream_views())
 
     def process(
         self, stream: str, views: Sequence[StreamFeatureView], events: Sequence[Event]
@@ -272,13 +287,14 @@ class StreamProcessor:
         until_idle: bool = False,
         max_seconds: float | None = None,
     ) -> ProcessorStats:
-        """Process until ``stop`` is set, the log is drained (``until_idle``) or time runs out."""
+        """Process until ``stop`` is set, the log is drained (``until_idle``: nothing new and
+        nothing pending for the group, at any consumer) or time runs out."""
         started = time.monotonic()
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="flywheel-stream")
         try:
             while not (stop is not None and stop.is_set()):
                 n = self.run_once(block_ms)
-                if until_idle and n == 0:
+                if until_idle and n == 0 and not self._group_pending():
                     break
                 if max_seconds is not None and time.monotonic() - started > max_seconds:
                     break

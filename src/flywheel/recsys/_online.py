@@ -956,8 +956,9 @@ class OnlineRecommender:
                 "is_purchase": int(e.event_type == "purchase"),
                 "event_timestamp": e.timestamp or now,
             }
-            if e.event_id:
-                row["event_id"] = e.event_id
+            # The stream's event id is required (#17 item 5): a caller's id makes a retry
+            # idempotent; without one each event gets a fresh id, as the log's own ids were.
+            row["event_id"] = e.event_id or uuid.uuid4().hex
             rows.append(row)
         result = self.store.push(EVENT_STREAM, rows)
         self._apply([r for r in rows if self._first_time(r.get("event_id"))])
@@ -1045,8 +1046,8 @@ class OnlineRecommender:
                     [
                         Field("item_id", "string"),
                         Field("description", "string"),
-                        Field("price", "float64"),
-                        Field("category", "string"),
+                        Field("price", "float64", nullable=True),
+                        Field("category", "string", nullable=True),
                     ],
                     description="Products added while serving (POST /items).",
                 )
