@@ -115,8 +115,6 @@ def ask(
     if words and words[0] == "eval":
         if len(words) != 2:
             raise typer.BadParameter("usage: flywheel ask eval SUITE.yaml")
-        from flywheel.agent._eval import run_suite_cli
-
         run_suite_cli(Path(words[1]), url=url, config=config, out=out, as_json=as_json)
         return
     if words and words[0] == "init-model":
@@ -220,3 +218,40 @@ def register(app: typer.Typer) -> None:
     """Add ``ask`` and ``mcp`` to the root command."""
     app.command("ask")(ask)
     app.command("mcp")(mcp)
+
+
+def run_suite_cli(
+    path: Path, *, url: str, config: Path | None, out: Path | None, as_json: bool
+) -> None:
+    """``flywheel ask eval SUITE.yaml``: ask the server, score, log the run, print a table."""
+    import asyncio
+
+    from rich.table import Table
+
+    from flywheel.agent._eval import EVAL_EXPERIMENT, load_suite, log_suite, run_suite
+
+    suite = load_suite(path)
+
+    async def ask(question: str) -> dict[str, Any]:
+        return await asyncio.to_thread(_stream_ask, url, question, False, 300.0)
+
+    result = asyncio.run(run_suite(suite, ask))
+    log_suite(open_project(config), result)
+    if out is not None:
+        out.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    table = Table("question", "facts", "trajectory", "steps", "passed")
+    for c in result.cases:
+        traj = "-" if c.trajectory_ok is None else ("ok" if c.trajectory_ok else "MISMATCH")
+        table.add_row(
+            c.question[:60],
+            f"{len(c.facts_found)}/{len(c.facts_found) + len(c.facts_missing)}",
+            traj,
+            str(c.steps),
+            "yes" if c.passed else "[red]no[/]",
+        )
+    console.print(table)
+    metrics = ", ".join(f"{k}={v:.3g}" for k, v in result.metrics().items())
+    console.print(f"run {result.run_id} in experiment {EVAL_EXPERIMENT}: {metrics}")
