@@ -25,6 +25,7 @@ PAGES: list[tuple[str, str, str]] = [
     ("endpoints", "Endpoints", "endpoints.html"),
     ("experiments", "Experiments", "experiments.html"),
     ("recommendations", "Recommendations", "playground.html"),
+    ("traces", "Traces", "traces.html"),
 ]
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
