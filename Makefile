@@ -7,7 +7,7 @@ PIP    := $(BIN)/python -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: demo test ui check lint typecheck docs pytest lock clean bench-features bench-registry \
-        bench-training bench-serving bench-experiments bench-recsys bench-traces
+        bench-training bench-serving bench-experiments bench-recsys bench-traces bench-llm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,7 +62,7 @@ pytest: $(VENV)/.stamp-all $(UI_VENDOR)
 lock:
 	$(PIP) freeze --exclude-editable | grep -v '^flywheel' > constraints.txt
 
-bench-features bench-registry bench-training bench-serving bench-experiments bench-recsys bench-traces: $(VENV)/.stamp-all
+bench-features bench-registry bench-training bench-serving bench-experiments bench-recsys bench-traces bench-llm: $(VENV)/.stamp-all
 	@set -e; for f in benchmarks/$(subst bench-,,$@)_*.py; do \
 	  if [ -f "$$f" ]; then echo "== $$f"; $(BIN)/python "$$f"; else echo "no benchmark matches $$f"; exit 1; fi; \
 	done
