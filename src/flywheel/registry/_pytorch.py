@@ -16,11 +16,12 @@ device and the outputs back to host memory.
 from __future__ import annotations
 
 import contextlib
-import io
+import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -28,15 +29,68 @@ from flywheel.registry._errors import RegistryError
 from flywheel.registry._flavor import PlacedPredict, Predict, name_outputs
 
 
+class _QuietStdout:
+    """Stands in for ``sys.stdout`` while any thread is quiet: writes from quiet threads are
+    dropped, every other thread's go to the stream that was there before."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self.quiet: set[int] = set()
+
+    def write(self, text: str) -> int:
+        if threading.get_ident() in self.quiet:
+            return len(text)
+        written: int = self.target.write(text)
+        return written
+
+    def flush(self) -> None:
+        if threading.get_ident() not in self.quiet:
+            self.target.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
+
+
+_QUIET_LOCK = threading.Lock()
+_EXPORT_LOAD_LOCK = threading.Lock()
+# The shared state of every thread inside ``_quiet``: [active count, stdout proxy, saved filters].
+_QUIET_STATE: list[Any] = [0, None, None]
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the exporters' warnings and progress prints (they are not the caller's)."""
-    with (
-        warnings.catch_warnings(),
-        contextlib.redirect_stdout(io.StringIO()),
-    ):
-        warnings.simplefilter("ignore")
+    """Silence the exporters' warnings and progress prints (they are not the caller's).
+
+    Safe from several loader threads at once: ``contextlib.redirect_stdout`` and
+    ``warnings.catch_warnings`` each swap process-wide state and restore what *they* saw on
+    entry, so overlapping uses could leave ``sys.stdout`` on a buffer (or warnings ignored for
+    good). Here the first thread in installs one proxy (and the ignore filter), only the calling
+    thread's prints are dropped, and the last thread out restores both.
+    """
+    ident = threading.get_ident()
+    with _QUIET_LOCK:
+        if _QUIET_STATE[0] == 0:
+            _QUIET_STATE[1] = _QuietStdout(sys.stdout)
+            sys.stdout = _QUIET_STATE[1]
+            _QUIET_STATE[2] = warnings.filters[:]
+            warnings.simplefilter("ignore")
+        _QUIET_STATE[0] += 1
+        proxy: _QuietStdout = _QUIET_STATE[1]
+        nested = ident in proxy.quiet
+        proxy.quiet.add(ident)
+    try:
         yield
+    finally:
+        with _QUIET_LOCK:
+            if not nested:
+                proxy.quiet.discard(ident)
+            _QUIET_STATE[0] -= 1
+            if _QUIET_STATE[0] == 0:
+                if sys.stdout is proxy:  # left alone if someone replaced it meanwhile
+                    sys.stdout = proxy.target
+                cast(list[Any], warnings.filters)[:] = _QUIET_STATE[2]
+                warnings._filters_mutated()  # type: ignore[attr-defined]
+                _QUIET_STATE[1] = _QUIET_STATE[2] = None
 
 
 def _to_numpy(value: Any) -> Any:
@@ -141,7 +195,9 @@ class PytorchFlavor:
         path = folder / details["file"]
         target = torch.device(device)
         if details["format"] == "torch.export":
-            with _quiet():
+            # torch.export.load keeps its deserializer in a process-wide global
+            # ("_CURRENT_DESERIALIZER is already set" from a second thread): one at a time.
+            with _quiet(), _EXPORT_LOAD_LOCK:
                 program = torch.export.load(str(path))
                 if target.type != "cpu":
                     from torch.export.passes import move_to_device_pass
