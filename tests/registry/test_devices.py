@@ -9,15 +9,14 @@ a CUDA device and are skipped elsewhere.
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+import torch
 from sklearn.linear_model import LogisticRegression
 
 from flywheel.project import Project
 from flywheel.registry import DeviceUnavailable, Registry, RegistryError
 from flywheel.registry._device import CUDA_PROVIDER, place
-
-torch = pytest.importorskip("torch")
-ort = pytest.importorskip("onnxruntime")
 
 TORCH_GPU = torch.cuda.is_available()
 ORT_GPU = CUDA_PROVIDER in ort.get_available_providers()

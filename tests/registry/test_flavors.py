@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import lightgbm as lgb
 import numpy as np
 import pytest
+import torch
 
 from flywheel.project import Project
 from flywheel.registry import ModelRefused, Registry
-
-torch = pytest.importorskip("torch")
-lgb = pytest.importorskip("lightgbm")
 
 
 class TwoTower(torch.nn.Module):

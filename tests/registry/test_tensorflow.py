@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
-import pytest
 
 from flywheel.project import Project
 from flywheel.registry import Registry
-
-keras = pytest.importorskip("keras")
 
 
 def test_keras_model_round_trips_via_savedmodel_and_onnx(project: Project) -> None:

@@ -31,7 +31,8 @@ def _rank_main(rank: int, config: str, rendezvous: str, out: str) -> None:
 
 
 def test_only_rank_zero_logs(project: Project, tmp_path: Path) -> None:
-    pytest.importorskip("torch.distributed")
+    import torch.distributed  # noqa: F401  (a declared dependency: fail, never skip)
+
     # Ranks fork from a server that imported torch once, instead of importing it per rank.
     context = get_context("forkserver")
     context.set_forkserver_preload(["torch.distributed", "flywheel.tracking"])

@@ -58,9 +58,16 @@ def _digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _train(parquet_file: Path, ckdir: Path, stop_at: int | None, *, corrupt: bool = False) -> str:
+def _train(
+    parquet_file: Path, ckdir: Path, stop_at: int | None, *, corrupt: bool = False
+) -> tuple[str, int | None, dict[int, str]]:
     """Train 20 steps (dropout, momentum, LR schedule, shuffled data); optionally stop at
-    ``stop_at`` and continue in fresh objects from the checkpoints, as a restarted process would."""
+    ``stop_at`` and continue in fresh objects from the checkpoints, as a restarted process would.
+
+    Returns the final digest, the step ``resume()`` reported (None without a restart) and the
+    model digest after every step of the first process and right after the restart's resume
+    (key ``-1``), so a test can tell which checkpoint's state was loaded."""
+    seen: dict[int, str] = {}
 
     def build() -> tuple[
         torch.nn.Module, torch.optim.Optimizer, object, rt.ShardedParquetDataset, rt.Checkpointer
@@ -94,6 +101,7 @@ def _train(parquet_file: Path, ckdir: Path, stop_at: int | None, *, corrupt: boo
                 opt.step()
                 sched.step()
                 step += 1
+                seen.setdefault(step, _digest(model))
                 ck.after_step(step)
                 if step == until:
                     return step
@@ -101,9 +109,9 @@ def _train(parquet_file: Path, ckdir: Path, stop_at: int | None, *, corrupt: boo
 
     rt.seed_everything(42)
     model, *rest = build()
-    step = loop(model, *rest, step=0, until=stop_at or 20)
+    loop(model, *rest, step=0, until=stop_at or 20)
     if stop_at is None:
-        return _digest(model)
+        return _digest(model), None, seen
     if corrupt:
         newest = ckdir / f"ckpt-{rest[3].steps()[-1]:010d}.pt"
         data = bytearray(newest.read_bytes())
@@ -111,8 +119,9 @@ def _train(parquet_file: Path, ckdir: Path, stop_at: int | None, *, corrupt: boo
         newest.write_bytes(bytes(data))
     rt.seed_everything(999)  # a restarted process starts with other RNG state
     model, *rest = build()
-    step = rest[3].resume()
-    return _digest_after(model, rest, loop, step)
+    resumed = rest[3].resume()
+    seen[-1] = _digest(model)
+    return _digest_after(model, rest, loop, resumed), resumed, seen
 
 
 def _digest_after(model, rest, loop, step):  # type: ignore[no-untyped-def]
@@ -124,9 +133,18 @@ def test_resume_is_bit_identical_and_skips_corrupt_newest(
     parquet_file: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     rt.init()
-    reference = _train(parquet_file, tmp_path / "a", None)
-    assert _train(parquet_file, tmp_path / "b", 10) == reference  # resumes from step 9
-    assert _train(parquet_file, tmp_path / "c", 10, corrupt=True) == reference  # from step 6
+    reference, _, _ = _train(parquet_file, tmp_path / "a", None)
+    # Checkpoints every 3 steps; stopped at step 10, so the newest is step 9.
+    final, resumed, seen = _train(parquet_file, tmp_path / "b", 10)
+    assert resumed == 9
+    assert seen[-1] == seen[9] != seen[10]  # the model holds step 9's state, not a fresh one
+    assert final == reference
+    assert "skipping checkpoint" not in capfd.readouterr().err
+    # The newest (step 9) corrupted: the previous checkpoint (step 6) is loaded instead.
+    final, resumed, seen = _train(parquet_file, tmp_path / "c", 10, corrupt=True)
+    assert resumed == 6
+    assert seen[-1] == seen[6] != seen[9]
+    assert final == reference
     assert "skipping checkpoint" in capfd.readouterr().err
     kept = sorted(p.name for p in (tmp_path / "c").iterdir())
     assert kept == ["ckpt-0000000015.json", "ckpt-0000000015.pt", "ckpt-0000000018.json",
