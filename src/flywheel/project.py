@@ -7,13 +7,18 @@ the ``current_project`` dependency.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from fastapi import Request
 
 from flywheel.artifacts import ArtifactStore, open_artifact_store
 from flywheel.config import FlywheelConfig, load_config
 from flywheel.metadata import Database
+
+T = TypeVar("T")
 
 
 class Project:
@@ -23,6 +28,8 @@ class Project:
         self.config = config
         self._db: Database | None = None
         self._artifacts: ArtifactStore | None = None
+        self._attached: dict[str, Any] = {}
+        self._attach_lock = threading.Lock()
 
     @classmethod
     def open(cls, path: str | Path | None = None) -> Project:
@@ -50,6 +57,19 @@ class Project:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         self.config.offline_store_path.mkdir(parents=True, exist_ok=True)
         self.db.upgrade()
+
+    def attached(self, key: str, create: Callable[[], T]) -> T:
+        """The object a system keeps for this project under ``key``, created on first use.
+
+        This is where per-project, per-process state lives (serving's inference server, ...):
+        it lives and dies with the project, which the app keeps on its state, so nothing is
+        held in a module-level registry. ``create`` runs at most once per key.
+        """
+        with self._attach_lock:
+            if key not in self._attached:
+                self._attached[key] = create()
+            value: T = self._attached[key]
+            return value
 
     def close(self) -> None:
         if self._db is not None:

@@ -32,7 +32,6 @@ from flywheel.serving import (
     server_for,
     set_routes,
 )
-from flywheel.serving._server import _PRIVATE_LOOPS
 from tests.serving.conftest import (
     FakeModel,
     FakeSource,
@@ -63,7 +62,7 @@ def server(fast_project: Project, source: FakeSource) -> Iterator[InferenceServe
     srv = InferenceServer(fast_project, source)
     yield srv
     srv.stop_blocking()
-    assert srv not in _PRIVATE_LOOPS
+    assert not srv.bridge.private_loop_running
 
 
 def test_production_version_from_any_thread(server: InferenceServer, source: FakeSource) -> None:
@@ -210,7 +209,7 @@ def test_runs_on_the_app_loop_when_it_runs(fast_project: Project, source: FakeSo
             assert r.status_code == 200
         pred = srv.predict_blocking("m", {"input": np.ones((1, 4), dtype=np.float32)})
         assert pred.outputs["predictions"].tolist() == r.json()["outputs"][0]["data"]
-        assert srv not in _PRIVATE_LOOPS  # the app's loop served it, no private loop
+        assert not srv.bridge.private_loop_running  # the app's loop served it
         loop = srv._loop
         assert loop is not None
 

@@ -23,8 +23,8 @@ from typing import Any, NoReturn
 import numpy as np
 
 from flywheel.serving._errors import DeadlineExceeded, InferenceFailed, QueueFull, ServingError
+from flywheel.serving._types import Tensors
 
-Tensors = dict[str, np.ndarray]
 PredictFn = Callable[[Tensors], Tensors]
 
 

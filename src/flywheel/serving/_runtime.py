@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from flywheel.serving._errors import ModelUnavailable
+from flywheel.serving._types import Tensors
 
 if TYPE_CHECKING:  # the registry is imported on first use (it pulls in the model flavors)
     from flywheel.project import Project
@@ -36,7 +37,6 @@ if TYPE_CHECKING:  # the registry is imported on first use (it pulls in the mode
 
 log = logging.getLogger("flywheel.serving")
 
-Tensors = dict[str, np.ndarray]
 TIMING_BATCH_ROWS = 32
 TIMING_REPEATS = 5
 
