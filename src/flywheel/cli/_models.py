@@ -32,8 +32,14 @@ def _actor(actor: str) -> str:
 @app.command("register")
 def register(
     name: Annotated[str, typer.Argument(help="Model name.")],
-    path: Annotated[Path, typer.Argument(help="Model file: .onnx, or a LightGBM text model.")],
-    flavor: Annotated[str, typer.Option(help="onnx or lightgbm.")] = "onnx",
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Model file (.onnx, a LightGBM text model) or folder (a Hugging Face-format "
+            "LLM, a scripted chat model)."
+        ),
+    ],
+    flavor: Annotated[str, typer.Option(help="onnx, lightgbm, llm or scripted-chat.")] = "onnx",
     description: Annotated[str, typer.Option(help="What this version is.")] = "",
     run: Annotated[str | None, typer.Option(help="Run id that trained it.")] = None,
     training_dataset: Annotated[str | None, typer.Option(help="Training dataset name.")] = None,
@@ -43,12 +49,15 @@ def register(
     """Register a model file (verified: loaded back and run before it is accepted)."""
     from flywheel.registry import Registry, RegistryError
 
-    if flavor not in ("onnx", "lightgbm"):
+    if flavor not in ("onnx", "lightgbm", "llm", "scripted-chat"):
         raise RegistryError(
-            f"flavor {flavor!r}: files can be registered as onnx or lightgbm; register other "
-            "flavors from Python (registry.register_model)"
+            f"flavor {flavor!r}: files can be registered as onnx, lightgbm, llm or "
+            "scripted-chat; register other flavors from Python (registry.register_model)"
         )
-    if not path.is_file():
+    if flavor in ("llm", "scripted-chat"):
+        if not path.exists():
+            raise RegistryError(f"model folder {str(path)!r} does not exist")
+    elif not path.is_file():
         raise RegistryError(f"model file {str(path)!r} does not exist")
     mv = Registry(open_project(config)).register_model(
         name,

@@ -32,6 +32,8 @@ FLAVORS: dict[str, str] = {
     "pytorch": "flywheel.registry._pytorch:PytorchFlavor",
     "tensorflow": "flywheel.registry._tensorflow:TensorflowFlavor",
     "lightgbm": "flywheel.registry._lightgbm:LightgbmFlavor",
+    "llm": "flywheel.registry._llm:LLMFlavor",
+    "scripted-chat": "flywheel.registry._llm:ScriptedChatFlavor",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,6 +134,23 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+def _tree_matches(folder: Path, files: dict[str, str]) -> bool:
+    """Whether ``folder`` holds exactly ``files`` (relative path -> sha256)."""
+    import hashlib
+
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    if present != set(files):
+        return False
+    for rel, sha in files.items():
+        h = hashlib.sha256()
+        with open(folder / rel, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        if h.hexdigest() != sha:
+            return False
+    return True
+
+
 class Registry:
     """The model registry of one project (see ``flywheel.registry`` for the concepts)."""
 
@@ -258,7 +276,7 @@ class Registry:
                 outputs=Signature.from_example({}, original).outputs,
             )
             onnx_sha = None
-            if export_onnx:
+            if export_onnx and getattr(impl, "exports_onnx", True):
                 onnx_sha = self._export_onnx(impl, model, Path(tmp), example, original, details)
             files = self.artifacts.put_tree(folder)
         manifest = {"flavor": flavor, "files": files, "details": details}
@@ -713,6 +731,44 @@ class Registry:
         return self._placed(
             mv, impl.runtime, predict, wanted, where, details.get("output_renames", {})
         )
+
+    def materialize(self, uri_or_mv: str | ModelVersion, dest: Path | None = None) -> Path:
+        """The version's files, verified against their sha256, in a folder on local disk.
+
+        For runtimes that open a folder themselves (the LLM engine). ``dest`` defaults to
+        ``<state dir>/cache/models/<name>-<version>-<sha>``, reused when already complete (the
+        folder is written beside and renamed into place, so a half-written one is never seen).
+        A folder reused from an earlier call is hashed again first, and rebuilt if any file
+        differs from the manifest.
+        """
+        mv = self.resolve(uri_or_mv)
+        manifest = json.loads(self._verified_blob(mv, mv.artifact_sha256))
+        if dest is None:
+            root = self.project.config.state_dir / "cache" / "models"
+            dest = root / f"{mv.name}-{mv.version}-{mv.artifact_sha256[:16]}"
+        if dest.is_dir():
+            if _tree_matches(dest, manifest["files"]):
+                return dest
+            shutil.rmtree(dest, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+        try:
+            for rel, sha in manifest["files"].items():
+                try:
+                    self.artifacts.get_file(sha, tmp / rel)
+                except (IntegrityError, NotFoundError) as exc:
+                    raise ModelIntegrityError(
+                        mv.name, mv.version, sha, f"file {rel!r}: {exc}"
+                    ) from None
+            try:
+                tmp.rename(dest)
+            except OSError:
+                if not dest.is_dir():  # another process won the race: use its copy
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return dest
 
     def _placed(
         self,

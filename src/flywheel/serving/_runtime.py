@@ -39,6 +39,8 @@ log = logging.getLogger("flywheel.serving")
 
 TIMING_BATCH_ROWS = 32
 TIMING_REPEATS = 5
+# Chat models are served by /v1's engine; their V2 predict loads on first use, not at warm-up.
+NO_WARMUP_FLAVORS = frozenset({"llm", "scripted-chat"})
 
 
 class LoadedModelLike(Protocol):
@@ -185,7 +187,7 @@ def load_runtime(source: ModelSource, mv: ModelVersion, *, prefer_onnx: bool) ->
             raise ModelUnavailable(f"model {label} could not be loaded: {exc}") from exc
         native = instead
     chosen, timings = native, {}
-    example = source.input_example(mv)
+    example = None if getattr(mv, "flavor", "") in NO_WARMUP_FLAVORS else source.input_example(mv)
     if example:
         try:
             reference = native.predict(example)
