@@ -30,6 +30,7 @@ SYSTEM_ROUTERS: dict[str, str] = {
     "registry": "flywheel.registry._api:router",
     "ui": "flywheel.ui:router",
     "serving": "flywheel.serving._api:router",
+    "llm": "flywheel.serving.llm._openai:router",
     "experiments": "flywheel.experiments._api:router",
     "training": "flywheel.training._api:router",
     "recsys": "flywheel.recsys._api:router",
@@ -42,6 +43,7 @@ SYSTEM_ROUTERS: dict[str, str] = {
 SYSTEM_SERVICES: dict[str, str] = {
     "features": "flywheel.features._api:stream_service",
     "serving": "flywheel.serving._server:serving_service",
+    "llm": "flywheel.serving.llm._service:llm_service",
     "experiments": "flywheel.experiments._api:bandit_updater",
     "training": "flywheel.training._service:scheduler_service",
     "recsys": "flywheel.recsys._api:recsys_service",

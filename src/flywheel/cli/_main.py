@@ -36,6 +36,7 @@ SYSTEM_GROUPS: dict[str, str] = {
     "jobs": "flywheel.cli._jobs",
     "scheduler": "flywheel.cli._scheduler",
     "serve": "flywheel.cli._serve",
+    "llm": "flywheel.cli._llm",
     "experiments": "flywheel.cli._experiments",
     "recs": "flywheel.cli._recs",
     "traces": "flywheel.cli._traces",

@@ -43,12 +43,12 @@ def serve(
     port = port or project.config.server.port
     console.print(
         f"flywheel serving project [bold]{project.config.project}[/] on http://{host}:{port} "
-        f"with {workers} worker(s)  (V2: /v2, control: /serving, metrics: /metrics)"
+        f"with {workers} worker(s)  (V2: /v2, OpenAI: /v1, control: /serving, metrics: /metrics)"
     )
     run_server(
         project,
         config=config,
-        systems=["serving"],
+        systems=["serving", "llm"],
         host=host,
         port=port,
         workers=workers,

@@ -10,9 +10,16 @@ Public API::
     engine.stats() -> EngineStats                    # running/waiting, KV usage, prefix cache, ...
     TokenConstraint                                  # the constrained-decoding hook (a grammar)
 
+The OpenAI-compatible API over it (``/v1``)::
+
+    ChatBackend / EmbeddingBackend / CHAT_BACKENDS   # what /v1 serves; flavor -> backend loader
+    flywheel.serving.llm._openai:router              # SYSTEM_ROUTERS entry (/v1/...)
+    llm_service(project)                             # SYSTEM_SERVICES entry (closes backends)
+
 Errors: ``LLMEngineError`` and below (see ``flywheel.serving.llm._errors``).
 """
 
+from flywheel.serving.llm._backend import CHAT_BACKENDS, ChatBackend, EmbeddingBackend
 from flywheel.serving.llm._engine import LLMEngine
 from flywheel.serving.llm._errors import (
     EngineFailed,
@@ -21,6 +28,7 @@ from flywheel.serving.llm._errors import (
     LLMEngineError,
     PromptTooLong,
 )
+from flywheel.serving.llm._service import LLMService, llm_service, llm_service_for
 from flywheel.serving.llm._tiny import build_tiny_model
 from flywheel.serving.llm._types import (
     Completion,
@@ -32,17 +40,23 @@ from flywheel.serving.llm._types import (
 )
 
 __all__ = [
+    "CHAT_BACKENDS",
+    "ChatBackend",
     "Completion",
+    "EmbeddingBackend",
     "EngineFailed",
     "EngineOverloaded",
     "EngineStats",
     "EngineStopped",
     "LLMEngine",
     "LLMEngineError",
+    "LLMService",
     "PromptTooLong",
     "RequestMetrics",
     "SamplingParams",
     "TokenConstraint",
     "TokenEvent",
     "build_tiny_model",
+    "llm_service",
+    "llm_service_for",
 ]
