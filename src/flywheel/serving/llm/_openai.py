@@ -37,6 +37,12 @@ from flywheel.serving.llm._chat import (
     normalize_messages,
     split_tool_calls,
 )
+from flywheel.serving.llm._errors import (
+    EngineFailed,
+    EngineOverloaded,
+    EngineStopped,
+    PromptTooLong,
+)
 from flywheel.serving.llm._protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -64,16 +70,19 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return Response(orjson.dumps(data), status, headers, media_type="application/json")
 
 
-def _authorize(request: Request, project: Project) -> None:
+async def _authorize(request: Request, project: Project) -> None:
     """A reader token, or an open loopback read (then a non-Flywheel key is ignored)."""
-    from flywheel.auth import Role, _is_loopback, token_store
+    from flywheel.auth import Role, bearer_token, is_loopback_host, token_store
 
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip() if scheme.lower() == "bearer" else ""
-    open_read = not project.config.auth.required and _is_loopback(request)
-    if token and (token.startswith("fw_") or not open_read):
-        principal = token_store(request).verify(token)
+    try:
+        token = bearer_token(request.headers.get("authorization"))
+    except AuthError as exc:
+        raise OpenAIError(401, str(exc), code="invalid_api_key") from None
+    host = request.client.host if request.client else ""
+    open_read = not project.config.auth.required and is_loopback_host(host)
+    if token is not None and (token.startswith("fw_") or not open_read):
+        store = token_store(request)
+        principal = store.cached(token) or await asyncio.to_thread(store.verify, token)
         if principal is None:
             raise OpenAIError(
                 401,
@@ -112,15 +121,20 @@ def _as_openai(exc: BaseException, param: str | None = None) -> OpenAIError:
     if isinstance(exc, OpenAIError):
         return exc
     name = type(exc).__name__
-    if name == "PromptTooLong":
+    if isinstance(exc, PromptTooLong):
         return OpenAIError(400, str(exc), param=param, code="context_length_exceeded")
-    if name == "EngineOverloaded":
-        retry = float(getattr(exc, "retry_after", 1.0) or 1.0)
+    if isinstance(exc, EngineOverloaded):
         return OpenAIError(
-            429, str(exc), type="rate_limit_error", code="rate_limit_exceeded", retry_after=retry
+            429,
+            str(exc),
+            type="rate_limit_error",
+            code="rate_limit_exceeded",
+            retry_after=exc.retry_after_s,
         )
-    if name == "EngineStopped":
+    if isinstance(exc, EngineStopped):
         return OpenAIError(503, str(exc), type="server_error", code="engine_stopped")
+    if isinstance(exc, EngineFailed):
+        return OpenAIError(500, f"the engine failed: {exc}", type="server_error")
     if isinstance(exc, NotAChatModel):
         return OpenAIError(400, str(exc), param="model", code="model_not_supported")
     if isinstance(exc, AuthError):
@@ -213,7 +227,7 @@ _DONE = b"data: [DONE]\n\n"
 
 
 def _sampling(req: Any, max_tokens: int, logprobs: int | None) -> Any:
-    from flywheel.serving.llm import SamplingParams
+    from flywheel.serving.llm._types import SamplingParams
 
     seed = req.seed
     if seed is not None and seed < 0:
@@ -335,7 +349,7 @@ async def list_models(request: Request) -> Response:
     """Chat models (by name and ``name@stage``) and the endpoints that serve them."""
     project, service = _service(request)
     try:
-        _authorize(request, project)
+        await _authorize(request, project)
         data = await asyncio.to_thread(service.list_models)
     except Exception as exc:
         return _as_openai(exc).to_response()
@@ -347,7 +361,7 @@ async def retrieve_model(model: str, request: Request) -> Response:
     """One entry of ``/v1/models``."""
     project, service = _service(request)
     try:
-        _authorize(request, project)
+        await _authorize(request, project)
         data = await asyncio.to_thread(service.list_models)
     except Exception as exc:
         return _as_openai(exc).to_response()
@@ -410,9 +424,16 @@ def _tool_setup(
 
 
 def _check_forced(
-    req: ChatCompletionRequest, mode: str, content: str, calls: list[ToolCall]
+    req: ChatCompletionRequest,
+    mode: str,
+    content: str,
+    calls: list[ToolCall],
+    constrained: bool,
+    finish: str | None,
 ) -> None:
-    """A backend that cannot be constrained must still have produced what was forced."""
+    """A backend that was not constrained must still have produced what was asked for."""
+    if constrained or finish == "length":
+        return  # the grammar guaranteed it, or the answer was cut (finish_reason says so)
     if mode in ("required", "named") and not calls:
         raise OpenAIError(
             500, "the model did not produce the required tool call", type="server_error"
@@ -434,7 +455,7 @@ async def chat_completions(request: Request) -> Response:
     project, service = _service(request)
     target: Target | None = None
     try:
-        _authorize(request, project)
+        await _authorize(request, project)
         req: ChatCompletionRequest = await _body(request, ChatCompletionRequest)
         req.refuse_unsupported()
         target = await service.resolve(req.model, _routing_key(request, req.user))
@@ -483,6 +504,7 @@ async def chat_completions(request: Request) -> Response:
             include_usage,
             started,
             prompt_text,
+            constraint is not None,
         )
         return EventStream(events, headers, cleanup=run.close)
     status = 500
@@ -495,8 +517,8 @@ async def chat_completions(request: Request) -> Response:
         _abort_reason(run.final)
         text = "".join(run.text)
         content, calls = split_tool_calls(text) if mode != "none" else (text, [])
-        _check_forced(req, mode, content, calls)
         finish = run.final.finish_reason if run.final is not None else "stop"
+        _check_forced(req, mode, content, calls, constraint is not None, finish)
         if calls and finish == "stop":
             finish = "tool_calls"
         message: dict[str, Any] = {"role": "assistant", "content": content or None}
@@ -542,6 +564,7 @@ async def _chat_stream(
     include_usage: bool,
     started: float,
     prompt_text: str,
+    constrained: bool,
 ) -> AsyncIterator[bytes]:
     """The SSE chunks of one streamed chat completion."""
     base = {**head, "object": "chat.completion.chunk"}
@@ -583,8 +606,9 @@ async def _chat_stream(
             _abort_reason(run.final)
             full = "".join(run.text)
             calls_made = parser.calls if parser is not None else []
-            _check_forced(req, mode, split_tool_calls(full)[0] if calls_made else full, calls_made)
             finish = run.final.finish_reason if run.final is not None else "stop"
+            content = split_tool_calls(full)[0] if calls_made else full
+            _check_forced(req, mode, content, calls_made, constrained, finish)
             if calls_made and finish == "stop":
                 finish = "tool_calls"
             yield chunk({}, None, finish)
@@ -661,7 +685,7 @@ async def completions(request: Request) -> Response:
     target: Target | None = None
     runs: list[tuple[_Run, Any]] = []
     try:
-        _authorize(request, project)
+        await _authorize(request, project)
         req: CompletionRequest = await _body(request, CompletionRequest)
         req.refuse_unsupported()
         target = await service.resolve(req.model, _routing_key(request, req.user))
@@ -832,7 +856,7 @@ async def embeddings(request: Request) -> Response:
     target: Target | None = None
     status = 500
     try:
-        _authorize(request, project)
+        await _authorize(request, project)
         req: EmbeddingRequest = await _body(request, EmbeddingRequest)
         target = await service.resolve(req.model, _routing_key(request, req.user))
         backend: Any = target.chat.backend

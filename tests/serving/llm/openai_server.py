@@ -1,0 +1,95 @@
+"""A live Flywheel server for the OpenAI conformance tests: real uvicorn on 127.0.0.1.
+
+``llm_server(project)`` serves ``create_server_app(project)`` (what ``flywheel up`` serves) on a
+free port in a thread. ``register_tiny`` registers the tiny model folder as an ``llm`` version.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from flywheel.project import Project
+
+# The tools the tiny model was trained with (its corpus), so that "auto" has calls to make.
+WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+MODEL_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_model",
+        "description": "Look up a registered model and its production version.",
+        "parameters": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}},
+            "required": ["name"],
+        },
+    },
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def llm_server(project: Project) -> Iterator[str]:
+    """Serve the project's full app; yields the base URL (``http://127.0.0.1:PORT``)."""
+    import uvicorn
+
+    from flywheel.api import create_server_app
+
+    port = free_port()
+    config = uvicorn.Config(
+        create_server_app(project), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+def register_tiny(
+    project: Project, folder: Path, name: str, *, stage: str | None = "production", **kwargs: Any
+) -> Any:
+    from flywheel.registry import Registry
+
+    registry = Registry(project)
+    mv = registry.register_model(name, folder, flavor="llm", **kwargs)
+    if stage is not None:
+        registry.set_stage(name, mv.version, stage)
+    return mv
+
+
+def fast(project: Project) -> Project:
+    """The project with a short reconcile interval (canaries advance within a test)."""
+    cfg = project.config
+    serving = cfg.serving.model_copy(update={"poll_interval_ms": 50})
+    project.config = cfg.model_copy(update={"serving": serving})
+    return project
