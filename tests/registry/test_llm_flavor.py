@@ -116,7 +116,7 @@ def test_pickled_weights_are_refused_or_skipped(
     assert mv.details["skipped_pickled_files"] == ["pytorch_model.bin"]
     assert not (registry.materialize(mv) / "pytorch_model.bin").exists()
     (folder / "model.safetensors").unlink()
-    with pytest.raises(ModelRefused, match="pytorch_model.bin.*safetensors"):
+    with pytest.raises(ModelRefused, match=r"pytorch_model\.bin.*safetensors"):
         registry.register_model("chat", folder, flavor="llm")
 
 
@@ -124,7 +124,7 @@ def test_code_in_the_folder_is_refused(project: Project, hf_folder: Path, tmp_pa
     registry = Registry(project)
     folder = _copy(hf_folder, tmp_path)
     (folder / "modeling_custom.py").write_text("import os\n")
-    with pytest.raises(ModelRefused, match="modeling_custom.py"):
+    with pytest.raises(ModelRefused, match=r"modeling_custom\.py"):
         registry.register_model("chat", folder, flavor="llm")
     (folder / "modeling_custom.py").unlink()
     config = json.loads((folder / "config.json").read_text())
@@ -139,7 +139,7 @@ def test_missing_files_are_named(project: Project, hf_folder: Path, tmp_path: Pa
     registry = Registry(project)
     folder = _copy(hf_folder, tmp_path)
     (folder / "tokenizer.json").unlink()
-    with pytest.raises(RegistryError, match="tokenizer.json"):
+    with pytest.raises(RegistryError, match=r"tokenizer\.json"):
         registry.register_model("chat", folder, flavor="llm")
     with pytest.raises(RegistryError, match="does not exist"):
         registry.register_model("chat", tmp_path / "nowhere", flavor="llm")
@@ -162,7 +162,7 @@ def test_tampered_files_are_caught(project: Project, hf_folder: Path) -> None:
     blob.chmod(0o644)
     blob.write_bytes(b"{}")
     shutil.rmtree(again)
-    with pytest.raises(ModelIntegrityError, match="tokenizer.json"):
+    with pytest.raises(ModelIntegrityError, match=r"tokenizer\.json"):
         registry.materialize(mv)
 
 

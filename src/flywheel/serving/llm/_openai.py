@@ -420,7 +420,8 @@ def _tool_setup(
             except ValueError as exc:
                 raise invalid("response_format.json_schema.schema", str(exc)) from None
             constraint = grammars.constraint(compiled)
-    return (tools if mode != "none" else None), mode, constraint
+    # "none" still shows the tools (the conversation may hold earlier calls); nothing is parsed.
+    return (tools or None), mode, constraint
 
 
 def _check_forced(
