@@ -206,9 +206,9 @@ class LLMService:
         """Count one request in serving's request metrics and, on an endpoint, its canary."""
         server = self.server
         label = target.endpoint.name if target.endpoint is not None else target.public_name
-        server._observe(label, target.served, status, elapsed)
+        server.requests._observe(label, target.served, status, elapsed)
         if target.endpoint is not None:
-            server._count_canary(target.endpoint, target.served.version, status, elapsed)
+            server.routes.count_canary(target.endpoint, target.served.version, status, elapsed)
 
     def log_exchange(
         self, target: Target, prompt: str, completion: str, elapsed: float, request_id: str
@@ -272,7 +272,7 @@ class LLMService:
             if (
                 chat.active == 0
                 and now - chat.idle_since > IDLE_CLOSE_SECONDS
-                and not self.server._in_use(key)
+                and not self.server.routes.in_use(key)
             ):
                 self._loaded.pop(key, None)
                 chat.gauges.clear()
