@@ -23,14 +23,23 @@ from flywheel.recsys import (
     generate_transactions,
     read_online_retail,
 )
+from tests.conftest import services_required
 
 
 @pytest.fixture(scope="session")
 def real_data_file() -> Path:
     """The shared Online Retail file (``../shared/datasets/uci-online-retail/``)."""
-    folder = default_data_dir()
+    return require_real_data(default_data_dir())
+
+
+def require_real_data(folder: Path) -> Path:
+    """The data file in ``folder``; when the folder is missing, skip, or fail under
+    ``FLYWHEEL_REQUIRE_SERVICES=1`` (CI must not pass by skipping the real-data tests)."""
     if not folder.is_dir():
-        pytest.skip(f"the real Online Retail data is not at {folder} (see its SOURCE.md)")
+        message = f"the real Online Retail data is not at {folder} (see its SOURCE.md)"
+        if services_required():
+            pytest.fail(f"{message}; FLYWHEEL_REQUIRE_SERVICES=1 makes this a failure")
+        pytest.skip(message)
     return find_data_file(folder)
 
 

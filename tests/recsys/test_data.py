@@ -26,6 +26,7 @@ from flywheel.recsys import (
     read_online_retail,
     resolve_data_source,
 )
+from tests.recsys.conftest import require_real_data
 
 UNREACHABLE = "http://127.0.0.1:9/online+retail.zip"  # port 9 (discard): refused at once
 
@@ -97,6 +98,17 @@ def test_xlsx_without_openpyxl_names_the_fix(
     (tmp_path / "Online Retail.xlsx").write_bytes(b"PK\x03\x04")
     with pytest.raises(DataFormatError, match="openpyxl"):
         read_online_retail(tmp_path)
+
+
+def test_missing_real_data_fails_when_services_are_required(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLYWHEEL_REQUIRE_SERVICES", "1")
+    with pytest.raises(pytest.fail.Exception, match="FLYWHEEL_REQUIRE_SERVICES=1"):
+        require_real_data(tmp_path / "absent")
+    monkeypatch.delenv("FLYWHEEL_REQUIRE_SERVICES")
+    with pytest.raises(pytest.skip.Exception, match="see its SOURCE"):
+        require_real_data(tmp_path / "absent")
 
 
 def test_wrong_schema_and_suffix_are_refused(tmp_path: Path) -> None:

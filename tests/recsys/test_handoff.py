@@ -29,7 +29,6 @@ from flywheel.recsys import (
     write_ranker_dataset,
     write_two_tower_dataset,
 )
-from flywheel.recsys._api import set_recommender
 from flywheel.recsys._ingest import build_tables
 from flywheel.registry import Registry
 from flywheel.training import JobState, NodeCapacity, Scheduler, TrainingService
@@ -73,7 +72,6 @@ def trained(
     _run(s, s.store.submit(ranker_job_spec(proj, dataset=dataset, config=RANKER)).id)
     Registry(proj).set_stage("recs-ranker", 1, "production", reason="hand-off test")
     yield proj
-    set_recommender(proj, None)
     proj.close()
 
 

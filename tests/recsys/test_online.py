@@ -26,7 +26,6 @@ from flywheel.recsys import (
     derive_categories,
     ingest,
 )
-from flywheel.recsys._api import set_recommender
 from tests.conftest import make_project
 from tests.recsys.conftest import fallback_count
 
@@ -52,7 +51,6 @@ def shop(tmp_path: Path, tiny_lines: pd.DataFrame) -> Iterator[Project]:
     proj = make_project(tmp_path / "proj", recsys=BASE_CONFIG)
     ingest(proj, tiny_lines)
     yield proj
-    set_recommender(proj, None)
     proj.close()
 
 
@@ -71,6 +69,25 @@ def test_categories_are_head_nouns() -> None:
         min_items=2,
     )
     assert cats.tolist() == ["HOLDER", "HOLDER", "OTHER", "BAKELIKE", "BAKELIKE", "OTHER"]
+
+
+def test_categories_derive_the_head_noun_once_per_distinct_description(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import flywheel.recsys._ingest as ingest_module
+
+    calls: list[str] = []
+    head_noun = ingest_module._head_noun
+
+    def counting(text: str) -> str:
+        calls.append(text)
+        return head_noun(text)
+
+    monkeypatch.setattr(ingest_module, "_head_noun", counting)
+    texts = ["RED T-LIGHT HOLDERS", "PINK T-LIGHT HOLDER", "ALARM CLOCK"] * 400
+    cats = derive_categories(pd.Series(texts), min_items=2)
+    assert len(calls) == 3
+    assert cats.tolist() == ["HOLDER", "HOLDER", "CLOCK"] * 400
 
 
 def test_ingest_materializes_the_batch_views(shop: Project, tiny_lines: pd.DataFrame) -> None:
@@ -295,6 +312,10 @@ def test_experiment_variant_is_reported(shop: Project) -> None:
     exps.close()
     rec = OnlineRecommender(shop, replace(BASE, experiment="recs_strategy"))
     try:
+        # Previews (the dashboard's playground) enrol nobody: no variant, no exposure below.
+        for u in range(40, 50):
+            seen = rec.recommend(u, 5, preview=True)
+            assert seen.preview and seen.variant is None and seen.strategy == BASE.strategy
         variants = {u: rec.recommend(u, 5).variant for u in range(40)}
         assert set(variants.values()) == {"hybrid", "popularity"}
         pop = next(u for u, v in variants.items() if v == "popularity")
@@ -319,6 +340,18 @@ def test_experiment_variant_is_reported(shop: Project) -> None:
             assert conversion[name]["mean"] == pytest.approx(bought / units)
     finally:
         exps.close()
+
+
+def test_preview_is_served_like_a_request_and_says_so(
+    http: tuple[TestClient, dict[str, str], dict[str, str]], shop: Project
+) -> None:
+    client, _, reader = http
+    user = int(pd.read_parquet(shop.root / ".flywheel/recsys/users.parquet")["user_id"].iloc[2])
+    plain = client.get(f"/recommendations/{user}?k=10", headers=reader).json()
+    seen = client.get(f"/recommendations/{user}?k=10&preview=true", headers=reader).json()
+    assert plain["preview"] is False and seen["preview"] is True
+    assert [i["item_id"] for i in seen["items"]] == [i["item_id"] for i in plain["items"]]
+    assert seen["strategy"] == plain["strategy"] and seen["fallbacks"] == plain["fallbacks"]
 
 
 def test_nothing_ingested_is_404(project: Project) -> None:

@@ -25,7 +25,6 @@ from flywheel.recsys import (
     RecsysSettings,
     ingest,
 )
-from flywheel.recsys._api import set_recommender
 from tests.conftest import make_project
 from tests.recsys.conftest import fallback_count
 
@@ -45,7 +44,6 @@ def shop(tmp_path: Path, tiny_lines: pd.DataFrame) -> Iterator[Project]:
     proj = make_project(tmp_path / "proj", recsys=CONFIG)
     ingest(proj, tiny_lines)
     yield proj
-    set_recommender(proj, None)
     proj.close()
 
 
@@ -91,9 +89,7 @@ def test_bad_items_are_422_and_nothing_is_added(
         assert field in r.json()["error"]
     r = client.post("/items", json={"items": [good]}, headers=reader)
     assert r.status_code == 403
-    from flywheel.recsys._api import recommender_for
-
-    assert "NEW0002" not in recommender_for(shop).state.item_index
+    assert "NEW0002" not in client.app.state.recsys.get().state.item_index
 
 
 def test_other_processes_follow_the_catalogue(shop: Project) -> None:

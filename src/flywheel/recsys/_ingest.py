@@ -100,9 +100,12 @@ def derive_categories(
         .str.upper()
         .str.replace(r"[^A-Z0-9/\- ]", " ", regex=True)
     )
-    words = text.map(_head_noun)
-    vocab = set(words)
-    words = words.map(lambda w: w[:-1] if w.endswith("S") and w[:-1] in vocab else w)
+    # The head noun once per distinct description, not per item (a catalogue repeats texts).
+    codes, distinct = pd.factorize(text)
+    heads = [_head_noun(str(t)) for t in distinct]
+    vocab = set(heads)
+    folded = np.array([w[:-1] if w.endswith("S") and w[:-1] in vocab else w for w in heads])
+    words = pd.Series(folded[codes] if len(codes) else [], index=text.index, dtype=object)
     counts = words[words != OTHER_CATEGORY].value_counts()
     keep = set(counts[counts >= min_items].index[:max_categories])
     return words.where(words.isin(keep), OTHER_CATEGORY)

@@ -192,6 +192,7 @@ class Recommendation:
     model_versions: dict[str, str]
     latency_ms: dict[str, float]
     fallbacks: list[str]
+    preview: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -203,6 +204,7 @@ class Recommendation:
             "model_versions": self.model_versions,
             "latency_ms": self.latency_ms,
             "fallbacks": self.fallbacks,
+            "preview": self.preview,
         }
 
 
@@ -805,8 +807,14 @@ class OnlineRecommender:
         category: str | None = None,
         new_only: bool = False,
         deadline_ms: float | None = None,
+        preview: bool = False,
     ) -> Recommendation:
-        """The top ``k`` items for ``user_id`` (see the module docstring for the stages)."""
+        """The top ``k`` items for ``user_id`` (see the module docstring for the stages).
+
+        ``preview``: served as usual but with no experiment enrolment (no assignment, so no
+        exposure), no exploration slots (they are a bandit's assignment) and nothing logged;
+        the strategy is the configured default.
+        """
         if surface not in SURFACES:
             raise RecsysError(f"surface: {surface!r} is not one of {', '.join(SURFACES)}")
         if surface == "product" and not item_id:
@@ -826,7 +834,7 @@ class OnlineRecommender:
             m["stage"].labels(stage).observe(now - since)
             return now
 
-        variant = self._variant(user_id, surface, fallbacks)
+        variant = None if preview else self._variant(user_id, surface, fallbacks)
         strategy = variant if variant in STRATEGIES else self.settings.strategy
         t = lap("experiment", t0)
         ctx, counts = self._features(user_id, budget * self.settings.feature_budget, fallbacks)
@@ -870,7 +878,9 @@ class OnlineRecommender:
             )
             ordered = head + ordered[RANK_TOP:]
         t = lap("ranking", t)
-        slots = [s for s in self.settings.explore_slots if s < k] if not spent else []
+        slots = [s for s in self.settings.explore_slots if s < k]
+        if spent or preview:
+            slots = []
         page = self._diversify(ordered, k - len(slots)) if not spent else ordered[:k]
         arm: str | None = None
         decision: str | None = None
@@ -930,6 +940,7 @@ class OnlineRecommender:
             model_versions=versions,
             latency_ms=latency,
             fallbacks=list(dict.fromkeys(fallbacks)),
+            preview=preview,
         )
 
     # -- events -------------------------------------------------------------------------------
