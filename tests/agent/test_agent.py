@@ -25,7 +25,7 @@ from flywheel.auth import Principal, Role, TokenStore
 from flywheel.config import AgentConfig
 from flywheel.project import Project
 from flywheel.registry import Registry
-from flywheel.serving.llm._scripted import ScriptedChatPolicy
+from flywheel.serving.llm import ScriptedChatPolicy
 from flywheel.telemetry import TraceStore, TracingSettings, configure_tracing
 from tests.agent.conftest import AGENT_SYSTEMS
 

@@ -8,13 +8,21 @@ from typing import Any
 
 import pytest
 
-from flywheel.agent import DEFAULT_RULES, ChurnSeed, PolicyChatModel, build_agent
-from flywheel.agent._eval import load_suite, log_suite, run_suite, trajectory_matches
+from flywheel.agent import (
+    DEFAULT_RULES,
+    ChurnSeed,
+    PolicyChatModel,
+    build_agent,
+    load_suite,
+    log_suite,
+    run_suite,
+    trajectory_matches,
+)
 from flywheel.auth import Principal, Role
 from flywheel.config import AgentConfig
 from flywheel.errors import FlywheelError
 from flywheel.project import Project
-from flywheel.serving.llm._scripted import ScriptedChatPolicy
+from flywheel.serving.llm import ScriptedChatPolicy
 from flywheel.tracking import Tracker
 from tests.agent.test_agent import QUESTION, _api
 

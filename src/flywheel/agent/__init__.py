@@ -11,7 +11,19 @@ Errors: ``ToolError`` (a tool call refused or failed; the model gets its message
 """
 
 from flywheel.agent._api import router
-from flywheel.agent._demo import DEFAULT_RULES, ChurnSeed, seed_churn
+from flywheel.agent._demo import DEFAULT_RULES, ChurnSeed, register_scripted_model, seed_churn
+from flywheel.agent._eval import (
+    EVAL_EXPERIMENT,
+    CaseResult,
+    EvalCase,
+    EvalSuite,
+    SuiteResult,
+    load_suite,
+    log_suite,
+    run_suite,
+    score_case,
+    trajectory_matches,
+)
 from flywheel.agent._loop import (
     SYSTEM_PROMPT,
     Agent,
@@ -23,6 +35,7 @@ from flywheel.agent._loop import (
     ToolCallRequest,
     run_action,
 )
+from flywheel.agent._mcp import build_mcp_server, serve_stdio
 from flywheel.agent._service import PolicyChatModel, build_agent, caller_client, chat_model
 from flywheel.agent._tools import (
     ApiCall,
@@ -36,27 +49,40 @@ from flywheel.agent._tools import (
 
 __all__ = [
     "DEFAULT_RULES",
+    "EVAL_EXPERIMENT",
     "SYSTEM_PROMPT",
     "Agent",
     "AgentAnswer",
     "ApiCall",
     "ApiCaller",
+    "CaseResult",
     "ChatModel",
     "ChatTurn",
     "ChurnSeed",
+    "EvalCase",
+    "EvalSuite",
     "Evidence",
     "OpenAIChatModel",
     "PolicyChatModel",
+    "SuiteResult",
     "Tool",
     "ToolCallRequest",
     "ToolError",
     "all_tools",
     "build_agent",
+    "build_mcp_server",
     "caller_client",
     "chat_model",
+    "load_suite",
+    "log_suite",
+    "register_scripted_model",
     "router",
     "run_action",
+    "run_suite",
+    "score_case",
     "seed_churn",
     "select_tools",
+    "serve_stdio",
     "tool",
+    "trajectory_matches",
 ]

@@ -113,7 +113,7 @@ class PolicyChatModel:
     async def complete(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
     ) -> ChatTurn:
-        from flywheel.serving.llm._scripted import ScriptedChatBackend
+        from flywheel.serving.llm import ScriptedChatBackend
 
         backend = ScriptedChatBackend(self.policy)
         prompt = backend.render_chat(messages, tools)

@@ -118,7 +118,7 @@ def ask(
         run_suite_cli(Path(words[1]), url=url, config=config, out=out, as_json=as_json)
         return
     if words and words[0] == "init-model":
-        from flywheel.agent._demo import register_scripted_model
+        from flywheel.agent import register_scripted_model
 
         project = open_project(config)
         mv = register_scripted_model(project, project.config.agent.model)
@@ -177,7 +177,7 @@ def mcp(
 
     import httpx
 
-    from flywheel.agent._mcp import serve_stdio
+    from flywheel.agent import serve_stdio
 
     token = os.environ.get(TOKEN_ENV_VAR)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -228,7 +228,7 @@ def run_suite_cli(
 
     from rich.table import Table
 
-    from flywheel.agent._eval import EVAL_EXPERIMENT, load_suite, log_suite, run_suite
+    from flywheel.agent import EVAL_EXPERIMENT, load_suite, log_suite, run_suite
 
     suite = load_suite(path)
 

@@ -399,15 +399,46 @@ class TraceStore:
                     f"s.pk IN (SELECT span_pk FROM trace_span_attributes "
                     f"WHERE key = :ak{i} AND value = :av{i})"
                 )
-        sql = "SELECT s.trace_id, MAX(s.start_ns) AS last FROM trace_spans s"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " GROUP BY s.trace_id ORDER BY last DESC, s.trace_id LIMIT :limit"
-        params["limit"] = query.limit
+        where_sql = (" WHERE " + " AND ".join(where)) if where else ""
         with self.db.read() as conn:
-            trace_ids = [r[0] for r in conn.execute(sa.text(sql), params)]
+            trace_ids = self._newest_traces(conn, where_sql, params, query.limit)
             summaries = self._summaries(conn, trace_ids)
         return [summaries[t] for t in trace_ids if t in summaries]
+
+    @staticmethod
+    def _newest_traces(
+        conn: Connection, where_sql: str, params: dict[str, Any], limit: int
+    ) -> list[str]:
+        """Trace ids by their newest matching span, newest first (ties by trace id).
+
+        Matching spans are read newest first through the start-time indexes; the first time a
+        trace appears is its newest matching span, so the first ``limit`` distinct ids are the
+        answer. Only when a window of spans holds too few distinct traces does it fall back to
+        grouping every matching span.
+        """
+        window = limit * 50
+        rows = conn.execute(
+            sa.text(
+                f"SELECT s.trace_id FROM trace_spans s{where_sql} "
+                "ORDER BY s.start_ns DESC, s.trace_id LIMIT :window"
+            ),
+            {**params, "window": window},
+        ).all()
+        seen: dict[str, None] = {}
+        for (trace_id,) in rows:
+            seen.setdefault(trace_id, None)
+            if len(seen) == limit:
+                return list(seen)
+        if len(rows) < window:
+            return list(seen)
+        grouped = conn.execute(
+            sa.text(
+                f"SELECT s.trace_id, MAX(s.start_ns) AS last FROM trace_spans s{where_sql} "
+                "GROUP BY s.trace_id ORDER BY last DESC, s.trace_id LIMIT :limit"
+            ),
+            {**params, "limit": limit},
+        )
+        return [r[0] for r in grouped]
 
     def _summaries(self, conn: Connection, trace_ids: list[str]) -> dict[str, TraceSummary]:
         if not trace_ids:

@@ -9,6 +9,7 @@ Public API::
     engine.embed(token_ids_batch) -> np.ndarray      # mean-pooled final hidden states
     engine.stats() -> EngineStats                    # running/waiting, KV usage, prefix cache, ...
     TokenConstraint                                  # the constrained-decoding hook (a grammar)
+    ScriptedChatPolicy / ScriptedChatBackend         # flavor scripted-chat: rules, NOT an LLM
 
 The OpenAI-compatible API over it (``/v1``)::
 
@@ -27,6 +28,12 @@ from flywheel.serving.llm._errors import (
     EngineStopped,
     LLMEngineError,
     PromptTooLong,
+)
+from flywheel.serving.llm._scripted import (
+    ScriptedChatBackend,
+    ScriptedChatPolicy,
+    ScriptedReply,
+    ScriptError,
 )
 from flywheel.serving.llm._service import LLMService, llm_service, llm_service_for
 from flywheel.serving.llm._tiny import build_tiny_model
@@ -54,6 +61,10 @@ __all__ = [
     "PromptTooLong",
     "RequestMetrics",
     "SamplingParams",
+    "ScriptError",
+    "ScriptedChatBackend",
+    "ScriptedChatPolicy",
+    "ScriptedReply",
     "TokenConstraint",
     "TokenEvent",
     "build_tiny_model",

@@ -29,7 +29,6 @@ token per byte), the reply streams as text, tool calls as
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -38,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 RULES_FILE = "scripted_chat.json"
-SCRIPTED_LABEL = "scripted"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.-?[A-Za-z0-9_]+)*)\}")
 _MISSING = "(unknown)"
 
@@ -251,7 +249,8 @@ class ScriptedChatBackend:
         request_id: str | None = None,
     ) -> AsyncIterator[Any]:
         """The reply as token events, one per UTF-8 character; ``max_tokens`` is honoured."""
-        token_event = importlib.import_module("flywheel.serving.llm").TokenEvent
+        from flywheel.serving.llm._types import TokenEvent
+
         text = self.reply(prompt_token_ids).as_text()
         limit = getattr(params, "max_tokens", None) or len(text.encode())
         n_prompt = len(prompt_token_ids)
@@ -259,11 +258,11 @@ class ScriptedChatBackend:
         for ch in text:
             size = len(ch.encode())
             if done + size > limit:
-                yield token_event(None, "", None, None, "length", n_prompt, done, 0)
+                yield TokenEvent(None, "", None, None, "length", n_prompt, done, 0)
                 return
             done += size
-            yield token_event(ch.encode()[-1], ch, None, None, None, n_prompt, done, 0)
-        yield token_event(None, "", None, None, "stop", n_prompt, done, 0)
+            yield TokenEvent(ch.encode()[-1], ch, None, None, None, n_prompt, done, 0)
+        yield TokenEvent(None, "", None, None, "stop", n_prompt, done, 0)
 
     def stats(self) -> None:
         return None
@@ -279,7 +278,6 @@ def load_backend(folder: Path, mv: Any = None, *, device: str = "cpu") -> Script
 
 __all__ = [
     "RULES_FILE",
-    "SCRIPTED_LABEL",
     "ScriptError",
     "ScriptedChatBackend",
     "ScriptedChatPolicy",
