@@ -24,7 +24,6 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 # Private imports across packages still to remove, each with the helper who owns the file.
 KNOWN_PRIVATE_IMPORTS: dict[str, str] = {
     "cli/_recs.py": "recsys (#13): restructuring the recommender's public API",
-    "cli/_agent.py": "agent (#16): export serve_stdio, the eval suite and the demo model",
 }
 
 
