@@ -7,6 +7,7 @@ the ``current_project`` dependency.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 
 from flywheel.artifacts import ArtifactStore, open_artifact_store
-from flywheel.config import FlywheelConfig, load_config
+from flywheel.config import CONFIG_ENV_VAR, FlywheelConfig, load_config
 from flywheel.metadata import Database
 
 T = TypeVar("T")
@@ -29,6 +30,7 @@ class Project:
         self._db: Database | None = None
         self._artifacts: ArtifactStore | None = None
         self._attached: dict[str, Any] = {}
+        self._prepared = False
         self._attach_lock = threading.Lock()
 
     @classmethod
@@ -71,6 +73,18 @@ class Project:
             value: T = self._attached[key]
             return value
 
+    def detach(self, key: str) -> Any:
+        """Forget the object attached under ``key`` and return it (None if there is none)."""
+        with self._attach_lock:
+            return self._attached.pop(key, None)
+
+    def prepare_once(self) -> None:
+        """``prepare`` the first time it is called on this object; nothing after that."""
+        with self._attach_lock:
+            if not self._prepared:
+                self.prepare()
+                self._prepared = True
+
     def close(self) -> None:
         if self._db is not None:
             self._db.dispose()
@@ -80,10 +94,32 @@ class Project:
         return f"Project({self.config.project!r}, root={str(self.root)!r})"
 
 
+_DEFAULTS: dict[tuple[str | None, str, str | None], Project] = {}
+_DEFAULTS_LOCK = threading.Lock()
+
+
+def default_project(path: str | Path | None = None, *, for_writing: bool = False) -> Project:
+    """The project of the module-level helpers (``registry.load``, ``tracking.start_run``,
+    ``experiments.assign``, ...): ``path``, else ``$FLYWHEEL_CONFIG``, else found from the cwd.
+
+    Opened once per (config, cwd, path) and reused. Reading never touches the schema; the first
+    helper that writes (``for_writing=True``) creates the folders and brings the schema up to
+    date, once per project.
+    """
+    key = (os.environ.get(CONFIG_ENV_VAR), os.getcwd(), None if path is None else str(path))
+    with _DEFAULTS_LOCK:
+        project = _DEFAULTS.get(key)
+        if project is None:
+            project = _DEFAULTS[key] = Project.open(path)
+    if for_writing:
+        project.prepare_once()
+    return project
+
+
 def current_project(request: Request) -> Project:
     """FastAPI dependency: the project the app serves."""
     project: Project = request.app.state.project
     return project
 
 
-__all__ = ["Project", "current_project"]
+__all__ = ["Project", "current_project", "default_project"]

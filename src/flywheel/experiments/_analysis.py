@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flywheel.experiments._definition import Metric, MetricKind
+from flywheel.experiments._errors import AnalysisError
 from flywheel.experiments._stats import (
     MIXTURE_SCALE,
     cuped,
@@ -34,7 +35,9 @@ from flywheel.experiments._stats import (
 )
 
 if TYPE_CHECKING:
-    from flywheel.experiments._client import ExperimentInfo, Experiments
+    from flywheel.experiments._bandits import BanditState, PreparedPolicy
+    from flywheel.experiments._client import ExperimentInfo
+    from flywheel.experiments._store import ExperimentStore
 
 SEQUENTIAL_LOOKS = 100
 
@@ -197,19 +200,17 @@ class _UnitData:
 
 
 def _load(
-    client: Experiments, info: ExperimentInfo, pre_window: float
+    store: ExperimentStore, info: ExperimentInfo, pre_window: float
 ) -> tuple[_UnitData, int, int]:
     spec = info.spec
     event_types = sorted(
         {m.event for m in spec.all_metrics()}
         | {m.denominator for m in spec.all_metrics() if m.denominator}
     )
-    with client.project.db.read() as conn:
-        exposure_rows = client.store.exposure_counts(conn, spec.name)
+    with store.db.read() as conn:
+        exposure_rows = store.exposure_counts(conn, spec.name)
         event_rows = (
-            client.store.unit_event_sums(conn, spec.name, event_types, pre_window)
-            if event_types
-            else []
+            store.unit_event_sums(conn, spec.name, event_types, pre_window) if event_types else []
         )
     chosen, crossed, seen = analysed_units(spec, exposure_rows)
     units = [c[1] for c in chosen]
@@ -440,10 +441,18 @@ def _sequential(y: np.ndarray, variant: np.ndarray, a: int, b: int) -> float:
     return float(p[-1]) if p.size else 1.0
 
 
-def build_report(client: Experiments, info: ExperimentInfo, *, pre_period_days: float) -> Report:
-    """Analyse ``info`` from its stored exposures and events."""
+def build_report(
+    store: ExperimentStore,
+    info: ExperimentInfo,
+    *,
+    pre_period_days: float,
+    bandit_state: BanditState | None = None,
+    policy: PreparedPolicy | None = None,
+) -> Report:
+    """Analyse ``info`` from its stored exposures and events (a bandit's with its current
+    ``bandit_state`` and ``policy``)."""
     spec = info.spec
-    data, crossed, seen = _load(client, info, pre_period_days * 86_400.0)
+    data, crossed, seen = _load(store, info, pre_period_days * 86_400.0)
     arms = spec.arms
     control = arms.index(spec.control_arm)
     warnings: list[str] = []
@@ -501,13 +510,15 @@ def build_report(client: Experiments, info: ExperimentInfo, *, pre_period_days: 
                 warnings.append(f"guardrail {metric['name']} breached by {c['variant']}")
     bandit = None
     if spec.bandit is not None:
-        state = client.bandit_state(spec.name)
+        if bandit_state is None or policy is None:
+            raise AnalysisError(f"bandit {spec.name!r}: the report needs its state and policy")
+        state = bandit_state
         propensity: list[float | None]
         if spec.bandit.policy.contextual:
             propensity = [None] * len(arms)
             warnings.append("a contextual bandit's propensities depend on the context")
         else:
-            propensity = [float(p) for p in client.policy(spec.name).probabilities()]
+            propensity = [float(p) for p in policy.probabilities()]
         rows = []
         for i, arm in enumerate(arms):
             n = float(state.pulls[i])

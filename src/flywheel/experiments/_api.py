@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -23,8 +22,6 @@ from flywheel.project import Project, current_project
 
 log = logging.getLogger(__name__)
 
-_clients: weakref.WeakKeyDictionary[Project, Experiments] = weakref.WeakKeyDictionary()
-
 _errors: dict[int | str, dict[str, Any]] = {
     400: {"description": "Bad input; the message names the field."},
     404: {"description": "No such experiment."},
@@ -35,11 +32,8 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
 
 
 def experiments_for(project: Project) -> Experiments:
-    """The one ``Experiments`` client of this process for ``project``."""
-    client = _clients.get(project)
-    if client is None:
-        client = _clients.setdefault(project, Experiments(project))
-    return client
+    """The one ``Experiments`` client of this process for ``project`` (kept on the project)."""
+    return project.attached("experiments.client", lambda: Experiments(project))
 
 
 def _client(project: Project = Depends(current_project)) -> Experiments:

@@ -48,6 +48,7 @@ from flywheel.experiments._errors import (
     ExperimentStateError,
     InvalidExperiment,
 )
+from flywheel.experiments._events import event_row
 from flywheel.experiments._exposures import ExposureLogger
 from flywheel.experiments._hashing import HASH_SEPARATOR, hash64, hash_unit_interval
 from flywheel.experiments._store import ExperimentRow, ExperimentStore
@@ -58,8 +59,6 @@ log = logging.getLogger(__name__)
 
 ORPHAN_REWARD_SECONDS = 3600.0  # a reward whose exposure never arrives is dropped after this
 REWARD_BATCH = 50_000
-MAX_EVENT_VALUE = 1e12  # keeps sums and squares far from float overflow
-MAX_EPOCH = 1e11
 
 
 class Assignment(NamedTuple):
@@ -534,7 +533,7 @@ class Experiments:
         (default 1.0), ``ts`` (epoch seconds, default now), optional ``event_id`` (makes retries
         idempotent), ``experiment`` and ``decision_id`` (for bandit rewards).
         """
-        rows = [_event_row(e, i) for i, e in enumerate(events)]
+        rows = [event_row(e, i) for i, e in enumerate(events)]
         with self.project.db.write() as conn:
             return self.store.insert_events(conn, rows)
 
@@ -580,7 +579,7 @@ class Experiments:
                 "experiment": name,
                 "decision_id": r.get("decision_id"),
             }
-            rows.append(_event_row(event, i, field="rewards"))
+            rows.append(event_row(event, i, field="rewards"))
         with self.project.db.write() as conn:
             inserted = self.store.insert_events(conn, rows)
         if update and spec.bandit is not None:
@@ -725,7 +724,11 @@ class Experiments:
         from flywheel.experiments._analysis import build_report
 
         self.flush()
-        return build_report(self, self.get(name), pre_period_days=pre_period_days)
+        info = self.get(name)
+        state, policy = self._bandit_view(info)
+        return build_report(
+            self.store, info, pre_period_days=pre_period_days, bandit_state=state, policy=policy
+        )
 
     def history(self, name: str, *, metric: str | None = None, buckets: int = 50) -> Any:
         """How experiment ``name`` evolved (a ``History``; ``.to_dict()`` for JSON).
@@ -739,7 +742,7 @@ class Experiments:
         from flywheel.experiments._history import build_history
 
         self.flush()
-        return build_history(self, self.get(name), metric=metric, buckets=buckets)
+        return build_history(self.store, self.get(name), metric=metric, buckets=buckets)
 
     def evaluate(self, name: str, target: str | Callable[..., Any]) -> Any:
         """Offline evaluation of a ``target`` policy on the logged decisions of ``name``.
@@ -751,7 +754,17 @@ class Experiments:
         from flywheel.experiments._ope import evaluate_logged
 
         self.flush()
-        return evaluate_logged(self, self.get(name), target)
+        info = self.get(name)
+        _, policy = self._bandit_view(info)
+        return evaluate_logged(self.store, info, target, policy=policy)
+
+    def _bandit_view(
+        self, info: ExperimentInfo
+    ) -> tuple[BanditState | None, PreparedPolicy | None]:
+        """A bandit's current state and policy (both None for an A/B test)."""
+        if info.spec.bandit is None:
+            return None, None
+        return self.bandit_state(info.name), self.policy(info.name)
 
 
 def _policy_seed(name: str, version: int) -> int:
@@ -772,51 +785,6 @@ def _reward_event(spec: ExperimentSpec) -> str:
     if spec.bandit is not None:
         return spec.bandit.reward_event
     return spec.metrics[0].event if spec.metrics else "reward"
-
-
-def _event_row(event: Any, index: int, field: str = "events") -> dict[str, Any]:
-    where = f"{field}[{index}]"
-    if not isinstance(event, Mapping):
-        raise InvalidExperiment(where, "must be a mapping")
-    unit = event.get("unit_id")
-    if not isinstance(unit, str | int) or isinstance(unit, bool) or not str(unit):
-        raise InvalidExperiment(f"{where}.unit_id", f"must be a non-empty string, got {unit!r}")
-    unit = str(unit)
-    if len(unit) > 200:
-        raise InvalidExperiment(f"{where}.unit_id", "must be at most 200 characters")
-    event_type = event.get("event_type", event.get("type"))
-    if not isinstance(event_type, str) or not 0 < len(event_type) <= 100:
-        raise InvalidExperiment(f"{where}.event_type", f"must be a name, got {event_type!r}")
-    value = event.get("value", 1.0)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not abs(value) <= MAX_EVENT_VALUE
-    ):
-        raise InvalidExperiment(
-            f"{where}.value", f"must be a number within +-{MAX_EVENT_VALUE:g}, got {value!r}"
-        )
-    ts = event.get("ts")
-    if ts is None:
-        ts = time.time()
-    elif isinstance(ts, datetime):
-        ts = (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
-    elif isinstance(ts, bool) or not isinstance(ts, int | float) or not 0 <= ts <= MAX_EPOCH:
-        raise InvalidExperiment(f"{where}.ts", f"must be epoch seconds (0 to 1e11), got {ts!r}")
-    optional: dict[str, Any] = {}
-    for key, limit in (("event_id", 64), ("experiment", 100), ("decision_id", 40)):
-        v = event.get(key)
-        if v is not None and (not isinstance(v, str) or not 0 < len(v) <= limit):
-            raise InvalidExperiment(f"{where}.{key}", f"must be a string of 1-{limit} characters")
-        optional[key] = v
-    return {
-        "unit_id": unit,
-        "event_type": event_type,
-        "value": float(value),
-        "ts": float(ts),
-        "applied": False,
-        **optional,
-    }
 
 
 __all__ = ["Assignment", "ExperimentInfo", "Experiments"]

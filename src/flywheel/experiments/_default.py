@@ -8,43 +8,30 @@ so ``assign`` stays on the in-process fast path. ``close_default()`` flushes and
 from __future__ import annotations
 
 import atexit
-import os
-import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flywheel.config import CONFIG_ENV_VAR
 from flywheel.experiments._client import Assignment, Experiments
-
-_clients: dict[tuple[str | None, str], Experiments] = {}
-_lock = threading.Lock()
+from flywheel.project import Project, default_project
 
 
 def default_experiments() -> Experiments:
     """The process's ``Experiments`` for the project of ``$FLYWHEEL_CONFIG`` / the cwd."""
-    key = (os.environ.get(CONFIG_ENV_VAR), os.getcwd())
-    client = _clients.get(key)
-    if client is None:
-        with _lock:
-            client = _clients.get(key)
-            if client is None:
-                from flywheel.project import Project
+    project = default_project(for_writing=True)  # assign logs exposures
+    return project.attached("experiments.default", lambda: _open(project))
 
-                project = Project.open(key[0])
-                project.prepare()
-                client = Experiments(project)
-                if not _clients:
-                    atexit.register(close_default)
-                _clients[key] = client
+
+def _open(project: Project) -> Experiments:
+    client = Experiments(project)
+    atexit.register(client.close)  # flush buffered exposures at interpreter exit
     return client
 
 
 def close_default() -> None:
-    """Flush and close every default client (runs at interpreter exit)."""
-    with _lock:
-        clients = list(_clients.values())
-        _clients.clear()
-    for client in clients:
+    """Flush and close the default client of the current default project (if one is open)."""
+    client = default_project().detach("experiments.default")
+    if isinstance(client, Experiments):
+        atexit.unregister(client.close)
         client.close()
 
 

@@ -37,7 +37,8 @@ from flywheel.experiments._stats import (
 )
 
 if TYPE_CHECKING:
-    from flywheel.experiments._client import ExperimentInfo, Experiments
+    from flywheel.experiments._client import ExperimentInfo
+    from flywheel.experiments._store import ExperimentStore
 
 MAX_BUCKETS = 500
 
@@ -130,7 +131,7 @@ def _pick_metric(info: ExperimentInfo, name: str | None) -> Metric | None:
 
 
 def build_history(
-    client: Experiments, info: ExperimentInfo, *, metric: str | None, buckets: int
+    store: ExperimentStore, info: ExperimentInfo, *, metric: str | None, buckets: int
 ) -> History:
     """The ``History`` of ``info`` (see the module docstring)."""
     if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= MAX_BUCKETS:
@@ -145,8 +146,8 @@ def build_history(
         control=spec.control_arm,
     )
     if spec.bandit is not None:
-        with client.project.db.read() as conn:
-            rows = client.store.bandit_history(conn, spec.name)
+        with store.db.read() as conn:
+            rows = store.bandit_history(conn, spec.name)
         history.allocation = {
             "arms": list(spec.arms),
             "contextual": spec.bandit.policy.contextual,
@@ -172,18 +173,18 @@ def build_history(
         else f"{chosen_metric.event}/{chosen_metric.denominator}",
         "direction": chosen_metric.direction,
     }
-    history.points = _metric_points(client, info, chosen_metric, buckets)
+    history.points = _metric_points(store, info, chosen_metric, buckets)
     return history
 
 
 def _metric_points(
-    client: Experiments, info: ExperimentInfo, m: Metric, buckets: int
+    store: ExperimentStore, info: ExperimentInfo, m: Metric, buckets: int
 ) -> list[dict[str, Any]]:
     spec = info.spec
     events = [m.event] + ([m.denominator] if m.denominator else [])
-    with client.project.db.read() as conn:
-        exposure_rows = client.store.exposure_counts(conn, spec.name)
-        event_rows = client.store.unit_events(conn, spec.name, sorted(set(events)))
+    with store.db.read() as conn:
+        exposure_rows = store.exposure_counts(conn, spec.name)
+        event_rows = store.unit_events(conn, spec.name, sorted(set(events)))
     chosen, _, _ = analysed_units(spec, exposure_rows)
     if not chosen:
         return []

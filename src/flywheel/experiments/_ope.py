@@ -28,7 +28,9 @@ import numpy.typing as npt
 from flywheel.experiments._errors import AnalysisError, InvalidExperiment
 
 if TYPE_CHECKING:
-    from flywheel.experiments._client import ExperimentInfo, Experiments
+    from flywheel.experiments._bandits import PreparedPolicy
+    from flywheel.experiments._client import ExperimentInfo
+    from flywheel.experiments._store import ExperimentStore
 
 FloatArray = npt.NDArray[np.float64]
 Z95 = 1.959963984540054
@@ -215,16 +217,21 @@ def off_policy_estimates(
 
 
 def evaluate_logged(
-    client: Experiments, info: ExperimentInfo, target: str | Callable[..., Any]
+    store: ExperimentStore,
+    info: ExperimentInfo,
+    target: str | Callable[..., Any],
+    *,
+    policy: PreparedPolicy | None = None,
 ) -> OffPolicyReport:
-    """Evaluate ``target`` on the decisions logged for ``info`` that have rewards."""
+    """Evaluate ``target`` on the decisions logged for ``info`` that have rewards
+    (``"current"`` is the bandit's ``policy``)."""
     import json
 
     spec = info.spec
     arms = spec.arms
     index = {a: i for i, a in enumerate(arms)}
-    with client.project.db.read() as conn:
-        rows = [r for r in client.store.logged_decisions(conn, spec.name) if r.variant in index]
+    with store.db.read() as conn:
+        rows = [r for r in store.logged_decisions(conn, spec.name) if r.variant in index]
     if len(rows) < 2:
         raise AnalysisError(
             f"experiment {spec.name!r} has {len(rows)} rewarded decisions; "
@@ -243,9 +250,9 @@ def evaluate_logged(
     elif target == "uniform":
         probs, name = np.full((n, k), 1.0 / k), "uniform"
     elif target == "current":
-        if spec.bandit is None:
+        if spec.bandit is None or policy is None:
             raise InvalidExperiment("target", "'current' needs a bandit experiment", spec.name)
-        probs, name = client.policy(spec.name).probabilities_batch(contexts), "current"
+        probs, name = policy.probabilities_batch(contexts), "current"
         if probs.shape[0] != n:
             probs = np.tile(probs[0], (n, 1))
     elif isinstance(target, str) and target.startswith("arm:") and target[4:] in index:

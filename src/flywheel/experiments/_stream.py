@@ -104,7 +104,7 @@ class EventStreamConsumer:
         return event_id
 
     def _decode(self, log_id: str, payload: bytes) -> dict[str, Any] | None:
-        from flywheel.experiments._client import _event_row
+        from flywheel.experiments._events import event_row
 
         try:
             data = json.loads(payload)
@@ -133,7 +133,7 @@ class EventStreamConsumer:
         if event["value"] is None:
             event["value"] = 1.0
         try:
-            return _event_row(event, 0, field=f"stream {self.stream} event {log_id}")
+            return event_row(event, 0, field=f"stream {self.stream} event {log_id}")
         except InvalidExperiment as exc:
             log.warning("skipping event %s of stream %s: %s", log_id, self.stream, exc)
             return None

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.lineage import LineageGraph
-from flywheel.project import Project
+from flywheel.project import Project, default_project
 from flywheel.registry._errors import (
     DeviceUnavailable,
     ModelIntegrityError,
@@ -45,12 +45,10 @@ from flywheel.registry._types import (
 )
 
 
-def _registry(project: Project | str | Path | None = None) -> Registry:
+def _registry(project: Project | str | Path | None = None, *, write: bool = False) -> Registry:
     if isinstance(project, Project):
         return Registry(project)
-    proj = Project.open(project)
-    proj.prepare()
-    return Registry(proj)
+    return Registry(default_project(project, for_writing=write))
 
 
 def register_model(
@@ -62,7 +60,7 @@ def register_model(
     **kwargs: Any,
 ) -> ModelVersion:
     """``Registry.register_model`` on the cwd project (or ``project``)."""
-    return _registry(project).register_model(name, model, flavor=flavor, **kwargs)
+    return _registry(project, write=True).register_model(name, model, flavor=flavor, **kwargs)
 
 
 def set_stage(
@@ -75,7 +73,9 @@ def set_stage(
     project: Project | str | Path | None = None,
 ) -> AuditEntry | None:
     """``Registry.set_stage`` on the cwd project (or ``project``)."""
-    return _registry(project).set_stage(name, version, stage, reason=reason, actor=actor)
+    return _registry(project, write=True).set_stage(
+        name, version, stage, reason=reason, actor=actor
+    )
 
 
 def rollback(
@@ -87,7 +87,7 @@ def rollback(
     project: Project | str | Path | None = None,
 ) -> AuditEntry:
     """``Registry.rollback`` on the cwd project (or ``project``)."""
-    return _registry(project).rollback(name, stage, reason=reason, actor=actor)
+    return _registry(project, write=True).rollback(name, stage, reason=reason, actor=actor)
 
 
 def load(

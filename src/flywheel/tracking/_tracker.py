@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.environment import current_user, distributed_rank, git_commit, system_info
-from flywheel.project import Project
+from flywheel.project import Project, default_project
 from flywheel.tracking._errors import TrackingError
 from flywheel.tracking._run import Run, _param_text
 from flywheel.tracking._store import MetricPoint, RunInfo, TrackingStore
@@ -187,9 +187,7 @@ class Tracker:
 def _open_project(project: Project | str | Path | None) -> Project:
     if isinstance(project, Project):
         return project
-    proj = Project.open(project)
-    proj.prepare()
-    return proj
+    return default_project(project, for_writing=True)
 
 
 def start_run(
