@@ -47,6 +47,7 @@ from flywheel.serving.llm._metrics import REFRESH_SECONDS, EngineGauges
 
 log = logging.getLogger("flywheel.serving.llm")
 IDLE_CLOSE_SECONDS = 30.0
+LOAD_RETRY_SECONDS = 2.0  # a version whose backend failed to load is not retried sooner
 _URI_RE = re.compile(
     r"^(models:/)?(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,199})(?:@(?P<stage>"
     r"[a-z][a-z0-9_-]{0,63})|/(?P<version>[0-9]{1,9}))?$"
@@ -112,6 +113,7 @@ class LLMService:
         self.project = project
         self._loaded: dict[tuple[str, int], LoadedChat] = {}
         self._loading: dict[tuple[str, int], asyncio.Task[LoadedChat]] = {}
+        self._failed: dict[tuple[str, int], tuple[float, ModelUnavailable]] = {}
         self._refresher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._redactors: dict[str, Callable[[str], str]] = {}
@@ -147,7 +149,16 @@ class LLMService:
                 f"model {model!r} is a {served.mv.flavor} model, not a chat model; "
                 "query it through /v2/models/{name}/infer"
             )
-        chat = await self._chat(served)
+        try:
+            chat = await self._chat(served)
+        except ModelUnavailable:
+            # A version whose chat backend cannot load fails its requests: on an endpoint, each
+            # counts against it as a canary candidate (and rolls a bad rollout back).
+            label = endpoint.name if endpoint is not None else model
+            server.requests._observe(label, served, 503, 0.0)
+            if endpoint is not None:
+                server.routes.count_canary(endpoint, served.version, 503, 0.0)
+            raise
         return Target(chat, model, served, endpoint)
 
     async def _chat(self, served: ServedVersion) -> LoadedChat:
@@ -155,12 +166,18 @@ class LLMService:
         chat = self._loaded.get(key)
         if chat is not None:
             return chat
+        failed = self._failed.get(key)
+        if failed is not None and failed[0] > time.monotonic():
+            raise failed[1]
         task = self._loading.get(key)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._load(served))
             self._loading[key] = task
         try:
             chat = await asyncio.shield(task)
+        except ModelUnavailable as exc:
+            self._failed[key] = (time.monotonic() + LOAD_RETRY_SECONDS, exc)
+            raise
         finally:
             if task.done():
                 self._loading.pop(key, None)

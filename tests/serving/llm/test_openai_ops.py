@@ -1,0 +1,229 @@
+"""Operating LLMs behind ``/v1``: canaries, back-pressure (429), KV exhaustion, disconnects, auth.
+
+One live server for the module serves the tiny model (trained here) as several registered
+versions and models, each with its own engine settings (``config["engine"]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from flywheel.auth import TokenStore
+from flywheel.project import Project
+from flywheel.registry import Registry
+from flywheel.serving import deploy
+from flywheel.serving._endpoints import EndpointStore
+from flywheel.serving.llm import llm_service_for
+from tests.conftest import make_project
+from tests.serving.llm.openai_server import fast, llm_server, register_tiny
+
+pytestmark = pytest.mark.integration
+QUESTION = [{"role": "user", "content": "What is a canary?"}]
+
+
+@pytest.fixture(scope="module")
+def ops(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Any]:
+    project: Project = fast(make_project(tmp_path_factory.mktemp("llm-ops") / "proj"))
+    register_tiny(project, tiny_model_dir, "tiny")  # v1, production
+    register_tiny(project, tiny_model_dir, "tiny", stage=None, description="candidate")  # v2
+    register_tiny(  # v3: a candidate that cannot be loaded (an unknown engine setting)
+        project, tiny_model_dir, "tiny", stage=None, config={"engine": {"warp_speed": 9}}
+    )
+    register_tiny(
+        project, tiny_model_dir, "narrow", config={"engine": {"max_num_seqs": 1, "max_waiting": 1}}
+    )
+    register_tiny(
+        project, tiny_model_dir, "small-kv", config={"engine": {"num_blocks": 8, "block_size": 16}}
+    )
+    with llm_server(project) as url:
+        yield project, url
+    project.close()
+
+
+def _client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+
+def _endpoint_state(project: Project, name: str) -> Any:
+    ep = EndpointStore(project.db).find(name)
+    assert ep is not None and ep.canary is not None
+    return ep.canary.state.value
+
+
+def test_llm_canary_promotes_then_a_broken_candidate_rolls_back(ops: Any) -> None:
+    project, url = ops
+    client = _client(url)
+    deploy(project, "chat", version=2, model="tiny", canary=(50,), step_requests=4,
+           max_error_rate=0.0)  # fmt: skip
+    served: set[str] = set()
+    deadline = time.monotonic() + 120
+    while _endpoint_state(project, "chat") == "running":
+        assert time.monotonic() < deadline, "the canary never finished"
+        resp = client.chat.completions.create(
+            model="chat", messages=QUESTION, max_tokens=4, temperature=0
+        )
+        served.add(resp.system_fingerprint or "")
+    assert _endpoint_state(project, "chat") == "succeeded"
+    assert served == {"tiny-v1", "tiny-v2"}  # both versions answered during the split
+    time.sleep(0.3)  # a reconciler tick: this replica routes by the finished rollout
+    after = {
+        client.chat.completions.create(
+            model="chat", messages=QUESTION, max_tokens=2, temperature=0
+        ).system_fingerprint
+        for _ in range(6)
+    }
+    assert after == {"tiny-v2"}
+    # v3 cannot load: its requests are 503s, counted against it, and the rollout rolls back
+    deploy(project, "chat", version=3, model="tiny", canary=(50,), step_requests=20,
+           max_error_rate=0.0)  # fmt: skip
+    errors: list[int] = []
+    deadline = time.monotonic() + 120
+    while _endpoint_state(project, "chat") == "running":
+        assert time.monotonic() < deadline, "the broken canary was never rolled back"
+        try:
+            client.chat.completions.create(model="chat", messages=QUESTION, max_tokens=2)
+        except openai.InternalServerError as exc:
+            errors.append(exc.status_code)
+    assert _endpoint_state(project, "chat") == "rolled_back"
+    assert errors and set(errors) == {503}
+    events = EndpointStore(project.db).events("chat")
+    assert any("v3" in json.dumps(e.detail) for e in events)
+    time.sleep(0.3)
+    resp = client.chat.completions.create(model="chat", messages=QUESTION, max_tokens=2)
+    assert resp.system_fingerprint == "tiny-v2"
+
+
+def test_full_queue_is_429_with_retry_after(ops: Any) -> None:
+    _, url = ops
+
+    async def burst() -> list[Any]:
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as ac:
+
+            async def one() -> Any:
+                try:
+                    return await ac.chat.completions.create(
+                        model="narrow", messages=QUESTION, max_tokens=40, temperature=0
+                    )
+                except openai.RateLimitError as exc:
+                    return exc
+
+            return await asyncio.gather(*(one() for _ in range(6)))
+
+    results = asyncio.run(burst())
+    limited = [r for r in results if isinstance(r, openai.RateLimitError)]
+    assert limited and len(limited) < len(results)
+    err = limited[0]
+    assert int(err.response.headers["retry-after"]) >= 1
+    assert err.code == "rate_limit_exceeded" and "x-should-retry" not in err.response.headers
+
+
+def test_kv_exhaustion_queues_without_5xx(ops: Any) -> None:
+    _, url = ops
+    sentence = "A canary sends a small share of the traffic to the new version. "
+    prompts = [f"{i}. {sentence * 3}" for i in range(6)]
+
+    async def run() -> list[Any]:
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as ac:
+            return await asyncio.gather(
+                *(
+                    ac.completions.create(model="small-kv", prompt=p, max_tokens=32, temperature=0)
+                    for p in prompts
+                )
+            )
+
+    # 8 blocks of 16 tokens (128) hold one of these requests at a time (prompt + 32 tokens)
+    results = asyncio.run(run())
+    assert all(r.choices[0].finish_reason in ("stop", "length") for r in results)
+    needed = [r.usage.prompt_tokens + 32 for r in results]
+    assert min(needed) > 64 and sum(needed) > 3 * 128
+    chat = next(c for c in llm_service_for(_project(ops)).loaded() if c.model == "small-kv")
+    stats = chat.backend.stats()
+    assert stats.kv_blocks_total == 8 and stats.requests_finished.get("abort", 0) == 0
+
+
+def _project(ops: Any) -> Project:
+    project: Project = ops[0]
+    return project
+
+
+def test_client_disconnect_frees_blocks(ops: Any) -> None:
+    project, url = ops
+    body = {
+        "model": "tiny",
+        "messages": QUESTION,
+        "max_tokens": 900,
+        "stream": True,
+        # a long string is the only valid answer: generation cannot end early by itself
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "long", "schema": {"type": "string", "minLength": 2000}},
+        },
+    }
+    service = llm_service_for(project)
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", f"{url}/v1/chat/completions", json=body) as resp:
+            assert resp.status_code == 200
+            lines = resp.iter_lines()
+            seen = 0
+            for line in lines:
+                if line.startswith("data: "):
+                    seen += 1
+                if seen >= 3:
+                    break
+            chat = next(c for c in service.loaded() if c.model == "tiny" and c.version == 1)
+            stats = chat.backend.stats()
+            assert stats.num_running == 1 and stats.kv_cache_usage > 0
+        # leaving the block closes the connection mid-stream
+    deadline = time.monotonic() + 10
+    while True:
+        stats = chat.backend.stats()
+        if stats.num_running == 0 and stats.kv_cache_usage == 0.0:
+            break
+        assert time.monotonic() < deadline, f"blocks still held after the disconnect: {stats}"
+        time.sleep(0.05)
+    assert stats.requests_finished.get("abort", 0) >= 1
+
+
+@pytest.fixture(scope="module")
+def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A server with ``auth.required``, serving the scripted chat model."""
+    project = make_project(tmp_path_factory.mktemp("llm-auth") / "proj", auth={"required": True})
+    registry = Registry(project)
+    mv = registry.register_model(
+        "ops", {"rules": [{"pattern": "hello", "answer": "hi"}]}, flavor="scripted-chat"
+    )
+    registry.set_stage("ops", mv.version, "production")
+    _, token = TokenStore(project.db).create("reader", "llm-test")
+    with llm_server(project) as url:
+        yield url, token
+    project.close()
+
+
+def test_auth_required(locked: tuple[str, str]) -> None:
+    url, token = locked
+    anonymous = openai.OpenAI(base_url=f"{url}/v1", api_key="not-a-token", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as denied:
+        anonymous.chat.completions.create(
+            model="ops", messages=[{"role": "user", "content": "hello"}]
+        )
+    assert denied.value.code == "invalid_api_key"
+    assert denied.value.response.headers["x-should-retry"] == "false"
+    with pytest.raises(openai.AuthenticationError):
+        anonymous.models.list()
+    bare = httpx.post(f"{url}/v1/chat/completions", json={"model": "ops", "messages": []})
+    assert bare.status_code == 401 and bare.json()["error"]["type"] == "invalid_request_error"
+    reader = openai.OpenAI(base_url=f"{url}/v1", api_key=token, max_retries=0)
+    resp = reader.chat.completions.create(
+        model="ops", messages=[{"role": "user", "content": "hello"}]
+    )
+    assert resp.choices[0].message.content == "hi"
+    assert {m.id for m in reader.models.list()} >= {"ops", "ops@production"}
