@@ -18,7 +18,13 @@ from flywheel.api import create_app
 from flywheel.auth import TokenStore
 from flywheel.project import Project
 from flywheel.registry import Registry
-from flywheel.telemetry import TraceStore, TracingSettings, active_tracing, configure_tracing
+from flywheel.telemetry import (
+    TraceStore,
+    TracingSettings,
+    active_tracing,
+    build_query,
+    configure_tracing,
+)
 from tests.agent.conftest import AGENT_SYSTEMS
 from tests.agent.test_agent import QUESTION
 from tests.telemetry.conftest import running_server
@@ -136,3 +142,26 @@ def test_http_ask_streams_events_and_write_needs_confirmation(
     assert done.status_code == 200, done.text
     assert registry.stage_version("churn", "production") == seed.staging_version
     registry.set_stage("churn", seed.production_version, "production", reason="reset")
+
+
+def test_each_model_inference_is_a_span(live: tuple[str, Project, ChurnSeed]) -> None:
+    url, project, seed = live
+    tracing = configure_tracing(
+        TracingSettings(sample_rate=1.0, synchronous=True, service_name="serving"), project.db
+    )
+    reader = TokenStore(project.db).create("reader", "infer")[1]
+    body = {"inputs": [{"name": "input", "shape": [2, 3], "datatype": "FP64",
+                        "data": [10, 2, 0, 300, 5, 4]}]}  # fmt: skip
+    r = httpx.post(
+        f"{url}/v2/models/churn/infer", json=body, headers={"Authorization": f"Bearer {reader}"}
+    )
+    assert r.status_code == 200, r.text
+    assert tracing is not None
+    tracing.shutdown()
+    found = TraceStore(project.db).search(build_query(name="predict churn", service="serving"))
+    assert len(found) == 1
+    _summary, spans = TraceStore(project.db).get_trace(found[0].trace_id)
+    (predict,) = [s for s in spans if s.name == "predict churn"]
+    assert predict.attributes["flywheel.model.version"] == seed.production_version
+    assert predict.attributes["flywheel.rows"] == 2
+    assert predict.attributes["flywheel.model.flavor"] == "sklearn"

@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 import orjson
+from opentelemetry.trace import SpanKind
 
+from flywheel import telemetry
 from flywheel.config import ServingConfig
 from flywheel.errors import FlywheelError
 from flywheel.serving import _metrics as m
@@ -57,6 +59,22 @@ def parse_timeout_header(value: str) -> float:
         raise InvalidInput(f"header 'timeout' {value!r} must look like 250ms, 2s or 500us")
     number, unit = float(match.group(1)), match.group(2) or "us"
     return number * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
+
+
+def _inference_span(served: ServedVersion, endpoint: Endpoint | None, rows: int) -> Any:
+    """One span per model inference (queue wait + batched run), a child of the caller's span;
+    a shared no-op while tracing is off."""
+    return telemetry.span(
+        f"predict {served.name}",
+        kind=SpanKind.INTERNAL,
+        **{
+            "flywheel.model": served.name,
+            "flywheel.model.version": served.version,
+            "flywheel.model.flavor": served.mv.flavor,
+            "flywheel.endpoint": endpoint.name if endpoint is not None else None,
+            "flywheel.rows": rows,
+        },
+    )
 
 
 @dataclass(slots=True)
@@ -147,7 +165,8 @@ class RequestPath:
                 timeout_s = self.config.request_timeout_ms / 1000
             deadline = None if timeout_s is None else time.monotonic() + timeout_s
             served.queue_gauge.set(served.batcher.depth)
-            outputs = await served.batcher.submit(request.inputs, request.rows, deadline)
+            with _inference_span(served, endpoint, request.rows):
+                outputs = await served.batcher.submit(request.inputs, request.rows, deadline)
             response, hlen = encode_response(
                 model_name=name,
                 model_version=str(served.version),
@@ -223,7 +242,8 @@ class RequestPath:
                 timeout_s = self.config.request_timeout_ms / 1000
             deadline = None if timeout_s is None else time.monotonic() + timeout_s
             served.queue_gauge.set(batcher.depth)
-            outputs = await batcher.submit(request.inputs, request.rows, deadline)
+            with _inference_span(served, endpoint, request.rows):
+                outputs = await batcher.submit(request.inputs, request.rows, deadline)
             status = 200
         except asyncio.CancelledError:
             status = 0  # the caller gave up (predict_blocking's timeout): not the model's fault
