@@ -110,6 +110,98 @@ def test_point_in_time_join_matches_brute_force(
         project.close()
 
 
+created_row = st.tuples(
+    st.integers(0, 2),
+    st.integers(0, 12),
+    st.integers(0, 1),
+    st.one_of(st.none(), st.integers(0, 3)),
+)  # user, minute (few values: many ties), file, created minute (None: no created time)
+
+
+def brute_force_created(
+    rows: list[tuple[int, int, int, int | None]],
+    entity_rows: list[tuple[int, int]],
+    ttl: int | None,
+) -> list[int | None]:
+    """The definition with a ``created_timestamp_field``, written independently of the SQL: at
+    equal event time the greatest created time wins (no created time loses to any), then the
+    later file, then the later row of the file."""
+    out: list[int | None] = []
+    for user, t in entity_rows:
+        candidates = [
+            ((m, c is not None, c if c is not None else 0, f, rid), rid)
+            for rid, (u, m, f, c) in enumerate(rows)
+            if u == user and m <= t
+        ]
+        if not candidates:
+            out.append(None)
+            continue
+        key, rid = max(candidates)
+        out.append(None if ttl is not None and key[0] < t - ttl else rid)
+    return out
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    rows=st.lists(created_row, max_size=25),
+    entity_rows=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 14)), min_size=1, max_size=10),
+    ttl=st.one_of(st.none(), st.integers(0, 6)),
+)
+def test_point_in_time_join_with_created_timestamp_matches_brute_force(
+    tmp_path_factory: pytest.TempPathFactory,
+    rows: list[tuple[int, int, int, int | None]],
+    entity_rows: list[tuple[int, int]],
+    ttl: int | None,
+) -> None:
+    """Issue #17 item 11: the ``created_timestamp_field`` tie-break against the reference."""
+    from tests.conftest import make_project
+
+    root = tmp_path_factory.mktemp("pitc")
+    project = make_project(root)
+    folder = root / "data" / "events"
+    folder.mkdir(parents=True)
+    for f in (0, 1):
+        part = [(rid, r) for rid, r in enumerate(rows) if r[2] == f]
+        pd.DataFrame(
+            {
+                "user_id": pd.Series([r[0] for _, r in part], dtype="int64"),
+                "ts": pd.Series(
+                    [T0 + timedelta(minutes=r[1]) for _, r in part], dtype="datetime64[us, UTC]"
+                ),
+                "created": pd.Series(
+                    [None if r[3] is None else T0 + timedelta(minutes=r[3]) for _, r in part],
+                    dtype="datetime64[us, UTC]",
+                ),
+                "row_id": pd.Series([rid for rid, _ in part], dtype="int64"),
+            }
+        ).to_parquet(folder / f"part-{f}.parquet", index=False)
+    store = FeatureStore(project)
+    view = FeatureView(
+        "v",
+        ["user"],
+        ParquetSource("data/events", timestamp_field="ts", created_timestamp_field="created"),
+        [Field("row_id", "int64")],
+        ttl=timedelta(minutes=ttl) if ttl is not None else None,
+    )
+    store.apply([user_entity(), view])
+    entity_df = pd.DataFrame(
+        {
+            "user_id": [u for u, _ in entity_rows],
+            "event_timestamp": [T0 + timedelta(minutes=m) for _, m in entity_rows],
+        }
+    )
+    expected = brute_force_created(rows, entity_rows, ttl)
+    try:
+        for strategy in ("auto", "hash", "asof"):
+            _offline.JOIN_STRATEGY = strategy
+            got = store.get_historical_features(entity_df, ["v:row_id"])
+            actual = [None if pd.isna(x) else int(x) for x in got["row_id"]]
+            assert actual == expected, strategy
+    finally:
+        _offline.JOIN_STRATEGY = "auto"
+        project.close()
+
+
 def test_created_timestamp_breaks_ties_and_several_views(project: Project) -> None:
     root = project.root
     (root / "data").mkdir()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -219,3 +220,120 @@ def test_cli_drift_report(logged: Project) -> None:
     assert report["verdict"] == "drift" and report["current_rows"] == 600
     text = CliRunner().invoke(app, ["drift", "steady", "-c", config, "--no-notify"])
     assert text.exit_code == 0 and "no_drift" in text.output
+
+
+# -- like with like (issue #17 item 8) -----------------------------------------------------------
+
+
+def test_missing_values_are_a_bin_of_their_own() -> None:
+    rng = np.random.default_rng(3)
+
+    def sample(n: int, p_missing: float) -> np.ndarray:
+        x = rng.normal(size=n)
+        x[rng.random(n) < p_missing] = np.nan
+        return x
+
+    t = DriftThresholds()
+    same = feature_drift("x", sample(4000, 0.7), sample(4000, 0.7), t)
+    assert not same.drifted and same.psi is not None and same.psi < 0.05
+    # Only the share of missing values moved: dropping NaN on both sides would hide it.
+    moved = feature_drift("x", sample(4000, 0.7), sample(4000, 0.1), t)
+    assert moved.drifted and moved.psi is not None and moved.psi > 1.0
+    assert moved.histogram is not None and moved.histogram["missing"][0] > 2000
+
+
+def _ranker_rows(rng: np.random.Generator, n: int) -> Any:
+    """Raw ranker inputs as a ranker dataset holds them: NaN where an input is missing (67-75%
+    for the generator columns, as in the demo)."""
+    import pandas as pd
+
+    from flywheel.recsys import RANKER_FEATURES
+
+    cols: dict[str, np.ndarray] = {}
+    for j, name in enumerate(RANKER_FEATURES):
+        x = rng.gamma(2.0, 1.0 + j % 5, size=n)
+        missing = 0.67 + 0.08 * ((j * 7) % 10) / 10 if j % 3 == 0 else 0.05
+        x[rng.random(n) < missing] = np.nan
+        cols[name] = x
+    return pd.DataFrame(cols)
+
+
+def test_no_drift_when_training_and_live_share_a_distribution_through_the_ranker(
+    fast_project: Project,
+) -> None:
+    """The recommender's ranker path (``flywheel.recsys``: ``ranker_matrix`` fills missing
+    inputs, ``RankerClient`` scores through serving, which logs the filled matrix) against the
+    training dataset the registry recorded: same distribution, so no drift. Compared raw (the
+    old reference), the same data raised a false alarm on most features."""
+    from sklearn.linear_model import LinearRegression
+
+    from flywheel.recsys import (
+        RANKER_FEATURES,
+        RankerClient,
+        ranker_matrix,
+        ranker_missing_values,
+    )
+    from flywheel.registry import Registry
+    from flywheel.serving import server_for
+    from flywheel.serving._drift import compare
+
+    project = fast_project
+    name = "ranker"
+    rng = np.random.default_rng(11)
+    derived = ("price_ratio", "buyers_7d_30d")  # computed by ranker_matrix, not stored
+    train = _ranker_rows(rng, 3000).drop(columns=list(derived))
+    path = project.root / "ranker-train.parquet"
+    train.to_parquet(path)
+    x_train = ranker_matrix(train)
+    model = LinearRegression().fit(x_train, x_train[:, :3].sum(axis=1))
+    registry = Registry(project)
+    mv = registry.register_model(
+        name,
+        model,
+        flavor="sklearn",
+        signature={
+            "inputs": [
+                {"name": "features", "datatype": "FP32", "shape": [-1, len(RANKER_FEATURES)]}
+            ],
+            "outputs": [{"name": "variable", "datatype": "FP32", "shape": [-1, 1]}],
+        },
+        input_example={"features": x_train[:4]},
+        config={
+            "feature_names": list(RANKER_FEATURES),
+            "missing_values": ranker_missing_values(),
+            "training_dataset_files": [str(path)],
+        },
+        export_onnx=False,
+    )
+    registry.set_stage(name, mv.version, "production")
+    live = _ranker_rows(rng, 600).drop(columns=list(derived))
+    client = RankerClient(project, endpoint=name)
+    try:
+        for user, start in enumerate(range(0, 600, 30)):
+            scores, served = client.score(
+                ranker_matrix(live.iloc[start : start + 30]), user_id=user, timeout_s=30
+            )
+            assert len(scores) == 30 and served == f"{name}/{mv.version}"
+        deadline = time.monotonic() + 20
+        while True:
+            report = drift_report(project, name, window="1h", now=datetime.now(UTC))
+            if report.current_rows >= 600 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    finally:
+        server_for(project).stop_blocking()
+    assert report.current_rows == 600
+    assert report.reference.startswith("training dataset") and report.reference_rows == 3000
+    assert report.verdict == "no_drift", report.drifted
+    assert len(report.features) >= len(RANKER_FEATURES) - len(derived)
+    # The old comparison (raw reference with NaN dropped vs the filled live matrix): false alarm.
+    import pandas as pd
+
+    from flywheel.serving._drift import _read_logged
+
+    logged = _read_logged(
+        project.config.offline_store_path / "serving_predictions", name, None, None
+    )
+    raw = [f for f in compare(train, logged, DriftThresholds()) if f.drifted]
+    assert len(raw) > len(RANKER_FEATURES) // 4, len(raw)
+    assert isinstance(logged, pd.DataFrame)

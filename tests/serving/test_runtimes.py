@@ -247,3 +247,57 @@ def test_gpu_runtime_when_asked(served: tuple[Project, str]) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     loaded = httpx.get(f"http://{server}/serving/loaded", timeout=30).json()["versions"]
     assert any(v["model"] == "gpu_mlp" and v["device"].startswith("cuda") for v in loaded)
+
+
+def test_concurrent_requests_are_batched(served: tuple[Project, str]) -> None:
+    """Issue #17 item 12: many concurrent one-row requests share runtime calls (batches of more
+    than one row, counted by the server's own batch-size histogram), and every answer is still
+    its own row's."""
+    import asyncio
+
+    import httpx
+    from prometheus_client import REGISTRY
+
+    project, server = served
+    mv = Registry(project).resolve("models:/sklearn@production")
+    expected = Registry(project).load(mv).predict({"input": X[:48]})
+    labels = {"model": "sklearn", "version": str(mv.version)}
+
+    def histogram() -> tuple[float, float]:
+        count = REGISTRY.get_sample_value("flywheel_serving_batch_size_count", labels) or 0.0
+        rows = REGISTRY.get_sample_value("flywheel_serving_batch_size_sum", labels) or 0.0
+        return count, rows
+
+    before = histogram()
+
+    async def burst() -> list[dict[str, object]]:
+        async with httpx.AsyncClient(base_url=f"http://{server}", timeout=30) as client:
+
+            async def one(i: int) -> dict[str, object]:
+                body = {
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "shape": [1, 8],
+                            "datatype": "FP32",
+                            "data": X[i].tolist(),
+                        }
+                    ]
+                }
+                r = await client.post("/v2/models/sklearn/infer", json=body)
+                assert r.status_code == 200, r.text
+                return dict(r.json())
+
+            return await asyncio.gather(*(one(i) for i in range(48)))
+
+    answers = asyncio.run(burst())
+    after = histogram()
+    calls, rows = after[0] - before[0], after[1] - before[1]
+    assert rows == 48
+    assert calls < 48, f"{calls:.0f} runtime calls for 48 requests: nothing was batched"
+    for i, answer in enumerate(answers):
+        outputs = {o["name"]: o["data"] for o in answer["outputs"]}  # type: ignore[attr-defined]
+        for name, values in expected.items():
+            np.testing.assert_allclose(
+                outputs[name], values[i : i + 1].ravel(), rtol=1e-3, atol=1e-4
+            )

@@ -240,7 +240,9 @@ def _source_sql(
             f"SELECT {keys}, {time_us} AS __t, {feats}, "
             f"CAST({time_us} AS HUGEINT) << 48 AS __k FROM {reader} "
             f"WHERE {where} "
-            f"QUALIFY row_number() OVER (PARTITION BY {keys}, __t "
+            # PARTITION BY the expression, not its alias: with the alias, DuckDB 2.0 dropped
+            # rows once this query was joined (found by the created-time property test).
+            f"QUALIFY row_number() OVER (PARTITION BY {keys}, {time_us} "
             f"ORDER BY {created}filename DESC, file_row_number DESC) = 1"
         )
     if packing is not None:

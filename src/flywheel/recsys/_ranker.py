@@ -268,6 +268,12 @@ def pair_inputs(
     return out
 
 
+def ranker_missing_values() -> dict[str, float]:
+    """Feature -> the value ``ranker_matrix`` puts where that input is missing (recorded in the
+    registered version's config, so that drift fills its reference the same way)."""
+    return {n: RANK_MISSING if n.endswith("_rank") else MISSING for n in RANKER_FEATURES}
+
+
 def ranker_matrix(columns: Mapping[str, Any]) -> np.ndarray:
     """The float32 feature matrix (rows, len(RANKER_FEATURES)) from ``PAIR_COLUMNS`` and the
     feature-store columns (``USER_COLUMNS``, ``ITEM_COLUMNS``; None/NaN = missing).
@@ -282,12 +288,12 @@ def ranker_matrix(columns: Mapping[str, Any]) -> np.ndarray:
         base["price_ratio"] = np.where(median > 0, price / median, np.nan)
         base["buyers_7d_30d"] = base["buyers_7d"] / (base["buyers_30d"] + 1.0)
     out = np.empty((n, len(RANKER_FEATURES)), dtype=np.float32)
+    fills = ranker_missing_values()
     for j, name in enumerate(RANKER_FEATURES):
         col = base[name]
         if len(col) != n:
             raise RecsysError(f"ranker: column {name!r} has {len(col)} values, expected {n}")
-        fill = RANK_MISSING if name.endswith("_rank") else MISSING
-        out[:, j] = np.where(np.isfinite(col), col, fill)
+        out[:, j] = np.where(np.isfinite(col), col, fills[name])
     return out
 
 
@@ -860,6 +866,7 @@ __all__ = [
     "ranker_features",
     "ranker_job_spec",
     "ranker_matrix",
+    "ranker_missing_values",
     "read_item_features",
     "read_user_features",
     "store_columns",

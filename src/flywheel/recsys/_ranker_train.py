@@ -19,7 +19,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flywheel.recsys._errors import RecsysError
-from flywheel.recsys._ranker import RANKER_FEATURES, RankerConfig, ranker_matrix
+from flywheel.recsys._ranker import (
+    RANKER_FEATURES,
+    RankerConfig,
+    ranker_matrix,
+    ranker_missing_values,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -149,7 +154,12 @@ def main() -> None:
             "train_queries": float(fitted.train_queries),
             "valid_queries": float(fitted.valid_queries),
         },
-        config={"feature_names": list(RANKER_FEATURES)},
+        # missing_values: how ranker_matrix fills a missing input, so that serving's drift
+        # compares the training data transformed the same way (#17 item 8).
+        config={
+            "feature_names": list(RANKER_FEATURES),
+            "missing_values": ranker_missing_values(),
+        },
         description="LightGBM LambdaRank over the recommender's candidates",
     )
     if mv is not None:

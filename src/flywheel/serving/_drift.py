@@ -14,13 +14,28 @@ end bins), categorical ones the counts of their ``MAX_CATEGORIES`` most frequent
 rest summed as ``(other)``).
 
 The reference is, in this order: a Parquet file/folder given explicitly; the served version's
-training dataset (``flywheel.features``) when it has one; otherwise the predictions logged for
-the endpoint before the window.
+training dataset, as the registry recorded it (the version's ``config["training_dataset_files"]``,
+which training writes at registration); otherwise the predictions logged for the endpoint before
+the window.
+
+Like is compared with like: the live side logs what the model received, so the reference goes
+through the same transformation first — a version whose inputs fill missing values declares
+them in ``config["missing_values"]`` (feature -> the value that stands for missing, e.g. the
+recommender's ranker: -1.0, and 1000.0 for ranks) and the reference's missing values are filled
+the same way. Missing values that remain (NaN, None) are their own bin on both sides (PSI, the
+histograms, a ``(missing)`` category), never dropped from one side only.
+
+A report is cached per (endpoint, window, reference) for ``cache_seconds(window)`` (window / 60,
+between 5 s and 5 min) unless a prediction-log file was written meanwhile, and the reference
+frame per (model, version): the dashboard's poll every 15 s no longer re-reads the training
+dataset and every log file.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +54,7 @@ MIN_ROWS = 30
 HISTOGRAM_BINS = 20
 MAX_CATEGORIES = 20
 OTHER = "(other)"
+MISSING_CATEGORY = "(missing)"
 
 
 @dataclass(frozen=True)
@@ -105,21 +121,43 @@ class DriftReport:
 
 
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
-    """Population stability index of ``current`` against ``reference`` (quantile bins)."""
-    ref = reference[np.isfinite(reference)]
-    cur = current[np.isfinite(current)]
-    if ref.size == 0 or cur.size == 0:
+    """Population stability index of ``current`` against ``reference`` (quantile bins of the
+    reference's finite values, plus one bin for missing values: NaN on either side)."""
+    reference = np.asarray(reference, dtype=np.float64)
+    current = np.asarray(current, dtype=np.float64)
+    if reference.size == 0 or current.size == 0:
         return 0.0
-    edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
+    ref_ok, cur_ok = np.isfinite(reference), np.isfinite(current)
+    ref, cur = reference[ref_ok], current[cur_ok]
+    if ref.size:
+        edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
+    else:
+        edges = np.empty(0)
     ref_counts = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=edges.size + 1)
     cur_counts = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=edges.size + 1)
-    p = np.maximum(ref_counts / ref.size, 1e-4)
-    q = np.maximum(cur_counts / cur.size, 1e-4)
+    ref_counts = np.append(ref_counts, reference.size - ref.size)  # the missing bin
+    cur_counts = np.append(cur_counts, current.size - cur.size)
+    p = np.maximum(ref_counts / reference.size, 1e-4)
+    q = np.maximum(cur_counts / current.size, 1e-4)
     return float(np.sum((q - p) * np.log(q / p)))
 
 
 def _is_categorical(values: np.ndarray) -> bool:
-    return values.dtype.kind in "OUSb"
+    if values.dtype.kind in "USb":
+        return True
+    if values.dtype.kind != "O":
+        return False
+    present = [v for v in values[:1000].tolist() if v is not None and v == v]
+    return not all(isinstance(v, int | float) and not isinstance(v, bool) for v in present)
+
+
+def _categories(values: np.ndarray) -> np.ndarray:
+    """Strings, with a missing value (None, NaN) as the category ``(missing)``."""
+    out = np.asarray(
+        [MISSING_CATEGORY if v is None or v != v else str(v) for v in values.tolist()],
+        dtype=object,
+    )
+    return out.astype(str)
 
 
 def numeric_histogram(
@@ -130,7 +168,8 @@ def numeric_histogram(
     cur = current[np.isfinite(current)]
     both = [a for a in (ref, cur) if a.size]
     if not both:
-        return {"kind": "numeric", "edges": [], "reference": [], "current": []}
+        missing = [int(reference.size), int(current.size)]
+        return {"kind": "numeric", "edges": [], "reference": [], "current": [], "missing": missing}
     lo = min(float(np.quantile(a, 0.005)) for a in both)
     hi = max(float(np.quantile(a, 0.995)) for a in both)
     if not hi > lo:  # one value (or nearly): a single bin around it
@@ -146,6 +185,7 @@ def numeric_histogram(
         "edges": [float(e) for e in edges],
         "reference": counts(ref),
         "current": counts(cur),
+        "missing": [int(reference.size - ref.size), int(current.size - cur.size)],
     }
 
 
@@ -182,8 +222,8 @@ def feature_drift(
     from scipy import stats
 
     if _is_categorical(reference) or _is_categorical(current):
-        ref = reference.astype(str)
-        cur = current.astype(str)
+        ref = _categories(reference)
+        cur = _categories(current)
         histogram = categorical_histogram(ref, cur)
         cats = sorted(set(ref.tolist()) | set(cur.tolist()))
         table = np.array(
@@ -198,16 +238,19 @@ def feature_drift(
         return FeatureDrift(
             name, "categorical", None, None, float(chi2), float(p), cramers_v, drifted, histogram
         )
-    ref = reference.astype(np.float64)
-    cur = current.astype(np.float64)
-    ref, cur = ref[np.isfinite(ref)], cur[np.isfinite(cur)]
-    score = psi(ref, cur)
-    ks = stats.ks_2samp(ref, cur)
-    statistic, p_value = float(ks.statistic), float(ks.pvalue)
+    ref_all = reference.astype(np.float64)
+    cur_all = current.astype(np.float64)
+    score = psi(ref_all, cur_all)  # missing values are a bin of their own
+    ref, cur = ref_all[np.isfinite(ref_all)], cur_all[np.isfinite(cur_all)]
+    if ref.size >= 2 and cur.size >= 2:
+        ks = stats.ks_2samp(ref, cur)
+        statistic, p_value = float(ks.statistic), float(ks.pvalue)
+    else:
+        statistic, p_value = 0.0, 1.0
     drifted = bool(
         score >= thresholds.psi or (p_value < thresholds.p_value and statistic >= thresholds.effect)
     )
-    histogram = numeric_histogram(ref, cur)
+    histogram = numeric_histogram(ref_all, cur_all)
     return FeatureDrift(
         name, "numeric", score, statistic, None, p_value, statistic, drifted, histogram
     )
@@ -227,12 +270,31 @@ def compare(
     ]
     results = []
     for col in shared:
-        ref = reference[col].dropna().to_numpy()
-        cur = current[col].dropna().to_numpy()
+        # Missing values stay: they are a bin of their own on both sides.
+        ref = _values(reference[col])
+        cur = _values(current[col])
         if ref.size < 2 or cur.size < 2:
             continue
         results.append(feature_drift(col, ref, cur, thresholds))
     return results
+
+
+def _values(series: Any) -> np.ndarray:
+    """A column as numpy: numbers as float64 with NaN for missing, anything else as objects."""
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(series) or not pd.api.types.is_numeric_dtype(series):
+        return np.asarray(series.astype(object).where(series.notna(), None).to_numpy())
+    return np.asarray(series.to_numpy(dtype=np.float64, na_value=np.nan))
+
+
+def same_transformation(reference: Any, missing_values: dict[str, Any] | None) -> Any:
+    """The reference as the model saw it: each column's missing values filled with the value the
+    version declares for it (``config["missing_values"]``), as its live inputs were."""
+    if not missing_values:
+        return reference
+    fills = {c: v for c, v in missing_values.items() if c in reference.columns}
+    return reference.fillna(fills) if fills else reference
 
 
 def parse_window(text: str) -> timedelta:
@@ -248,12 +310,16 @@ def parse_window(text: str) -> timedelta:
     return timedelta(**{units[unit]: value})
 
 
+def _log_files(folder: Path, endpoint: str) -> list[Path]:
+    path = folder / f"endpoint={endpoint}"
+    return sorted(p for p in path.glob("*.parquet")) if path.is_dir() else []
+
+
 def _read_logged(folder: Path, endpoint: str, start: datetime | None, end: datetime | None) -> Any:
     import pandas as pd
     import pyarrow.dataset as ds
 
-    path = folder / f"endpoint={endpoint}"
-    files = sorted(p for p in path.glob("*.parquet")) if path.is_dir() else []
+    files = _log_files(folder, endpoint)
     if not files:
         return pd.DataFrame()
     table = ds.dataset([str(f) for f in files], format="parquet").to_table()
@@ -268,29 +334,66 @@ def _read_logged(folder: Path, endpoint: str, start: datetime | None, end: datet
     return frame
 
 
+_REFERENCE_CACHE: dict[tuple[str, int], tuple[tuple[Any, ...], Any, str]] = {}
+_REPORT_CACHE: dict[tuple[Any, ...], tuple[float, tuple[Any, ...], DriftReport]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def cache_seconds(window: timedelta) -> float:
+    """How long a report stays fresh: window / 60, between 5 s and 5 minutes."""
+    return min(300.0, max(5.0, window.total_seconds() / 60))
+
+
+def _files_signature(files: list[Path]) -> tuple[Any, ...]:
+    out = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        out.append((str(f), st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
 def _training_reference(
     project: Any, model: str, version: int, source: Any
-) -> tuple[Any, str] | None:
+) -> tuple[Any, str, dict[str, Any] | None] | None:
+    """The version's training dataset, as the registry recorded it (no ``features`` import):
+    ``config["training_dataset_files"]`` (written by training at registration), transformed
+    like the live inputs (``config["missing_values"]``). Cached per version and files."""
     try:
         mv = source.resolve(f"models:/{model}/{version}")
     except Exception:
         return None
-    name = getattr(mv, "training_dataset", None)
-    if not name:
+    config = dict(getattr(mv, "config", None) or {})
+    files = [Path(str(f)) for f in config.get("training_dataset_files") or []]
+    if not files:
         return None
+    missing = config.get("missing_values")
+    missing = missing if isinstance(missing, dict) else None
+    name = getattr(mv, "training_dataset", None) or "of the version"
+    key = (model, version)
+    signature = _files_signature(files)
+    with _CACHE_LOCK:
+        hit = _REFERENCE_CACHE.get(key)
+    if hit is not None and hit[0] == signature:
+        return hit[1], hit[2], missing
     try:
         import pandas as pd
 
-        from flywheel.features import FeatureStore
-
-        ds = FeatureStore(project).get_training_dataset(name)
-        frames = [pd.read_parquet(f) for f in ds.files]
-        return pd.concat(frames, ignore_index=True), f"training dataset {name!r}"
+        frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     except Exception as exc:
         log.info(
             "training dataset %s of %s/%s not usable as reference: %s", name, model, version, exc
         )
         return None
+    frame = same_transformation(frame, missing)
+    label = f"training dataset {name!r}" if name != "of the version" else "training dataset"
+    with _CACHE_LOCK:
+        if len(_REFERENCE_CACHE) > 16:
+            _REFERENCE_CACHE.clear()
+        _REFERENCE_CACHE[key] = (signature, frame, label)
+    return frame, label, missing
 
 
 def drift_report(
@@ -311,8 +414,17 @@ def drift_report(
     cfg = project.config.serving
     thresholds = DriftThresholds(cfg.drift_psi_threshold, cfg.drift_ks_threshold, cfg.drift_p_value)
     folder = project.config.offline_store_path / PREDICTIONS_FOLDER
+    span = parse_window(window)
+    logged = _log_files(folder, endpoint)
+    cache_key = (str(folder), endpoint, window, None if reference is None else str(reference))
+    signature = _files_signature(logged)
+    if now is None:
+        with _CACHE_LOCK:
+            hit = _REPORT_CACHE.get(cache_key)
+        if hit is not None and hit[0] > time.monotonic() and hit[1] == signature:
+            return hit[2]
     end = now or datetime.now(UTC)
-    start = end - parse_window(window)
+    start = end - span
     current = _read_logged(folder, endpoint, start, end)
     if reference is not None:
         ref_path = Path(reference)
@@ -327,13 +439,18 @@ def drift_report(
                 project, str(top[0]), int(top[1]), source or RegistrySource(project)
             )
         if found is not None:
-            ref_frame, ref_label = found
+            ref_frame, ref_label, _ = found
         else:
             ref_frame = _read_logged(folder, endpoint, None, start)
             ref_label = f"predictions logged before {start.isoformat(timespec='seconds')}"
     report = DriftReport(endpoint, window, ref_label, len(ref_frame), len(current))
     if len(current) and len(ref_frame):
         report.features = compare(ref_frame, current, thresholds)
+    if now is None:
+        with _CACHE_LOCK:
+            if len(_REPORT_CACHE) > 256:
+                _REPORT_CACHE.clear()
+            _REPORT_CACHE[cache_key] = (time.monotonic() + cache_seconds(span), signature, report)
     return report
 
 
@@ -370,6 +487,7 @@ __all__ = [
     "DriftThresholds",
     "FeatureDrift",
     "alert",
+    "cache_seconds",
     "categorical_histogram",
     "compare",
     "drift_report",
@@ -377,4 +495,5 @@ __all__ = [
     "numeric_histogram",
     "parse_window",
     "psi",
+    "same_transformation",
 ]

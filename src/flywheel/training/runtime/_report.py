@@ -110,7 +110,8 @@ def register(
     """Register ``model`` (rank 0) as a new version of ``name`` (default: the spec's
     ``register``); returns the ``ModelVersion`` or ``None`` on other ranks / with no name.
 
-    The version is linked to the job's tracking run and training dataset.
+    The version is linked to the job's tracking run and training dataset, whose files are
+    recorded in the version's ``config["training_dataset_files"]`` (serving's drift reference).
     """
     ctx = current()
     name = name or ctx.spec.get("register")
@@ -129,6 +130,12 @@ def register(
         run.log_metrics({k: float(v) for k, v in metrics.items()})
     inner = getattr(model, "module", model)
     dataset = ctx.spec.get("dataset")
+    if ctx.dataset_files:
+        # Where the training data is, for serving's drift reference (it reads it through the
+        # registry, not through the feature store).
+        config = dict(kwargs.pop("config", None) or {})
+        config.setdefault("training_dataset_files", [str(f) for f in ctx.dataset_files])
+        kwargs["config"] = config
     mv = Registry(project).register_model(
         name,
         inner,
