@@ -115,6 +115,23 @@ def test_greedy_equals_transformers_generate(engine: LLMEngine, hf: torch.nn.Mod
     assert "Hello! How can I help you" in ours[1].text
 
 
+def test_chunked_prefill_equals_transformers(tiny_model_dir: Path, hf: torch.nn.Module) -> None:
+    """A prompt longer than the step's token budget is prefilled over several steps (steps that
+    sample nothing must still fill the cache) and decodes exactly as transformers does."""
+    chunky = LLMEngine(tiny_model_dir, block_size=4, num_blocks=64, max_num_batched_tokens=7)
+    try:
+        prompt = chat(chunky, "What is the registry?", system="You are the Flywheel assistant.")
+        assert len(prompt) > 3 * 7
+        got = chunky.generate_blocking([(prompt, GREEDY)])[0]
+        assert chunky.stats().steps >= len(prompt) // 7 + len(got.token_ids)
+    finally:
+        chunky.close()
+    with torch.inference_mode():
+        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)
+    assert ref[0][len(prompt) :].tolist()[: len(got.token_ids)] == got.token_ids
+    assert len(got.token_ids) >= 5
+
+
 def test_logprobs_are_the_model_distribution(engine: LLMEngine, hf: torch.nn.Module) -> None:
     prompt = chat(engine, "What is a bandit?")
     params = SamplingParams(max_tokens=3, temperature=0.0, logprobs=3)

@@ -26,12 +26,13 @@ def engines(tiny_model_dir: Path) -> Iterator[dict[str, LLMEngine]]:
     made = {
         "alone": LLMEngine(tiny_model_dir, block_size=4, num_blocks=256, background=False),
         "roomy": LLMEngine(tiny_model_dir, block_size=4, num_blocks=256, background=False),
-        # 14 blocks of 4 tokens: a few requests fill it, so later ones queue or preempt
+        # 14 blocks of 4 tokens: a few requests fill it, so later ones queue or preempt; 8
+        # tokens per step: prompts are prefilled in chunks, some steps sample nothing
         "tight": LLMEngine(
             tiny_model_dir,
             block_size=4,
             num_blocks=14,
-            max_num_batched_tokens=24,
+            max_num_batched_tokens=8,
             background=False,
         ),
     }

@@ -614,8 +614,8 @@ class LLMEngine:
             seqs=seqs,
             logit_rows=torch.tensor(logit_rows, dtype=torch.long, device=device),
         )
-        with self._model_lock:
-            logits = self.decoder.forward(batch) if logit_rows else None
+        with self._model_lock:  # always run: a prefill chunk that samples nothing still fills KV
+            logits = self.decoder.forward(batch)
         computed_prompt = 0
         for request, n in scheduled:
             decoding = (
@@ -633,9 +633,8 @@ class LLMEngine:
         with self._cv:
             self._counters["steps"] += 1
             self._counters["prompt_tokens_computed"] += computed_prompt
-        if logits is None:
-            return
-        self._sample(sampling, logits)
+        if sampling:
+            self._sample(sampling, logits)
 
     def _sample(self, requests: list[_Request], logits: torch.Tensor) -> None:
         want_logprobs = any(r.params.logprobs is not None for r in requests)

@@ -105,6 +105,8 @@ class PagedDecoder:
             out = self._attend(q, k_cache, v_cache, plan, float(attn.scaling))
             h = h + attn.o_proj(out.reshape(rows, -1))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
+        if batch.logit_rows.numel() == 0:  # a prefill chunk that samples nothing
+            return h.new_zeros((0, self.vocab_size), dtype=torch.float32)
         h = self.body.norm(h.index_select(0, batch.logit_rows))
         return self.lm_head(h).float()
 
