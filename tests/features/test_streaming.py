@@ -70,15 +70,77 @@ def _events(n: int, seed: int, start: datetime) -> list[dict[str, object]]:
     return out
 
 
+# The click_aggs view, restated here (not read from Flywheel): feature, column, function,
+# window and tile in seconds, n; allowed lateness 10 minutes.
+BRUTE_SPECS = [
+    ("item_id_count_1h", "item_id", "count", 3600, 300, 0),
+    ("amount_sum_1h", "amount", "sum", 3600, 300, 0),
+    ("amount_mean_1d", "amount", "mean", 86400, 7200, 0),
+    ("amount_min_1h", "amount", "min", 3600, 300, 0),
+    ("amount_max_1h", "amount", "max", 3600, 300, 0),
+    ("item_id_last_1d", "item_id", "last", 86400, 7200, 0),
+    ("item_id_count_distinct_1d", "item_id", "count_distinct", 86400, 7200, 0),
+    ("item_id_last_n_1d", "item_id", "last_n", 86400, 7200, 3),
+]
+BRUTE_LATENESS_S = 600
+
+
+def brute_force_aggregates(
+    log: list[tuple[str, dict[str, object]]], users: list[int], t: datetime
+) -> dict[str, list[object]]:
+    """Every aggregate at ``t`` from the raw events in log order, by the documented semantics
+    and nothing else: an event is dropped when it is more than the allowed lateness older than
+    the newest event already accepted for its user; a window of W at t covers the tiles
+    (tile(t) - W/tile, tile(t)]; ``last``/``last_n`` order by (event time, event id)."""
+    accepted: dict[int, list[tuple[int, str, dict[str, object]]]] = {}
+    newest: dict[int, int] = {}
+    for eid, row in log:
+        user, ts = int(row["user_id"]), int(row["ts"].timestamp())  # type: ignore[attr-defined]
+        if user in newest and ts < newest[user] - BRUTE_LATENESS_S:
+            continue
+        newest[user] = max(newest.get(user, ts), ts)
+        accepted.setdefault(user, []).append((ts, eid, row))
+    now = int(t.timestamp())
+    out: dict[str, list[object]] = {name: [] for name, *_ in BRUTE_SPECS}
+    for user in users:
+        for name, col, fn, window, tile, n in BRUTE_SPECS:
+            hi = now // tile
+            inside = [e for e in accepted.get(user, []) if hi - window // tile < e[0] // tile <= hi]
+            values = [(ts, eid, r[col]) for ts, eid, r in inside if r[col] is not None]
+            nums = [float(v) for _, _, v in values]  # type: ignore[arg-type]
+            value: object
+            if fn == "count":
+                value = len(inside)
+            elif fn == "count_distinct":
+                value = len({v for _, _, v in values})
+            elif not values:
+                value = None
+            elif fn == "sum":
+                value = sum(nums)
+            elif fn == "mean":
+                value = sum(nums) / len(nums)
+            elif fn == "min":
+                value = min(nums)
+            elif fn == "max":
+                value = max(nums)
+            elif fn == "last":
+                value = max(values, key=lambda x: (x[0], x[1]))[2]
+            else:
+                value = [v for _, _, v in sorted(values, key=lambda x: (x[0], x[1]))[::-1][:n]]
+            out[name].append(value)
+    return out
+
+
 def test_online_and_offline_aggregations_agree(stream_project: Project) -> None:
     store = _store(stream_project)
     start = datetime(2026, 3, 1, tzinfo=UTC)
     events = _events(1200, seed=3, start=start)
     proc = store.processor(["clicks"], batch_size=97)
     checked = 0
+    log: list[tuple[str, dict[str, object]]] = []
     for chunk in range(0, len(events), 200):
         part = events[chunk : chunk + 200]
-        store.push("clicks", part)
+        log += list(zip(store.push("clicks", part).ids, part, strict=True))
         proc.run(until_idle=True, block_ms=5)
         t = max(e["ts"] for e in part)  # "now" at this point of the replay
         t_us = int(t.timestamp() * 1_000_000)
@@ -90,15 +152,21 @@ def test_online_and_offline_aggregations_agree(stream_project: Project) -> None:
         offline = store.get_historical_features(
             pd.DataFrame({"user_id": users, "event_timestamp": [t] * len(users)}), FEATURES
         )
+        brute = brute_force_aggregates(log, users, t)  # type: ignore[arg-type]
+        assert set(brute) == {f.split(":")[1] for f in FEATURES}
         for feat in [f.split(":")[1] for f in FEATURES]:
             for u in users:
-                on, off = online[feat][u], offline[feat].iloc[u]
-                if isinstance(on, list):
-                    assert list(off) == on, (feat, u, t)
-                elif on is None:
-                    assert off is None or pd.isna(off), (feat, u, t)
+                on, off, ref = online[feat][u], offline[feat].iloc[u], brute[feat][u]
+                if isinstance(ref, list):
+                    assert on == ref and list(off) == ref, (feat, u, t)
+                elif ref is None:
+                    assert on is None and (off is None or pd.isna(off)), (feat, u, t)
                 else:
-                    assert on == pytest.approx(float(off)), (feat, u, t)
+                    assert on == pytest.approx(ref) and float(off) == pytest.approx(ref), (
+                        feat,
+                        u,
+                        t,
+                    )
                 checked += 1
     assert proc.stats.late > 0  # the far-too-late events were dropped (and not archived)
     assert checked == 6 * 7 * 8
