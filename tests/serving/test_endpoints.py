@@ -406,3 +406,101 @@ def test_a_callers_timeout_is_not_a_candidate_error(
         time.sleep(0.3)  # a reconcile pass would have acted on counted errors by now
         ep = store.get("shop")
         assert ep.canary is not None and ep.canary.state is RolloutState.running, ep.canary
+
+
+class _BrokenOnRealTraffic:
+    """A real torch module (TorchScript) that passes its all-ones input example and fails on
+    anything else: a candidate that registers and loads fine, then breaks under traffic."""
+
+    @staticmethod
+    def build() -> object:
+        import torch
+
+        class Broken(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.linear = torch.nn.Linear(4, 1)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                if bool((x != 1.0).any()):
+                    raise RuntimeError("candidate is broken")
+                return self.linear(x)
+
+        return Broken()
+
+
+@pytest.mark.integration
+def test_canary_advances_and_rolls_back_under_traffic_over_registered_models(
+    fast_project: Project,
+) -> None:
+    """Issue #17 item 12: the canary over real registered versions (sklearn v1/v2, a TorchScript
+    v3 that fails on real inputs), driven by live HTTP traffic through the real registry
+    source: v2 advances to 100%, v3 is rolled back and v2 keeps serving."""
+    from sklearn.linear_model import LinearRegression
+
+    from flywheel.api import create_server_app
+    from flywheel.registry import Registry
+
+    project = fast_project
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    registry = Registry(project)
+    ones = np.ones((2, 4), np.float32)
+    for weight in (1.0, 2.0):
+        registry.register_model(
+            "real",
+            LinearRegression().fit(x, x.sum(axis=1) * weight),
+            flavor="sklearn",
+            input_example={"input": ones},
+            export_onnx=False,
+        )
+    registry.set_stage("real", 1, "production")
+    broken = registry.register_model(
+        "real",
+        _BrokenOnRealTraffic.build(),
+        flavor="pytorch",
+        input_example={"input": ones},
+        export_onnx=False,
+    )
+    assert broken.version == 3
+    store = EndpointStore(project.db)
+    deploy(project, "shop", model="real", version=1)
+    with running_server(create_server_app(project)) as server:
+        url = f"http://{server}/v2/models/shop/infer"
+
+        def traffic(until: RolloutState, limit: int = 400) -> Counter[int]:
+            codes: Counter[int] = Counter()
+            with httpx.Client(timeout=30) as client:
+                for i in range(limit):
+                    body = {
+                        "inputs": [
+                            {"name": "input", "shape": [1, 4], "datatype": "FP32",
+                             "data": x[i % 64].tolist()}
+                        ]
+                    }  # fmt: skip
+                    r = client.post(url, json=body, headers={"X-Routing-Key": f"u{i}"})
+                    codes[r.status_code] += 1
+                    ep = store.get("shop")
+                    if ep.canary is not None and ep.canary.state is until:
+                        break
+            return codes
+
+        deploy(project, "shop", version=2, canary="50,100", step_requests=10)
+        codes = traffic(RolloutState.succeeded)
+        ep = store.get("shop")
+        assert ep.canary is not None and ep.canary.state is RolloutState.succeeded, (ep, codes)
+        assert ep.routes == (Route(2, 100.0),) and set(codes) == {200}
+        deploy(project, "shop", version=3, canary="50,100", step_requests=10, max_error_rate=0.05)
+        codes = traffic(RolloutState.rolled_back)
+        ep = store.get("shop")
+        assert ep.canary is not None and ep.canary.state is RolloutState.rolled_back, (ep, codes)
+        assert codes[500] > 0 and "v3" in ep.canary.reason
+        assert ep.routes == (Route(2, 100.0),)
+        time.sleep(0.3)
+        with httpx.Client(timeout=30) as client:
+            body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                                "data": [1.0, 2.0, 3.0, 4.0]}]}  # fmt: skip
+            r = client.post(url, json=body)
+        assert r.status_code == 200
+        assert r.json()["model_version"] == "2"
+        assert r.json()["outputs"][0]["data"][0] == pytest.approx(20.0, rel=1e-3)
