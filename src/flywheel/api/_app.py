@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -14,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from pydantic import BaseModel
 
 import flywheel
+from flywheel._plugins import load_target
 from flywheel.api._errors import install_error_handlers
 from flywheel.api._health import health_report
 from flywheel.api._middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -57,8 +57,7 @@ ServiceFactory = Callable[[Project], contextlib.AbstractAsyncContextManager[Any]
 
 
 def _load(dotted: str) -> Any:
-    module, _, attr = dotted.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return load_target(dotted)
 
 
 class StoreHealth(BaseModel):

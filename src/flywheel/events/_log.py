@@ -5,11 +5,10 @@ registry. Payloads are opaque bytes; ids are strings that sort in append order.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import Protocol
-from urllib.parse import urlsplit
 
+from flywheel._plugins import load_for_url
 from flywheel.errors import FlywheelError
 
 Event = tuple[str, bytes]  # (log id, payload)
@@ -76,12 +75,6 @@ class EventLog(Protocol):
 
 def open_event_log(url: str, *, namespace: str = "flywheel") -> EventLog:
     """The backend for ``url`` (``sqlite:///path`` or ``redis://host:port/db[?prefix=...]``)."""
-    scheme = urlsplit(url).scheme.lower()
-    target = EVENT_LOGS.get(scheme)
-    if target is None:
-        raise EventLogError(
-            f"event log URL {url!r}: scheme {scheme!r} is not one of {sorted(EVENT_LOGS)}"
-        )
-    module, _, cls = target.partition(":")
-    log: EventLog = getattr(importlib.import_module(module), cls)(url, namespace=namespace)
+    backend = load_for_url(EVENT_LOGS, url, what="event log", error=EventLogError)
+    log: EventLog = backend(url, namespace=namespace)
     return log

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from flywheel.events._log import Event, EventLogError
-from flywheel.metadata import enable_sqlite_wal
+from flywheel.metadata import ThreadConnections
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -39,26 +37,12 @@ class SQLiteEventLog:
         if not url.startswith("sqlite:///"):
             raise EventLogError(f"event log URL {url!r} is not sqlite:///PATH")
         self.path = url[len("sqlite:///") :].split("?", 1)[0]
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._all: list[sqlite3.Connection] = []
+        self._connections = ThreadConnections(self.path)
         conn = self._conn()
         conn.executescript(_SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA busy_timeout=30000")
-            enable_sqlite_wal(conn)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
+        return self._connections.get()
 
     def append(self, stream: str, payloads: Sequence[bytes]) -> list[str]:
         conn = self._conn()
@@ -228,8 +212,4 @@ class SQLiteEventLog:
         return int(n)
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        self._connections.close()

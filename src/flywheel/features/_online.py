@@ -7,11 +7,10 @@ stream tiles) is written once here and in ``_response`` / ``_tiles``.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
-from urllib.parse import urlsplit
 
+from flywheel._plugins import load_for_url
 from flywheel.features._errors import FeatureStoreError
 
 Row = tuple[int, bytes]  # (event time in µs since the epoch, payload)
@@ -62,14 +61,8 @@ class OnlineStore(Protocol):
 
 def open_online_store(url: str, *, namespace: str = "flywheel") -> OnlineStore:
     """The backend for ``url`` (``sqlite:///path`` or ``redis://host:port/db[?prefix=...]``)."""
-    scheme = urlsplit(url).scheme.lower()
-    target = ONLINE_STORES.get(scheme)
-    if target is None:
-        raise FeatureStoreError(
-            f"online store URL {url!r}: scheme {scheme!r} is not one of {sorted(ONLINE_STORES)}"
-        )
-    module, _, cls = target.partition(":")
-    store: OnlineStore = getattr(importlib.import_module(module), cls)(url, namespace=namespace)
+    backend = load_for_url(ONLINE_STORES, url, what="online store", error=FeatureStoreError)
+    store: OnlineStore = backend(url, namespace=namespace)
     return store
 
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from flywheel.features._errors import FeatureStoreError
 from flywheel.features._online import Row
-from flywheel.metadata import enable_sqlite_wal
+from flywheel.metadata import ThreadConnections
 
 _CHUNK = 900  # stay well under SQLite's bound-parameter limit
 
@@ -29,25 +26,11 @@ class SQLiteOnlineStore:
         if not path:
             raise FeatureStoreError(f"online store URL {url!r} names no file")
         self.path = path
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._connections = ThreadConnections(path)
         self._known: set[str] = set()
-        self._lock = threading.Lock()
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA busy_timeout=30000")
-            enable_sqlite_wal(conn)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
+        return self._connections.get()
 
     @staticmethod
     def _t(table: str) -> str:
@@ -131,9 +114,4 @@ class SQLiteOnlineStore:
         self._known.discard(table)
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                with contextlib.suppress(sqlite3.ProgrammingError):
-                    conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        self._connections.close()

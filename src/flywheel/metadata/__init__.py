@@ -10,5 +10,12 @@ from flywheel.metadata._database import (
     create_engine,
     enable_sqlite_wal,
 )
+from flywheel.metadata._sqlite import ThreadConnections
 
-__all__ = ["MIGRATION_BRANCHES", "Database", "create_engine", "enable_sqlite_wal"]
+__all__ = [
+    "MIGRATION_BRANCHES",
+    "Database",
+    "ThreadConnections",
+    "create_engine",
+    "enable_sqlite_wal",
+]

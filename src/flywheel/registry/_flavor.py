@@ -15,13 +15,13 @@ that registering a scikit-learn model never imports torch or TensorFlow.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from flywheel._plugins import load
 from flywheel.registry._errors import RegistryError
 
 Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -92,11 +92,7 @@ def device_of(predict: Any) -> tuple[str, dict[str, Any]]:
 
 def get_flavor(name: str) -> Flavor:
     """The flavor called ``name`` (``RegistryError`` naming the known ones otherwise)."""
-    target = FLAVORS.get(name)
-    if target is None:
-        raise RegistryError(f"flavor {name!r} is not one of: {', '.join(sorted(FLAVORS))}")
-    module, _, attr = target.partition(":")
-    flavor: Flavor = getattr(importlib.import_module(module), attr)()
+    flavor: Flavor = load(FLAVORS, name, what="flavor", error=RegistryError)()
     return flavor
 
 
