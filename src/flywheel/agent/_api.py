@@ -3,12 +3,13 @@ write), ``GET /agent/tools`` (the tools and their JSON Schemas)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from flywheel.agent._loop import run_action
@@ -18,6 +19,48 @@ from flywheel.auth import Principal, require_reader, require_writer
 from flywheel.project import Project, current_project
 
 router = APIRouter(prefix="/agent", tags=["agent"])
+MCP_KEY = "agent.mcp_http"
+
+
+class _AsgiPassthrough(Response):
+    """Hands the raw request to another ASGI app (the MCP transport) instead of a body."""
+
+    def __init__(self, handler: Any) -> None:
+        super().__init__()
+        self.handler = handler
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.handler(scope, receive, send)
+
+
+@router.api_route("/mcp", methods=["GET", "POST", "DELETE"], include_in_schema=False)
+async def mcp_http(request: Request, project: Project = Depends(current_project)) -> Response:
+    """MCP over streamable HTTP (stateless, JSON responses): the agent's read tools, each call
+    made as this request's caller (its bearer token)."""
+    from flywheel.agent._mcp import McpHttp
+
+    holder: dict[str, McpHttp] = project.attached(MCP_KEY, dict)
+    transport = holder.get("transport")
+    if transport is None:
+        from flywheel.errors import ServiceUnavailable
+
+        raise ServiceUnavailable("the MCP transport is not running (start the app's lifespan)")
+    return _AsgiPassthrough(transport.handle)
+
+
+@contextlib.asynccontextmanager
+async def mcp_service(project: Project) -> AsyncIterator[None]:
+    """Run the MCP streamable-HTTP transport for the app's lifetime (``/agent/mcp``)."""
+    from flywheel.agent._mcp import McpHttp
+
+    transport = McpHttp()
+    holder: dict[str, McpHttp] = project.attached(MCP_KEY, dict)
+    async with transport.run():
+        holder["transport"] = transport
+        try:
+            yield
+        finally:
+            holder.pop("transport", None)
 
 
 class AskRequest(BaseModel):

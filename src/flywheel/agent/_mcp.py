@@ -33,10 +33,12 @@ def _schema(tool: Tool) -> dict[str, Any]:
     return schema
 
 
-def build_mcp_server(
-    client_factory: Callable[[], httpx.AsyncClient], *, allow_writes: bool = False
-) -> Any:
-    """An ``mcp`` low-level ``Server`` whose tools call the API through ``client_factory()``."""
+ClientFactory = Callable[[Any], httpx.AsyncClient]
+
+
+def build_mcp_server(client_factory: ClientFactory, *, allow_writes: bool = False) -> Any:
+    """An ``mcp`` low-level ``Server`` whose tools call the API through ``client_factory(ctx)``
+    (``ctx``: the MCP request context; over HTTP ``ctx.request`` is the HTTP request)."""
     import mcp_types as types
     from mcp.server.lowlevel.server import Server
 
@@ -52,7 +54,7 @@ def build_mcp_server(
             ]
         )
 
-    async def call_tool(_ctx: Any, params: Any) -> Any:
+    async def call_tool(ctx: Any, params: Any) -> Any:
         arguments = dict(params.arguments or {})
         tool = tools.get(params.name)
         if tool is None:
@@ -67,7 +69,7 @@ def build_mcp_server(
                         "hint": "call again with confirm: true to make this change",
                     }
                 )
-            async with client_factory() as client:
+            async with client_factory(ctx) as client:
                 result = await tool.call(ApiCaller(client), arguments)
         except ToolError as exc:
             return _result({"error": str(exc)}, error=True)
@@ -94,12 +96,57 @@ def _result(value: Any, *, error: bool = False) -> Any:
     )
 
 
-async def serve_stdio(
-    client_factory: Callable[[], httpx.AsyncClient], *, allow_writes: bool = False
-) -> None:
+async def serve_stdio(client_factory: ClientFactory, *, allow_writes: bool = False) -> None:
     """Serve the tools over this process's stdin/stdout until the client closes."""
     from mcp.server.stdio import stdio_server
 
     server = build_mcp_server(client_factory, allow_writes=allow_writes)
     async with stdio_server() as (read, write):
         await server.run(read, write, server.create_initialization_options())
+
+
+# -- streamable HTTP under `flywheel up` -------------------------------------------------------
+
+
+def _caller_of(ctx: Any) -> httpx.AsyncClient:
+    """A client on the Flywheel app in-process, as the MCP HTTP request's caller (its bearer
+    token and address), so the API applies that caller's role to every tool call."""
+    request = getattr(ctx, "request", None)
+    if request is None:
+        raise ToolError("MCP over HTTP: the request context is missing", 500)
+    app = request.scope["app"]
+    host = request.client.host if request.client else "127.0.0.1"
+    auth = request.headers.get("authorization")
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=(host, 50000)),
+        base_url="http://flywheel.internal",
+        headers={"Authorization": auth} if auth else {},
+        timeout=120,
+    )
+
+
+class McpHttp:
+    """The MCP streamable-HTTP transport of one app: a stateless session manager whose tool
+    calls run as each HTTP request's caller. ``run()`` must be active while it serves."""
+
+    def __init__(self, *, allow_writes: bool = False) -> None:
+        from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+        from mcp.server.transport_security import TransportSecuritySettings
+
+        self.server = build_mcp_server(_caller_of, allow_writes=allow_writes)
+        self.manager = StreamableHTTPSessionManager(
+            app=self.server,
+            stateless=True,
+            json_response=True,
+            security_settings=TransportSecuritySettings(
+                enable_dns_rebinding_protection=True,
+                allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost"],
+                allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+            ),
+        )
+
+    def run(self) -> Any:
+        return self.manager.run()
+
+    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.manager.asgi_app(scope, receive, send)

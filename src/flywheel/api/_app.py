@@ -48,6 +48,7 @@ SYSTEM_SERVICES: dict[str, str] = {
     "training": "flywheel.training._service:scheduler_service",
     "recsys": "flywheel.recsys._api:recsys_service",
     "telemetry": "flywheel.telemetry._api:tracing_service",
+    "agent": "flywheel.agent._api:mcp_service",
 }
 
 # The systems a ``serve`` command's worker processes mount (comma-separated; unset: all).

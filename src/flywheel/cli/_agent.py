@@ -184,7 +184,7 @@ def mcp(
     if url:
         base = url.rstrip("/")
 
-        def factory() -> httpx.AsyncClient:
+        def factory(_ctx: object) -> httpx.AsyncClient:
             return httpx.AsyncClient(base_url=base, headers=headers, timeout=60)
 
     else:
@@ -203,7 +203,7 @@ def mcp(
             ],
         )
 
-        def factory() -> httpx.AsyncClient:
+        def factory(_ctx: object) -> httpx.AsyncClient:
             return httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app, client=("127.0.0.1", 50000)),
                 base_url="http://flywheel.internal",
