@@ -9,7 +9,6 @@ validated so they can never leave the store's root.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -155,14 +154,6 @@ class ArtifactStore:
     def list_named(self, prefix: str) -> list[str]:
         return self.backend.list(validate_key(prefix))
 
-    def extract_tree(self, digests: dict[str, str], dest: str | Path) -> Path:
-        """Materialise ``{relative_path: sha256}`` under ``dest`` (a model folder, say)."""
-        dest = Path(dest)
-        for rel, sha in digests.items():
-            validate_key(rel)
-            self.get_file(sha, dest / rel)
-        return dest
-
     def put_tree(self, folder: str | Path) -> dict[str, str]:
         """Store every file under ``folder``; return ``{relative_path: sha256}``."""
         folder = Path(folder)
@@ -171,12 +162,6 @@ class ArtifactStore:
             if p.is_file():
                 out[p.relative_to(folder).as_posix()] = self.put_file(p).sha256
         return out
-
-    def copy_to_temp(self, sha256: str, suffix: str = "") -> Path:
-        """A verified copy of a blob in a fresh temporary file (the caller deletes it)."""
-        fd, name = tempfile.mkstemp(suffix=suffix)
-        os.close(fd)
-        return self.get_file(sha256, name)
 
 
 def open_artifact_store(url: str) -> ArtifactStore:

@@ -220,10 +220,6 @@ class ParquetSource:
     created_timestamp_field: str | None = None
     name: str | None = None
 
-    @property
-    def source_id(self) -> str:
-        return self.name or self.path
-
     def to_spec(self) -> dict[str, Any]:
         return {
             "path": str(self.path),

@@ -69,11 +69,3 @@ def open_online_store(url: str, *, namespace: str = "flywheel") -> OnlineStore:
 def table_name(view_ref: str) -> str:
     """``user_stats@v2`` -> ``user_stats__v2`` (safe as a SQL table name and a Redis key part)."""
     return view_ref.replace("@", "__")
-
-
-def entity_key(values: Sequence[object]) -> str:
-    """The storage key of one entity: join-key values joined by U+001F."""
-    if len(values) == 1:
-        v = values[0]
-        return v if isinstance(v, str) else str(int(v))  # type: ignore[call-overload]
-    return "\x1f".join(v if isinstance(v, str) else str(int(v)) for v in values)  # type: ignore[call-overload]

@@ -82,10 +82,6 @@ class OnnxPredict:
             )
         self._outputs = list(zip(graph_outputs, names, strict=True))
 
-    @property
-    def graph_input_names(self) -> list[str]:
-        return [g for _, g in self._inputs]
-
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {}
         for ours, graph in self._inputs:

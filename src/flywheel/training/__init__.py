@@ -51,7 +51,6 @@ if TYPE_CHECKING:
         Scheduler,
         TickReport,
         scheduler_lock,
-        wait_for,
     )
     from flywheel.training._service import (
         TrainingService,
@@ -104,7 +103,6 @@ _EXPORTS: dict[str, str] = {
     "Scheduler": "flywheel.training._scheduler",
     "TickReport": "flywheel.training._scheduler",
     "scheduler_lock": "flywheel.training._scheduler",
-    "wait_for": "flywheel.training._scheduler",
     "TrainingService": "flywheel.training._service",
     "CheckpointPolicy": "flywheel.training._spec",
     "JobSpec": "flywheel.training._spec",
@@ -166,5 +164,4 @@ __all__ = [
     "run_study",
     "scheduler_lock",
     "torchrun_argv",
-    "wait_for",
 ]

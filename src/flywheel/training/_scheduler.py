@@ -28,7 +28,6 @@ import json
 import os
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -463,14 +462,4 @@ def scheduler_lock(project: Project) -> Iterator[None]:
             conn.commit()
 
 
-def wait_for(store: JobStore, job_id: str, states: tuple[JobState, ...], timeout: float) -> Job:
-    """Poll until the job is in one of ``states`` (a helper for callers and tests)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        job = store.get(job_id)
-        if job.state in states or time.monotonic() > deadline:
-            return job
-        time.sleep(0.1)
-
-
-__all__ = ["Scheduler", "TickReport", "jobs_dir", "resolve_dataset", "scheduler_lock", "wait_for"]
+__all__ = ["Scheduler", "TickReport", "jobs_dir", "resolve_dataset", "scheduler_lock"]

@@ -34,10 +34,6 @@ class JobState(enum.StrEnum):
     def terminal(self) -> bool:
         return self in TERMINAL_STATES
 
-    @property
-    def holds_resources(self) -> bool:
-        return self in (JobState.ADMITTED, JobState.RUNNING)
-
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 

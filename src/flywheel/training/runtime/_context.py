@@ -79,10 +79,6 @@ def _request_stop(_signum: int, _frame: Any) -> None:
     _STOP["requested"] = True
 
 
-def stop_requested_locally() -> bool:
-    return _STOP["requested"]
-
-
 def _store_for_attempt(world_size: int, timeout: timedelta) -> Any | None:
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
