@@ -244,3 +244,29 @@ def test_every_place_that_opens_a_redis_store_takes_its_url_options(
     raw.close()
     assert any(k.startswith(f"{redis_prefix}stream:") for k in keys), keys
     assert any(k.startswith(f"{redis_prefix}t:") for k in keys), keys
+
+
+def test_every_write_needs_a_token_before_anything_else(project: Project) -> None:
+    """Writes answer 401 without a token even from 127.0.0.1 and whatever state the system is
+    in (recsys' POST /events answered 404 'nothing ingested' first), and every operation that
+    takes input documents the 400 it can answer."""
+    from flywheel.api import create_server_app
+
+    client = TestClient(create_server_app(project))
+    spec = client.get("/openapi.json").json()
+    writes = 0
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            if op.get("parameters") or op.get("requestBody"):
+                assert "400" in op["responses"], (method, path)
+            if op.get("security") != [{"bearer": []}]:
+                continue
+            r = client.request(method.upper(), _fill(path), json={})
+            assert r.status_code == 401, (method, path, r.status_code, r.text)
+            writes += 1
+    assert writes > 15
+
+
+def test_trace_duration_filters_beyond_int64_are_a_422(project: Project) -> None:
+    r = TestClient(create_app(project)).get("/traces", params={"min_duration_ms": 7.1e13})
+    assert r.status_code == 422, r.text

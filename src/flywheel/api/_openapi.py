@@ -34,6 +34,10 @@ FORBIDDEN = {
     "description": "The token's role is too low for this operation.",
     "content": _ERROR_CONTENT,
 }
+BAD_REQUEST = {
+    "description": "Bad input or a refused operation; the message names the field and why.",
+    "content": _ERROR_CONTENT,
+}
 _READ = "bearer-reader"
 
 
@@ -46,6 +50,10 @@ def _adjust(schema: dict[str, Any], extra_paths: dict[str, dict[str, Any]]) -> d
     used = False
     for item in schema.get("paths", {}).values():
         for op in item.values():
+            if op.get("parameters") or op.get("requestBody"):
+                # Any FlywheelError is a 400 naming the field and the reason, and so is a body
+                # that cannot be parsed: every operation that takes input can answer it.
+                op.setdefault("responses", {}).setdefault("400", BAD_REQUEST)
             names = {name for requirement in op.get("security", []) for name in requirement}
             if not names:
                 continue

@@ -173,8 +173,8 @@ def get_recommendations(
         description="Served as usual, but no experiment enrolment (no exposure), no "
         "exploration slots and nothing logged; the answer says `preview: true`.",
     ),
-    rec: OnlineRecommender = Depends(_recommender),
     _: Principal = Depends(require_reader),
+    rec: OnlineRecommender = Depends(_recommender),
 ) -> dict[str, Any]:
     """Top-``k`` items with scores, reasons (generators), experiment variant, model versions,
     the fallbacks taken and a per-stage latency breakdown (ms)."""
@@ -194,8 +194,8 @@ def get_recommendations(
 @router.post("/events", response_model=EventsOut, responses=_errors)
 def post_events(
     body: EventsIn,
-    rec: OnlineRecommender = Depends(_recommender),
     _: Principal = Depends(require_writer),
+    rec: OnlineRecommender = Depends(_recommender),
 ) -> EventsOut:
     """Append view / click / add_to_cart / purchase events (all or none) to the ``recs_events``
     stream; the next recommendation of the user reflects them."""
@@ -223,8 +223,8 @@ class ItemsIn(_Body):
 @router.post("/items", response_model=EventsOut, responses=_errors)
 def post_items(
     body: ItemsIn,
-    rec: OnlineRecommender = Depends(_recommender),
     _: Principal = Depends(require_writer),
+    rec: OnlineRecommender = Depends(_recommender),
 ) -> EventsOut:
     """Add new products (all or none): each gets a content embedding and enters the indexes at
     once, and can be shown through the exploration slots; other processes follow."""

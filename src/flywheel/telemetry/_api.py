@@ -121,8 +121,9 @@ def search_traces(
     end: Annotated[
         str | None, Query(description="spans starting at or before (ISO/Unix s)")
     ] = None,
-    min_duration_ms: Annotated[float | None, Query(ge=0)] = None,
-    max_duration_ms: Annotated[float | None, Query(ge=0)] = None,
+    # le: durations are stored in integer ns (int64); 9e12 ms is ~285 years (no OverflowError).
+    min_duration_ms: Annotated[float | None, Query(ge=0, le=9e12)] = None,
+    max_duration_ms: Annotated[float | None, Query(ge=0, le=9e12)] = None,
     attr: Annotated[
         list[str] | None, Query(description="KEY=VALUE or KEY; repeat for several")
     ] = None,
