@@ -91,6 +91,20 @@ class TrainingConfig(_Section):
         jobs: int | None = Field(default=None, ge=0)
         weight: float = Field(default=1.0, gt=0)
 
+    class Ray(_Section):
+        """``training.ray:`` — the Ray cluster the ``ray`` executor places jobs on."""
+
+        # ``auto`` (the cluster this machine's ``ray start`` joined, or ``$RAY_ADDRESS``),
+        # ``host:port`` (the GCS of a head node) or ``ray://host:10001`` (Ray Client).
+        address: str = "auto"
+        namespace: str = Field(default="flywheel", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+        # How long a placement group may stay pending before the launch is given up (seconds).
+        placement_timeout: float = Field(default=120.0, gt=0)
+
+    # ``local``: torchrun agents on this machine; ``ray``: on the nodes of a Ray cluster (then
+    # ``artifacts`` must be ``file:///...`` on a filesystem every Ray node mounts, see docs).
+    executor: Literal["local", "ray"] = "local"
+    ray: Ray = Ray()
     nodes: list[Node] | None = None
     quotas: dict[str, Quota] = {}
     default_quota: Quota = Quota()

@@ -113,6 +113,7 @@ def torchrun_argv(
     node_index: int,
     port: int,
     log_dir: Path,
+    host: str = "127.0.0.1",
 ) -> list[str]:
     """The ``torchrun`` command line for one job node (``python -m torch.distributed.run``)."""
     spec = job.spec
@@ -125,7 +126,7 @@ def torchrun_argv(
         f"--nproc-per-node={res.procs_per_node}",
         f"--max-restarts={spec.max_restarts}",
         "--rdzv-backend=c10d",
-        f"--rdzv-endpoint=127.0.0.1:{port}",
+        f"--rdzv-endpoint={host}:{port}",
         f"--rdzv-id={job.id}-a{job.attempt}",
         f"--rdzv-conf=is_host={1 if node_index == 0 else 0},join_timeout=120",
         "--monitor-interval=0.2",

@@ -39,6 +39,8 @@ class NodeCapacity:
     cpus: int
     gpus: tuple[int, ...] = ()
     host: str = "127.0.0.1"
+    # Custom resources of the node (Ray), shown in the inventory; not used for placement.
+    labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,13 +117,15 @@ class Plan:
 class _Free:
     """Free CPUs and GPU ids per node (mutable working copy)."""
 
-    def __init__(self, nodes: Sequence[NodeCapacity]) -> None:
+    def __init__(self, nodes: Sequence[NodeCapacity], spread: bool = False) -> None:
+        # spread: job nodes must be on distinct inventory nodes (Ray's STRICT_SPREAD).
+        self.spread = spread
         self.order = [n.name for n in nodes]
         self.cpus = {n.name: n.cpus for n in nodes}
         self.gpus = {n.name: list(n.gpus) for n in nodes}
 
     def copy(self) -> _Free:
-        other = _Free([])
+        other = _Free([], self.spread)
         other.order = list(self.order)
         other.cpus = dict(self.cpus)
         other.gpus = {k: list(v) for k, v in self.gpus.items()}
@@ -172,7 +176,9 @@ class _Free:
             ]
             if not fits:
                 return None
-            fresh = [n for n in fits if n not in used] or fits
+            fresh = [n for n in fits if n not in used] or ([] if self.spread else fits)
+            if not fresh:
+                return None
             node = min(
                 fresh, key=lambda n: (trial.cpus[n], len(trial.gpus[n]), trial.order.index(n))
             )
@@ -187,10 +193,31 @@ def total_capacity(nodes: Sequence[NodeCapacity]) -> tuple[int, int]:
     return sum(n.cpus for n in nodes), sum(len(n.gpus) for n in nodes)
 
 
-def can_ever_fit(res: Resources, nodes: Sequence[NodeCapacity], quota: Quota) -> str | None:
-    """Why a job can never run here (too big for the inventory or its quota), or ``None``."""
-    if _Free(nodes).place(res) is None:
+def can_ever_fit(
+    res: Resources, nodes: Sequence[NodeCapacity], quota: Quota, *, spread: bool = False
+) -> str | None:
+    """Why a job can never run here (too big for the inventory or its quota), or ``None``.
+
+    The reason names the missing resource: distinct nodes, CPUs or GPUs on one node.
+    """
+    if _Free(nodes, spread).place(res) is None:
         cpus, gpus = total_capacity(nodes)
+        need_cpus = res.procs_per_node * res.cpus_per_proc
+        need_gpus = res.procs_per_node * res.gpus_per_proc
+        max_cpus = max((n.cpus for n in nodes), default=0)
+        max_gpus = max((len(n.gpus) for n in nodes), default=0)
+        if spread and res.nodes > len(nodes):
+            return (
+                f"needs {res.nodes} distinct nodes (one per job node) but the cluster has "
+                f"{len(nodes)}"
+            )
+        if need_cpus > max_cpus:
+            return (
+                f"needs {need_cpus} CPUs on one node ({res.procs_per_node} proc(s) x "
+                f"{res.cpus_per_proc}) but the largest node has {max_cpus} CPUs"
+            )
+        if need_gpus > max_gpus:
+            return f"needs {need_gpus} GPUs on one node but the largest node has {max_gpus} GPUs"
         return (
             f"needs {res.nodes} node(s) x {res.procs_per_node} proc(s) "
             f"({res.cpus} CPUs, {res.gpus} GPUs) but the inventory has {len(nodes)} node(s), "
@@ -211,10 +238,14 @@ def plan(
     default_quota: Quota = Quota(),
     *,
     preemption: bool = True,
+    spread: bool = False,
 ) -> Plan:
-    """Decide admissions and preemptions for one scheduling round (pure; see module doc)."""
+    """Decide admissions and preemptions for one scheduling round (pure; see module doc).
+
+    ``spread``: every job node on a distinct inventory node (the Ray executor's placement).
+    """
     result = Plan()
-    free = _Free(nodes)
+    free = _Free(nodes, spread)
     for a in allocations:
         free.take(a.slots)
     total_cpus, total_gpus = total_capacity(nodes)

@@ -81,7 +81,22 @@ class TickReport:
 
 
 def jobs_dir(project: Project) -> Path:
+    """Where attempts keep their files: ``.flywheel/training/jobs`` for the local executor,
+    the shared artifact mount for the Ray executor (every node reads and writes there)."""
+    if project.config.training.executor == "ray":
+        from flywheel.training._ray import shared_root
+
+        return shared_root(project.config) / "training" / "attempts"
     return project.config.state_dir / "training" / "jobs"
+
+
+def executor_from_config(project: Project) -> Executor:
+    """The executor ``training.executor`` names (``ray`` is imported only when chosen)."""
+    if project.config.training.executor == "ray":
+        from flywheel.training._ray import RayExecutor
+
+        return RayExecutor(project.config, project.artifacts)
+    return LocalExecutor(jobs_dir(project), project.artifacts)
 
 
 def resolve_dataset(project: Project, dataset: str | None) -> str:
@@ -124,8 +139,13 @@ class Scheduler:
         cfg = project.config.training
         self.project = project
         self.store = JobStore(project.db)
-        self.executor: Executor = executor or LocalExecutor(jobs_dir(project), project.artifacts)
-        self.inventory = inventory if inventory is not None else inventory_from_config(cfg)
+        self.executor: Executor = executor or executor_from_config(project)
+        if inventory is None:
+            from_executor = getattr(self.executor, "inventory", None)
+            inventory = from_executor() if from_executor else inventory_from_config(cfg)
+        self.inventory = inventory
+        # Ray places each job node on its own Ray node (STRICT_SPREAD): the plan must too.
+        self.spread = bool(getattr(self.executor, "distinct_nodes", False))
         cfg_quotas, cfg_default = quotas_from_config(cfg)
         self.quotas = quotas if quotas is not None else cfg_quotas
         self.default_quota = default_quota if default_quota is not None else cfg_default
@@ -137,7 +157,10 @@ class Scheduler:
     def check_fits(self, spec: JobSpec) -> None:
         """Raise ``QuotaError`` if ``spec`` could never run here."""
         why = can_ever_fit(
-            spec.resources, self.inventory, self.quotas.get(spec.team, self.default_quota)
+            spec.resources,
+            self.inventory,
+            self.quotas.get(spec.team, self.default_quota),
+            spread=self.spread,
         )
         if why:
             raise QuotaError(f"job {spec.name!r} (team {spec.team!r}) can never run: {why}")
@@ -196,6 +219,7 @@ class Scheduler:
                 if leftovers is not None:
                     leftovers(job)  # never let an orphaned worker run beside the next attempt
                 self._archive(job)
+                self._release(job)
                 self.store.transition(
                     job.id,
                     JobState.RUNNING,
@@ -233,10 +257,17 @@ class Scheduler:
             with contextlib.suppress(OSError):  # logs stay on local disk; never block a move
                 archive(job)
 
+    def _release(self, job: Job) -> None:
+        """Give the attempt's cluster resources back (Ray: actors and placement group)."""
+        release = getattr(self.executor, "release", None)
+        if release is not None:
+            release(job)
+
     def _finish(
         self, job: Job, exit_code: int, restarts: int, stopped: bool, report: TickReport
     ) -> None:
         self._archive(job)
+        self._release(job)
         common: dict[str, Any] = {"exit_code": exit_code, "restarts": restarts, "pid": None}
         # A job that finished on its own before a stop request reached it simply succeeded.
         finished_anyway = exit_code == 0 and not stopped
@@ -340,6 +371,7 @@ class Scheduler:
             self.quotas,
             self.default_quota,
             preemption=self.preemption,
+            spread=self.spread,
         )
 
     def _schedule(self, report: TickReport) -> None:
@@ -462,4 +494,11 @@ def scheduler_lock(project: Project) -> Iterator[None]:
             conn.commit()
 
 
-__all__ = ["Scheduler", "TickReport", "jobs_dir", "resolve_dataset", "scheduler_lock"]
+__all__ = [
+    "Scheduler",
+    "TickReport",
+    "executor_from_config",
+    "jobs_dir",
+    "resolve_dataset",
+    "scheduler_lock",
+]

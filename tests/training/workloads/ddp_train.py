@@ -3,7 +3,7 @@
 Environment knobs (all optional): DATA (a Parquet file; else the job's dataset), STEPS_EPOCHS,
 BATCH, CKPT_EVERY, CRASH_AT_STEP + CRASH_RANK (SIGKILL itself there, first torchrun attempt
 of the first job attempt only), STEP_SLEEP (seconds per step), OUT (where rank 0 writes the
-sha256 of the final weights), STRATEGY (ddp | fsdp), CKPT_DIR (outside a scheduled job).
+sha256 of the final weights; a spec with ``register`` also registers the model), STRATEGY (ddp | fsdp), CKPT_DIR (outside a scheduled job).
 """
 
 from __future__ import annotations
@@ -97,6 +97,9 @@ def main() -> int:
     rt.log(f"final step={step} weights={digest}")
     if ctx.is_main and os.environ.get("OUT"):
         Path(os.environ["OUT"]).write_text(digest)
+    if ctx.spec.get("register"):  # the job spec names a model: register it (rank 0) with lineage
+        example = torch.zeros(2, 8).numpy()
+        rt.register(model, input_example=example, export_onnx=False)
     rt.shutdown()
     return 0
 
