@@ -146,9 +146,14 @@ def test_blocked_job_is_not_starved_by_equal_priority_but_backfill_of_lower_is_a
 
 def test_can_ever_fit_explains() -> None:
     assert can_ever_fit(Resources(procs_per_node=2), NODES, Quota()) is None
-    assert "inventory has 2 node(s)" in (
+    # The reason names the missing resource.
+    assert "needs 9 CPUs on one node" in (
         can_ever_fit(Resources(procs_per_node=9), NODES, Quota()) or ""
     )
+    assert "needs 3 distinct nodes (one per job node) but the cluster has 2" in (
+        can_ever_fit(Resources(nodes=3), NODES, Quota(), spread=True) or ""
+    )
+    assert can_ever_fit(Resources(nodes=3), NODES, Quota()) is None  # local: agents may share
     assert "quota is 1" in (can_ever_fit(Resources(procs_per_node=2), NODES, Quota(cpus=1)) or "")
 
 

@@ -60,10 +60,26 @@ class LocalRayCluster:
             f"--max-worker-port={b + 29}",
         ]
         if i == 0:
-            ports += [f"--port={b}", f"--ray-client-server-port={b + 1}", f"--dashboard-port={b + 8}"]
+            ports += [
+                f"--port={b}",
+                f"--ray-client-server-port={b + 1}",
+                f"--dashboard-port={b + 8}",
+            ]
         return ports
 
-    def start(self, timeout: float = 180.0) -> LocalRayCluster:
+    def start(self, timeout: float = 180.0, tries: int = 3) -> LocalRayCluster:
+        """Start every node; ``ray start`` gives a raylet a fixed 30 s to register, which a
+        loaded machine can miss: the whole cluster is then stopped and started again."""
+        for attempt in range(tries):
+            try:
+                return self._start(timeout)
+            except FlywheelError:
+                if attempt == tries - 1:
+                    raise
+                self.temp_dir = tempfile.mkdtemp(prefix="fwray-", dir="/tmp")
+        return self
+
+    def _start(self, timeout: float) -> LocalRayCluster:
         ray_bin = str(Path(sys.executable).with_name("ray"))
         env = dict(self.env if self.env is not None else os.environ)
         env["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -96,7 +112,7 @@ class LocalRayCluster:
         self._wait_nodes(timeout)
         return self
 
-    def _wait_nodes(self, timeout: float) -> None:
+    def _wait_nodes(self, timeout: float, count: int | None = None) -> None:
         """Until every node is registered (``ray start`` of a worker can return before)."""
         probe = (
             "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False, "
@@ -113,7 +129,7 @@ class LocalRayCluster:
                 check=False,
             )
             last = done.stdout.strip().splitlines()[-1:] and done.stdout.strip().splitlines()[-1]
-            if done.returncode == 0 and last == str(len(self.nodes)):
+            if done.returncode == 0 and last == str(count or len(self.nodes)):
                 return
             time.sleep(1.0)
         self.stop()

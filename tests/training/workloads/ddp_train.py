@@ -3,7 +3,8 @@
 Environment knobs (all optional): DATA (a Parquet file; else the job's dataset), STEPS_EPOCHS,
 BATCH, CKPT_EVERY, CRASH_AT_STEP + CRASH_RANK (SIGKILL itself there, first torchrun attempt
 of the first job attempt only), STEP_SLEEP (seconds per step), OUT (where rank 0 writes the
-sha256 of the final weights; a spec with ``register`` also registers the model), STRATEGY (ddp | fsdp), CKPT_DIR (outside a scheduled job).
+sha256 of the final weights; a spec with ``register`` also registers the model),
+STRATEGY (ddp | fsdp), CKPT_DIR (outside a scheduled job).
 """
 
 from __future__ import annotations
