@@ -128,7 +128,8 @@ class LocalRayCluster:
                 timeout=timeout,
                 check=False,
             )
-            last = done.stdout.strip().splitlines()[-1:] and done.stdout.strip().splitlines()[-1]
+            lines = done.stdout.strip().splitlines()
+            last = lines[-1] if lines else done.stderr[-300:]
             if done.returncode == 0 and last == str(count or len(self.nodes)):
                 return
             time.sleep(1.0)
