@@ -14,13 +14,8 @@ import orjson
 import pytest
 
 from flywheel.project import Project
-from flywheel.serving import (
-    BatchingPolicy,
-    DeadlineExceeded,
-    DynamicBatcher,
-    QueueFull,
-    ServingError,
-)
+from flywheel.serving import DeadlineExceeded, QueueFull, ServingError
+from flywheel.serving._batching import BatchingPolicy, DynamicBatcher
 from flywheel.serving._errors import InferenceFailed
 from tests.serving.conftest import FakeModel, FakeSource, linear, running_server, serving_app
 

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flywheel.project import Project
-from flywheel.serving import EndpointStore, PredictionLogger, alert, drift_report, psi
+from flywheel.serving import EndpointStore, alert, drift_report
 from flywheel.serving._drift import (
     OTHER,
     DriftThresholds,
@@ -24,8 +24,9 @@ from flywheel.serving._drift import (
     feature_drift,
     numeric_histogram,
     parse_window,
+    psi,
 )
-from flywheel.serving._prediction_log import PredictionRecord
+from flywheel.serving._prediction_log import PredictionLogger, PredictionRecord
 
 COUNTRIES = np.array([b"de", b"fr", b"us", b"uk"], dtype=object)
 
