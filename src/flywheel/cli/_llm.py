@@ -57,6 +57,13 @@ def init_tiny(
     name: Annotated[str, typer.Argument(help="Model name to register.")] = "tiny-chat",
     seed: Annotated[int, typer.Option(help="Seed: the same seed builds the same bytes.")] = 0,
     stage: Annotated[str, typer.Option(help="Stage to move the version to.")] = "production",
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Training steps (default: the builder's; fewer is faster and answers worse).",
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Build, train and register the tiny local chat model, and set it to production."""
@@ -70,11 +77,15 @@ def init_tiny(
     registry = Registry(project)
     tracker = Tracker(project)
     with tempfile.TemporaryDirectory(prefix="flywheel-tiny-") as tmp:
-        run = tracker.start_run("llm-init-tiny", params={"seed": seed, "model": name})
+        params: dict[str, Any] = {"seed": seed, "model": name}
+        if steps is not None:
+            params["steps"] = steps
+        run = tracker.start_run("llm-init-tiny", params=params)
         start = time.perf_counter()
         try:
             with console.status(f"building and training the tiny chat model (seed {seed})..."):
-                folder = build_tiny_model(Path(tmp) / "model", seed=seed)
+                kwargs = {} if steps is None else {"steps": steps}
+                folder = build_tiny_model(Path(tmp) / "model", seed=seed, **kwargs)
             shape = json.loads((folder / "config.json").read_text())
             run.log_params(
                 {
