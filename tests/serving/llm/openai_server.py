@@ -88,8 +88,15 @@ def register_tiny(
 
 
 def fast(project: Project) -> Project:
-    """The project with a short reconcile interval (canaries advance within a test)."""
+    """The project with a short reconcile interval (canaries advance within a test) and every
+    prediction logged, flushed often."""
     cfg = project.config
-    serving = cfg.serving.model_copy(update={"poll_interval_ms": 50})
+    serving = cfg.serving.model_copy(
+        update={
+            "poll_interval_ms": 50,
+            "prediction_log_sample_rate": 1.0,
+            "prediction_log_flush_seconds": 0.2,
+        }
+    )
     project.config = cfg.model_copy(update={"serving": serving})
     return project

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import openai
+import pandas as pd
 import pytest
 
 from flywheel.auth import TokenStore
@@ -22,6 +23,7 @@ from flywheel.project import Project
 from flywheel.registry import Registry
 from flywheel.serving import deploy
 from flywheel.serving._endpoints import EndpointStore
+from flywheel.serving._prediction_log import PREDICTIONS_FOLDER
 from flywheel.serving.llm import llm_service_for
 from tests.conftest import make_project
 from tests.serving.llm.openai_server import fast, llm_server, register_tiny
@@ -43,6 +45,9 @@ def ops(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Itera
     )
     register_tiny(
         project, tiny_model_dir, "small-kv", config={"engine": {"num_blocks": 8, "block_size": 16}}
+    )
+    register_tiny(
+        project, tiny_model_dir, "logged", config={"log_prompts": True, "redact": "builtin"}
     )
     with llm_server(project) as url:
         yield project, url
@@ -227,3 +232,26 @@ def test_auth_required(locked: tuple[str, str]) -> None:
     )
     assert resp.choices[0].message.content == "hi"
     assert {m.id for m in reader.models.list()} >= {"ops", "ops@production"}
+
+
+def test_prompt_logging_with_redaction(ops: Any) -> None:
+    project, url = ops
+    client = _client(url)
+    secret = "Mail ana@example.com or call 5551234567: what is a canary?"
+    reply = client.chat.completions.create(
+        model="logged", messages=[{"role": "user", "content": secret}], max_tokens=8
+    )
+    client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=4)
+    root = project.config.offline_store_path / PREDICTIONS_FOLDER
+    deadline = time.monotonic() + 20
+    while not list((root / "endpoint=logged").glob("*.parquet")):
+        assert time.monotonic() < deadline, "nothing was logged"
+        time.sleep(0.2)
+    rows = pd.concat(pd.read_parquet(p) for p in (root / "endpoint=logged").glob("*.parquet"))
+    row = rows.iloc[-1]
+    assert row["model"] == "logged" and int(row["version"]) == 1
+    assert "[email]" in row["prompt"] and "[number]" in row["prompt"]
+    assert "ana@example.com" not in row["prompt"] and "5551234567" not in row["prompt"]
+    assert row["pred_completion"] == reply.choices[0].message.content
+    # a version without log_prompts writes nothing for /v1
+    assert not list((root / "endpoint=tiny").glob("*.parquet"))
