@@ -338,3 +338,30 @@ def test_no_drift_when_training_and_live_share_a_distribution_through_the_ranker
     raw = [f for f in compare(train, logged, DriftThresholds()) if f.drifted]
     assert len(raw) > len(RANKER_FEATURES) // 4, len(raw)
     assert isinstance(logged, pd.DataFrame)
+
+
+def test_reports_are_cached_per_window_until_a_log_file_is_written(
+    logged: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dashboard polls every 15 s: a second report reads nothing again; a new prediction-log
+    file makes the next one fresh."""
+    from flywheel.serving import _drift
+
+    reads: list[str] = []
+    real = _drift._read_logged
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        reads.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_drift, "_read_logged", counting)
+    first = drift_report(logged, "steady", window="1h")
+    assert drift_report(logged, "steady", window="1h") is first
+    n = len(reads)
+    assert n >= 1
+    rng = np.random.default_rng(5)
+    logger = PredictionLogger(logged.config.offline_store_path, sample_rate=1.0)
+    _log(logger, "steady", rng, shift=0.0, p_country=[0.25] * 4, at=datetime.now(UTC), requests=3)
+    logger.flush()
+    again = drift_report(logged, "steady", window="1h")
+    assert len(reads) > n and again.current_rows > first.current_rows
