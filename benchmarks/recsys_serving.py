@@ -895,12 +895,23 @@ def main() -> int:
         help="sample the server's stacks (every 2 ms) and write where the time went to "
         "WORKDIR/profile-<store>.txt",
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny run (2,000 x 2,000, SQLite, `recs serve`, one rate for 2 s, 3 freshness "
+        "trials, no peer)",
+    )
     parser.add_argument("--serve-peer", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_peer is not None:
         serve_peer(args.serve_peer, args.port)
         return 0
+    if args.smoke:
+        args.scale, args.rates, args.duration, args.trials = 2000, "20", 2.0, 3
+        args.stores, args.no_peer, args.server = "sqlite", True, "recs-serve"
+        args.workdir = args.workdir.parent / "recsys-serving-smoke"
+        print("peer in-memory FastAPI app: skipped in --smoke (measured in the full run)")
     args.rates = [int(r) for r in args.rates.split(",") if r]
     stores = [s for s in args.stores.split(",") if s]
     started = time.perf_counter()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from flywheel.recsys import VIEWS, evaluate_offline
 
@@ -61,3 +62,26 @@ def test_hyper_parameters_never_see_the_test_window(tiny_lines: pd.DataFrame) ->
     b = evaluate_offline(scrambled, text_method="tfidf", ials=False)
     assert [r.params for r in a.rows] == [r.params for r in b.rows]
     assert a.row("hybrid").metrics != b.row("hybrid").metrics
+
+
+def test_rolling_origin_retunes_before_each_cutoff(tiny_lines: pd.DataFrame) -> None:
+    from flywheel.recsys import evaluate_rolling
+
+    cutoffs = ["2011-10-09", "2011-11-09"]
+    rolling = evaluate_rolling(tiny_lines, cutoffs, text_method="tfidf", ials=False, ranker=False)
+    assert rolling.cutoffs == cutoffs and len(rolling.reports) == 2
+    for cut, report in zip(cutoffs, rolling.reports, strict=True):
+        assert report.train_end.startswith(cut)
+        assert report.test_end.startswith(str(pd.Timestamp(cut) + pd.DateOffset(months=1))[:10])
+        # validation is carved before the cut-off: no test month is looked at
+        assert report.validation["test_end"] <= report.train_end
+    # the two cut-offs are different problems, tuned separately
+    assert rolling.reports[0].row("hybrid").metrics != rolling.reports[1].row("hybrid").metrics
+    for view in VIEWS:
+        got = rolling.mean("hybrid", view, "recall")
+        assert got == pytest.approx(
+            sum(r.row("hybrid").metrics[view].recall for r in rolling.reports) / 2
+        )
+    table = rolling.format_table("hybrid")
+    assert table.splitlines()[2].startswith("| **hybrid** | hybrid | all |")
+    assert any("target" in line for line in rolling.verdict("hybrid"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,6 +18,61 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="The real-time recommender: ingest, train, evaluate, serve.", no_args_is_help=True
 )
+
+
+def _evaluate_rolling(
+    lines: Any,
+    cutoffs: str,
+    text: str,
+    cache: Path,
+    ials: bool,
+    two_tower: bool,
+    as_json: bool,
+) -> None:
+    import pandas as pd
+
+    from flywheel.recsys import RecsysError, evaluate_rolling
+
+    dates = [c.strip() for c in cutoffs.split(",") if c.strip()]
+    try:
+        parsed = [pd.Timestamp(c) for c in dates]
+    except ValueError as exc:
+        raise RecsysError(f"--cutoffs: {exc}") from exc
+    if not parsed or parsed != sorted(parsed):
+        raise RecsysError("--cutoffs: give one or more dates in increasing order")
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=as_json,
+    ) as bar:
+        task = bar.add_task("evaluating", total=None)
+        report = evaluate_rolling(
+            lines,
+            dates,
+            text_method=text,  # type: ignore[arg-type]
+            cache_dir=cache,
+            ials=ials,
+            two_tower=two_tower,
+            progress=lambda m: bar.update(task, description=m),
+        )
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    headline = ROLLING_HEADLINE
+    print(f"rolling origin: cut-offs {', '.join(report.cutoffs)}, each tested on the next month")
+    print(report.format_table(headline))
+    for line in report.verdict(headline):
+        print(f"- {line}")
+
+
+# The offline twin of the served "ranked" strategy (issue #13: served and offline are still two
+# code paths; this row is the offline LambdaRank pipeline, not GET /recommendations).
+ROLLING_HEADLINE = "ranked (LightGBM)"
 
 
 @app.command("evaluate")
@@ -62,6 +117,18 @@ def evaluate(
     synthetic_items: Annotated[
         int, typer.Option(min=1, help="Items of the synthetic shop, when it is used.")
     ] = 5_000,
+    rolling: Annotated[
+        bool,
+        typer.Option(
+            "--rolling",
+            help="Rolling origin: the whole procedure at each --cutoff (test: the next "
+            "month), per cut-off and mean; --train-end/--test-end are then ignored.",
+        ),
+    ] = False,
+    cutoffs: Annotated[
+        str,
+        typer.Option("--cutoffs", help="Comma-separated cut-off dates for --rolling."),
+    ] = ",".join(("2011-09-09", "2011-10-09", "2011-11-09")),
 ) -> None:
     """Offline evaluation, protocol OR-T1: Recall/NDCG/HR@20, views `all` and `new-only`.
 
@@ -84,6 +151,9 @@ def evaluate(
         print(f"data: {loaded.source.description}", flush=True)
     lines = clean_transactions(loaded.frame)
     cache = default_cache_root() / "embeddings"
+    if rolling:
+        _evaluate_rolling(lines, cutoffs, text, cache, ials, two_tower, as_json)
+        return
     if as_json:
         report = evaluate_offline(
             lines,

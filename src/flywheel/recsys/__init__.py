@@ -134,6 +134,7 @@ from flywheel.recsys._ranker import (
 )
 from flywheel.recsys._ranker_train import FittedRanker, fit_ranker
 from flywheel.recsys._rerank import ExplorationLedger, for_sale, mmr, place_exploration
+from flywheel.recsys._rolling import ROLLING_CUTOFFS, RollingReport, evaluate_rolling
 from flywheel.recsys._state import NewItem, OnlineState
 from flywheel.recsys._synthetic import SyntheticConfig, generate_transactions
 from flywheel.recsys._text import TEXT_METHODS, ContentEncoder, TextEmbedder, embed_texts
@@ -175,6 +176,7 @@ __all__ = [
     "OR_T1_TRAIN_END",
     "RANKER_FEATURES",
     "RANKER_GENERATORS",
+    "ROLLING_CUTOFFS",
     "STRATEGIES",
     "TEXT_METHODS",
     "UCI_DATASET_URL",
@@ -214,6 +216,7 @@ __all__ = [
     "RecsysSettings",
     "RepeatFrequency",
     "RepeatPurchase",
+    "RollingReport",
     "Split",
     "SyntheticConfig",
     "TextEmbedder",
@@ -233,6 +236,7 @@ __all__ = [
     "download_online_retail",
     "embed_texts",
     "evaluate_offline",
+    "evaluate_rolling",
     "evaluate_view",
     "feature_definitions",
     "find_data_file",

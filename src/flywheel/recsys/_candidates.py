@@ -52,6 +52,37 @@ class CandidateGenerator(Protocol):
     def score(self, user_rows: np.ndarray) -> np.ndarray: ...
 
 
+@dataclass(frozen=True)
+class RequestContext:
+    """What a source may read to answer one request online (rows of the fitted catalogue)."""
+
+    user_row: int | None = None  # the user's train row (None: unknown user)
+    recent_rows: tuple[int, ...] = ()  # the session's items, most recent first
+    anchor_row: int | None = None  # the item being viewed (product surface)
+
+
+@runtime_checkable
+class CandidateSource(CandidateGenerator, Protocol):
+    """A generator served online from the same fitted state it is measured with offline:
+    ``score`` (dense, offline) and ``top_n`` (sparse, per request) rank alike."""
+
+    def top_n(self, context: RequestContext, n: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def sparse_top(rows: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` best positive (row, value) pairs, best first (ties: lower row first)."""
+    keep = np.isfinite(values) & (values > 0)
+    rows, values = np.asarray(rows)[keep], np.asarray(values, dtype=np.float64)[keep]
+    if len(rows) > n:
+        part = np.argpartition(-values, n - 1)[:n]
+        rows, values = rows[part], values[part]
+    order = np.lexsort((rows, -values))
+    return rows[order].astype(np.int64), values[order]
+
+
+_EMPTY = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64))
+
+
 def decayed_user_item(train: TrainData, half_life_days: float | None) -> sp.csr_matrix:
     """User x item weights: one per invoice holding the pair, times 0.5 ** (age / half-life)."""
     import scipy.sparse as sp
@@ -114,6 +145,18 @@ class RepeatPurchase(_Generator):
     def score(self, user_rows: np.ndarray) -> np.ndarray:
         _ = self.train
         return _sparse_rows_to_scores(self._weights[user_rows]) * self._tiebreak
+
+    def user_weights(self, user_row: int) -> sp.csr_matrix:
+        """The user's decayed purchase weights (a 1 x items sparse row)."""
+        _ = self.train
+        return self._weights[user_row]
+
+    def top_n(self, context: RequestContext, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``score``'s ranking of the user's row, computed on its non-zeros only."""
+        if context.user_row is None:
+            return _EMPTY
+        w = self.user_weights(context.user_row)
+        return sparse_top(w.indices, w.data * self._tiebreak[w.indices], n)
 
 
 class CoOccurrence(_Generator):
@@ -242,6 +285,28 @@ class CoOccurrence(_Generator):
         profiles = self._profiles[user_rows]
         return _sparse_rows_to_scores(profiles @ self.similarity())
 
+    def top_n(self, context: RequestContext, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``score``'s ranking of the user's row (sparse profile times sparse ``S``)."""
+        _ = self.train
+        if context.user_row is None:
+            return _EMPTY
+        s = (self._profiles[context.user_row] @ self.similarity()).tocsr()
+        return sparse_top(s.indices, s.data, n)
+
+    def session_top_n(
+        self, context: RequestContext, n: int, decay: float = 0.8
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Items bought with the session's items, the latest weighted most (``decay`` per
+        step back; 0.8 set by hand in the first online version, not tuned)."""
+        import scipy.sparse as sp
+
+        if not context.recent_rows:
+            return _EMPTY
+        rows = list(context.recent_rows)
+        weights = decay ** np.arange(len(rows))
+        s = (sp.csr_matrix(weights[None, :]) @ self.similarity()[rows]).tocsr()
+        return sparse_top(s.indices, s.data, n)
+
 
 def _strongest_per_row(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
     """``m`` with only the ``k`` largest entries of each row (ties: lower column first)."""
@@ -281,6 +346,23 @@ class Popularity(_Generator):
                 decayed_user_item(train, h).sum(axis=0), dtype=np.float64
             ).ravel()
         return self
+
+    @property
+    def scores(self) -> np.ndarray:
+        """The live per-item scores (not a copy: ``update`` adds to it in place)."""
+        _ = self.train
+        return self._scores
+
+    def extend(self, n_items: int) -> None:
+        """Grow to ``n_items`` items (new ones start at 0)."""
+        grow = n_items - len(self.scores)
+        if grow > 0:
+            self._scores = np.concatenate([self._scores, np.zeros(grow)])
+
+    def top_n(self, context: RequestContext, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``score``'s ranking (the same for every user)."""
+        del context
+        return sparse_top(np.arange(len(self.scores)), self.scores, n)
 
     def update(self, item_rows: Sequence[int], age_days: float = 0.0) -> None:
         """Count purchases of these items, ``age_days`` before the train end (0 = at the end)."""

@@ -48,13 +48,16 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from opentelemetry.trace import SpanKind
 
+from flywheel import telemetry
+from flywheel.recsys._candidates import CoOccurrence, RequestContext, sparse_top
 from flywheel.recsys._errors import RecsysError
 from flywheel.recsys._ingest import (
     EVENT_STREAM,
@@ -209,17 +212,6 @@ class Recommendation:
 
 
 Gens = dict[str, tuple[np.ndarray, np.ndarray]]
-
-
-def _sparse_top(rows: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``n`` best positive (row, value) pairs, best first (ties: lower row first)."""
-    keep = np.isfinite(values) & (values > 0)
-    rows, values = np.asarray(rows)[keep], np.asarray(values, dtype=np.float64)[keep]
-    if len(rows) > n:
-        part = np.argpartition(-values, n - 1)[:n]
-        rows, values = rows[part], values[part]
-    order = np.lexsort((rows, -values))
-    return rows[order].astype(np.int64), values[order]
 
 
 class OnlineRecommender:
@@ -420,81 +412,99 @@ class OnlineRecommender:
             for i in ctx.recent_items
             if i in st.item_index and st.item_index[i] < n_train
         ]
+        anchor_row = st.item_index.get(anchor) if anchor is not None else None
+        request = RequestContext(
+            user_row=row,
+            recent_rows=tuple(recent_rows),
+            anchor_row=anchor_row if anchor_row is not None and anchor_row < n_train else None,
+        )
         missing = False
         # Events swap in a new co-occurrence object (copy on write); read one snapshot.
         repeat, cooc = st.repeat, st.cooc
-        trend = st.trending._scores  # read without a copy: a racing += is harmless here
+        trend = st.trending.scores  # read without a copy: a racing += is harmless here
+
+        def source(name: str, fn: Callable[[], tuple[np.ndarray, np.ndarray] | None]) -> None:
+            attrs: dict[str, Any] = {"flywheel.source": name}
+            with telemetry.span("recs.source", **attrs) as sp:
+                got = fn()
+                if got is not None and len(got[0]):
+                    out[name] = got
+                sp.set_attribute("flywheel.returned", 0 if got is None else len(got[0]))
+
         if strategy in ("ranked", "hybrid", "session"):
             if strategy != "session" and row is not None:
                 if repeat is None:
                     missing = True
                 else:
-                    w = repeat._weights[row]
-                    out["repeat"] = _sparse_top(w.indices, w.data * repeat._tiebreak[w.indices], n)
+                    source("repeat", lambda: repeat.top_n(request, n))
                 if cooc is None:
                     missing = True
                 else:
-                    s = (cooc._profiles[row] @ cooc.similarity()).tocsr()
-                    out["co-occurrence"] = _sparse_top(s.indices, s.data, n)
+                    source("co-occurrence", lambda: cooc.top_n(request, n))
             if recent_rows:
                 if cooc is None:
                     missing = True
                 else:
-                    import scipy.sparse as sp
-
-                    weights = 0.8 ** np.arange(len(recent_rows))  # the latest counts most
-                    s = (sp.csr_matrix(weights[None, :]) @ cooc.similarity()[recent_rows]).tocsr()
-                    out["session"] = _sparse_top(s.indices, s.data, n)
+                    source("session", lambda: cooc.session_top_n(request, n))
         if strategy in ("ranked", "hybrid"):
-            tt = self._two_tower(ctx, user_id, n, fallbacks)
-            if tt is not None:
-                out["two-tower"] = tt
+            source("two-tower", lambda: self._two_tower(ctx, user_id, n, fallbacks))
         if strategy in ("ranked", "hybrid", "content"):
             profile_items = ([anchor] if anchor else []) + ctx.recent_items + st.history(user_id)
-            content = self._content(profile_items, n)
-            if content is not None:
-                out["content"] = content
+            source("content", lambda: self._content(profile_items, n))
         if strategy != "popularity":
             counts = dict(ctx.category_counts)
             if context_category:
                 counts[context_category] = counts.get(context_category, 0.0) + max(
                     1.0, sum(counts.values())
                 )
-            total = sum(counts.values()) or 1.0
-            parts_rows, parts_scores = [], []
-            for cat, count in counts.items():
-                rows = st.category_rows.get(cat)
-                if rows is not None and len(rows):
-                    rows = rows[rows < len(trend)]  # items added after `trend` was read
-                    t = trend[rows]
-                    parts_rows.append(rows)
-                    parts_scores.append((count / total) * (1.0 + t / (t.max() or 1.0)))
-            if parts_rows:
-                out["category"] = _sparse_top(
-                    np.concatenate(parts_rows), np.concatenate(parts_scores), n
-                )
-            if surface == "product" and anchor is not None and anchor in st.item_index:
-                a = st.item_index[anchor]
-                same = st.category_rows.get(str(st.categories[a]), np.empty(0, dtype=np.int64))
-                scores: dict[int, float] = dict.fromkeys(same.tolist(), 0.2)
-                if cooc is not None and a < n_train:
-                    sim_row = cooc.similarity()[a]
-                    top = float(sim_row.data.max()) if sim_row.nnz else 1.0
-                    for j, v in zip(sim_row.indices.tolist(), sim_row.data.tolist(), strict=True):
-                        scores[j] = scores.get(j, 0.0) + v / top
-                elif cooc is None:
+            source("category", lambda: self._category(counts, trend, n))
+            if surface == "product" and anchor_row is not None:
+                if cooc is None:
                     missing = True
-                scores.pop(a, None)
-                if scores:
-                    out["similar"] = _sparse_top(
-                        np.fromiter(scores.keys(), dtype=np.int64, count=len(scores)),
-                        np.fromiter(scores.values(), dtype=np.float64, count=len(scores)),
-                        n,
-                    )
-        out["trending"] = st.trending_top(n)
+                source("similar", lambda: self._similar(anchor_row, cooc, n))
+        source("trending", lambda: st.trending_top(n))
         if missing:
             fallbacks.append("generators_missing")
         return out
+
+    def _category(
+        self, counts: Mapping[str, float], trend: np.ndarray, n: int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Trending items of the user's (and the page's) categories, by the category's share."""
+        st = self.state
+        total = sum(counts.values()) or 1.0
+        parts_rows, parts_scores = [], []
+        for cat, count in counts.items():
+            rows = st.category_rows.get(cat)
+            if rows is not None and len(rows):
+                rows = rows[rows < len(trend)]  # items added after `trend` was read
+                t = trend[rows]
+                parts_rows.append(rows)
+                parts_scores.append((count / total) * (1.0 + t / (t.max() or 1.0)))
+        if not parts_rows:
+            return None
+        return sparse_top(np.concatenate(parts_rows), np.concatenate(parts_scores), n)
+
+    def _similar(
+        self, a: int, cooc: CoOccurrence | None, n: int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Items like the viewed one: bought with it (normalised ``S`` row), plus its category."""
+        st = self.state
+        same = st.category_rows.get(str(st.categories[a]), np.empty(0, dtype=np.int64))
+        scores: dict[int, float] = dict.fromkeys(same.tolist(), 0.2)
+        if cooc is not None and a < st.n_train:
+            sim_row = cooc.similarity()[a]
+            top = float(sim_row.data.max()) if sim_row.nnz else 1.0
+            for j, v in zip(sim_row.indices.tolist(), sim_row.data.tolist(), strict=True):
+                scores[j] = scores.get(j, 0.0) + v / top
+        scores.pop(a, None)
+        if not scores:
+            return None
+        return sparse_top(
+            np.fromiter(scores.keys(), dtype=np.int64, count=len(scores)),
+            np.fromiter(scores.values(), dtype=np.float64, count=len(scores)),
+            n,
+        )
 
     def _two_tower(
         self, ctx: UserContext, user_id: int, n: int, fallbacks: list[str]
@@ -540,7 +550,7 @@ class OnlineRecommender:
         row = st.user_index.get(user_id)
         if row is None or st.repeat is None or st.content_index is None:
             return None
-        w = st.repeat._weights[row]
+        w = st.repeat.user_weights(row)
         if not w.nnz:
             return None
         profile = np.asarray(w.data, dtype=np.float32) @ st.content[w.indices]
@@ -737,7 +747,7 @@ class OnlineRecommender:
         if arm == "category-trending":
             cats = [context_category] if context_category else []
             cats += sorted(ctx.category_counts, key=lambda c: -ctx.category_counts[c])
-            trend = st.trending._scores
+            trend = st.trending.scores
             for cat in cats:
                 rows = st.category_rows.get(cat)
                 if rows is None or not len(rows):
@@ -814,7 +824,37 @@ class OnlineRecommender:
         ``preview``: served as usual but with no experiment enrolment (no assignment, so no
         exposure), no exploration slots (they are a bandit's assignment) and nothing logged;
         the strategy is the configured default.
+
+        Traced as ``recs.request`` (kind SERVER) with one child span per stage:
+        ``recs.experiment``, ``recs.features``, ``recs.candidates`` (one ``recs.source`` per
+        source, attribute ``flywheel.source``), ``recs.blend``, ``recs.rank``, ``recs.rerank``.
         """
+        attrs: dict[str, Any] = {"flywheel.user_id": user_id, "flywheel.k": k}
+        with telemetry.span("recs.request", kind=SpanKind.SERVER, **attrs):
+            return self._recommend(
+                user_id,
+                k,
+                surface=surface,
+                item_id=item_id,
+                category=category,
+                new_only=new_only,
+                deadline_ms=deadline_ms,
+                preview=preview,
+            )
+
+    def _recommend(
+        self,
+        user_id: int,
+        k: int = 20,
+        *,
+        surface: str = "home",
+        item_id: str | None = None,
+        category: str | None = None,
+        new_only: bool = False,
+        deadline_ms: float | None = None,
+        preview: bool = False,
+    ) -> Recommendation:
+        """``recommend`` without its root span."""
         if surface not in SURFACES:
             raise RecsysError(f"surface: {surface!r} is not one of {', '.join(SURFACES)}")
         if surface == "product" and not item_id:
@@ -834,15 +874,59 @@ class OnlineRecommender:
             m["stage"].labels(stage).observe(now - since)
             return now
 
+        with contextlib.ExitStack() as stage_span:
+
+            def begin(name: str) -> None:  # one span per stage: close the last, open the next
+                stage_span.close()
+                stage_span.enter_context(telemetry.span(f"recs.{name}"))
+
+            return self._stages(
+                user_id,
+                k,
+                surface,
+                item_id,
+                category,
+                new_only,
+                budget,
+                preview,
+                t0,
+                fallbacks,
+                latency,
+                versions,
+                lap,
+                begin,
+            )
+
+    def _stages(
+        self,
+        user_id: int,
+        k: int,
+        surface: str,
+        item_id: str | None,
+        category: str | None,
+        new_only: bool,
+        budget: float,
+        preview: bool,
+        t0: float,
+        fallbacks: list[str],
+        latency: dict[str, float],
+        versions: dict[str, str],
+        lap: Callable[[str, float], float],
+        begin: Callable[[str], None],
+    ) -> Recommendation:
+        m = recsys_metrics()
+        begin("experiment")
         variant = None if preview else self._variant(user_id, surface, fallbacks)
         strategy = variant if variant in STRATEGIES else self.settings.strategy
         t = lap("experiment", t0)
+        begin("features")
         ctx, counts = self._features(user_id, budget * self.settings.feature_budget, fallbacks)
         t = lap("features", t)
         st = self.state
         exclude = self._excluded(user_id, item_id, new_only)
         n = max(self.settings.per_generator, k)
         spent = time.perf_counter() - t0 >= budget
+        begin("candidates")
         if spent:
             fallbacks.append("deadline")
             gens = self._popularity(n + len(exclude))
@@ -858,6 +942,7 @@ class OnlineRecommender:
             if sum(len(r) for r, _ in gens.values()) == 0:
                 gens = self._popularity(n + len(exclude))
         t = lap("candidates", t)
+        begin("blend")
         score, reasons = self._blend(gens, counts)
         names = st.item_ids
         ordered = [
@@ -865,6 +950,7 @@ class OnlineRecommender:
             for r in sorted(score, key=lambda r: (-score[r], r))
             if r not in exclude and for_sale(names[r])
         ]
+        begin("rank")
         if strategy == "ranked" and not spent:
             left = budget - (time.perf_counter() - t0)
             head = self._ranked(
@@ -878,6 +964,7 @@ class OnlineRecommender:
             )
             ordered = head + ordered[RANK_TOP:]
         t = lap("ranking", t)
+        begin("rerank")
         slots = [s for s in self.settings.explore_slots if s < k]
         if spent or preview:
             slots = []

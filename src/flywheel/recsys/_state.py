@@ -184,14 +184,14 @@ class OnlineState:
         ):
             with self.lock:
                 version = self.trending_version
-                rows, scores = _dense_top(self.trending._scores, max(n, 500))
+                rows, scores = _dense_top(self.trending.scores, max(n, 500))
             cached = self._trending_cache = (version, rows, now, scores)
         return cached[1][:n], cached[3][:n]
 
     def popularity_top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` most popular rows (all time; computed once)."""
         if self._popular is None or len(self._popular[0]) < n:
-            self._popular = _dense_top(self.popularity._scores, max(n, 1000))
+            self._popular = _dense_top(self.popularity.scores, max(n, 1000))
         return self._popular[0][:n], self._popular[1][:n]
 
     def count_trending(self, rows: Sequence[int]) -> None:
@@ -243,10 +243,8 @@ class OnlineState:
                 )
                 for cat in set(fresh_cats):
                     self.category_rows[cat] = np.flatnonzero(self.categories == cat)
-                grow = len(self.item_ids) - len(self.trending._scores)
-                if grow > 0:
-                    self.trending._scores = np.concatenate([self.trending._scores, np.zeros(grow)])
-                    self.trending_version += 1
+                self.trending.extend(len(self.item_ids))
+                self.trending_version += 1
             if self.content_index is not None:
                 self.content_index.add([self.item_ids[r] for r in rows], vectors)
             self.version += 1
