@@ -219,3 +219,22 @@ def test_loop_budgets_repeat_guard_and_tool_errors(seeded: tuple[Project, ChurnS
     )
     _e, answer = _ask(agent, "loop")
     assert "get_model: name: Field required" in answer["evidence"][0]["error"]
+
+
+def test_a_reader_cannot_see_what_only_admins_can_and_the_answer_reveals_nothing(
+    seeded: tuple[Project, ChurnSeed],
+) -> None:
+    project, _seed = seeded
+    store = TokenStore(project.db)
+    store.create("admin", "ops-admin-7f3a")
+    reader = store.create("reader", "plain-reader")[1]
+    admin = store.create("admin", "root-admin")[1]
+    question = "Which API tokens exist?"
+    _e, refused = _ask(_agent(project, reader, Role.reader), question)
+    (call,) = refused["evidence"]
+    assert call["tool"] == "list_tokens" and "answered 403" in call["error"]
+    assert refused["answer"].startswith("I could not answer that:")
+    for secret in ("ops-admin-7f3a", "root-admin", '"role": "admin"'):
+        assert secret not in refused["answer"] and secret not in call["error"]
+    _e, allowed = _ask(_agent(project, admin, Role.admin), question)
+    assert "ops-admin-7f3a" in allowed["answer"]

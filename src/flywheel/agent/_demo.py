@@ -181,6 +181,12 @@ DEFAULT_RULES: dict[str, Any] = {
             "on_error": "I could not do that: {error}",
         },
         {
+            "pattern": r"(?i)which (?:api )?tokens exist",
+            "calls": [{"tool": "list_tokens", "arguments": {}}],
+            "answer": "Tokens: {r0.tokens}",
+            "on_error": "I could not answer that: {error}",
+        },
+        {
             "pattern": r"(?i)slow(?:est)? traces",
             "calls": [{"tool": "search_traces", "arguments": {"min_duration_ms": 100}}],
             "answer": "Traces slower than 100 ms: {r0.traces}",

@@ -402,6 +402,12 @@ async def search_traces(
     )
 
 
+@tool()
+async def list_tokens(api: ApiCaller) -> Any:
+    """API tokens (names, roles, created, revoked; never a secret). The API allows admins only."""
+    return await api.get("/tokens")
+
+
 # -- writes (only with --allow-writes, a writer token and a confirmation) ----------------------
 
 

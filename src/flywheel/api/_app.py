@@ -18,7 +18,7 @@ from flywheel.api._errors import install_error_handlers
 from flywheel.api._health import health_report
 from flywheel.api._middleware import BodyLimitMiddleware, MetricsMiddleware
 from flywheel.api._openapi import install_openapi
-from flywheel.auth import require_metrics_reader
+from flywheel.auth import Principal, TokenStore, require_admin, require_metrics_reader
 from flywheel.config import CONFIG_ENV_VAR
 from flywheel.project import Project, current_project
 
@@ -100,6 +100,25 @@ def _core_router() -> APIRouter:
         else:
             data = generate_latest(REGISTRY)
         return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+    @router.get("/tokens", responses={403: {"description": "Needs an admin token."}})
+    def list_tokens(
+        project: Project = Depends(current_project),
+        _admin: Principal = Depends(require_admin),
+    ) -> dict[str, Any]:
+        """API tokens: id, name, role, created, revoked (never a secret). Admin only."""
+        return {
+            "tokens": [
+                {
+                    "id": t.id,
+                    "name": t.name,
+                    "role": t.role.name,
+                    "created_at": t.created_at.isoformat(),
+                    "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
+                }
+                for t in TokenStore(project.db).list()
+            ]
+        }
 
     return router
 
