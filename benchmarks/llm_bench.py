@@ -24,8 +24,9 @@ outputs can be compared with ours token for token.
 2. Prefix cache: 8 requests with the same 500-token system prompt and different 16-token user
    turns, one after the other, with the prefix cache on and off: prompt tokens actually computed
    and prefill time (time to first token) of the repeats.
-3. Constrained vs unconstrained decoding at concurrency 8 (a JSON-schema grammar compiled by
-   ``xgrammar``, applied through the engine's ``TokenConstraint`` hook every step).
+3. Constrained vs unconstrained decoding at concurrency 8, sampled: a JSON schema compiled by
+   the grammar module ``/v1`` uses for ``response_format`` (xgrammar), its mask applied through
+   the engine's ``TokenConstraint`` hook every step.
 
 Figures depend on the load of this shared 2-core machine; the load average is printed.
 """
@@ -306,36 +307,13 @@ def prefix_cache(model_dir: Path, sizes: Sizes, vocab: int) -> list[dict[str, An
     return rows
 
 
-class JsonSchemaConstraint:
-    """An ``xgrammar`` matcher as a ``TokenConstraint`` (mask unpacked from its bitmask)."""
-
-    def __init__(self, compiled: Any, vocab: int) -> None:
-        import xgrammar as xgr
-
-        self.matcher = xgr.GrammarMatcher(compiled)
-        self.bitmask = xgr.allocate_token_bitmask(1, vocab)
-        self.vocab = vocab
-        self._shifts = torch.arange(32, dtype=torch.int32)
-
-    def allowed(self) -> torch.Tensor:
-        self.matcher.fill_next_token_bitmask(self.bitmask)
-        bits = (self.bitmask[0][:, None] >> self._shifts) & 1
-        return bits.reshape(-1)[: self.vocab].bool()
-
-    def accept(self, token_id: int) -> None:
-        self.matcher.accept_token(token_id)
-
-    def is_terminated(self) -> bool:
-        return bool(self.matcher.is_terminated())
-
-
 def constrained(model_dir: Path, sizes: Sizes, vocab: int) -> list[dict[str, Any]]:
-    import xgrammar as xgr
-
+    # The grammar side that /v1 uses for response_format json_schema (xgrammar, compact JSON).
     from flywheel.serving.llm import LLMEngine, SamplingParams
+    from flywheel.serving.llm._grammar import Grammars
 
     engine = LLMEngine(model_dir)
-    info = xgr.TokenizerInfo.from_huggingface(engine.tokenizer, vocab_size=engine.vocab_size)
+    grammars = Grammars(engine.tokenizer, engine.vocab_size, engine.eos_token_ids)
     schema = {
         "type": "object",
         "properties": {
@@ -345,7 +323,7 @@ def constrained(model_dir: Path, sizes: Sizes, vocab: int) -> list[dict[str, Any
         },
         "required": ["name", "tags", "score"],
     }
-    compiled = xgr.GrammarCompiler(info).compile_json_schema(json.dumps(schema))
+    compiled = grammars.json_schema(schema)
     c = 8
     work = prompts(c, sizes.prompt_len, 11, vocab)
     rows = []
@@ -356,10 +334,7 @@ def constrained(model_dir: Path, sizes: Sizes, vocab: int) -> list[dict[str, Any
             seed=1,
             ignore_eos=kind == "unconstrained",
         )
-        cons = [
-            JsonSchemaConstraint(compiled, engine.vocab_size) if kind != "unconstrained" else None
-            for _ in work
-        ]
+        cons = [grammars.constraint(compiled) if kind != "unconstrained" else None for _ in work]
         start = time.perf_counter()
         outs = engine.generate_blocking([(p, params) for p in work], constraints=cons)
         wall = time.perf_counter() - start
