@@ -140,9 +140,9 @@ def evaluate(
         TEXT_METHODS,
         RecsysError,
         clean_transactions,
+        default_cache_root,
         evaluate_offline,
     )
-    from flywheel.recsys._data import default_cache_root
 
     if text not in TEXT_METHODS:
         raise RecsysError(f"--text: {text!r} is not one of {', '.join(TEXT_METHODS)}")
@@ -387,10 +387,15 @@ def train_retrieval_command(
     set, submit a DDP training job (tracked, checkpointed, registered on success) and, with
     --wait, run the scheduler until it ends (else `flywheel scheduler run` or `flywheel up`
     runs it)."""
-    from flywheel.recsys import TEXT_METHODS, RecsysError
-    from flywheel.recsys._ingest import load_items, load_purchases
-    from flywheel.recsys._two_tower import TwoTowerConfig
-    from flywheel.recsys._two_tower_train import two_tower_job_spec, write_two_tower_dataset
+    from flywheel.recsys import (
+        TEXT_METHODS,
+        RecsysError,
+        TwoTowerConfig,
+        load_items,
+        load_purchases,
+        two_tower_job_spec,
+        write_two_tower_dataset,
+    )
     from flywheel.training import TrainingService
 
     if text not in TEXT_METHODS:
@@ -485,8 +490,7 @@ def train_ranker_command(
 
     from flywheel.errors import ConflictError
     from flywheel.features import FeatureStore
-    from flywheel.recsys import RecsysError
-    from flywheel.recsys._ranker import RankerConfig, ranker_job_spec, write_ranker_dataset
+    from flywheel.recsys import RankerConfig, RecsysError, ranker_job_spec, write_ranker_dataset
     from flywheel.training import Scheduler, TrainingService, scheduler_lock
 
     project = open_project(config)

@@ -64,6 +64,7 @@ from flywheel.recsys._data import (
     DataSource,
     LoadedTransactions,
     clean_transactions,
+    default_cache_root,
     default_data_dir,
     download_online_retail,
     find_data_file,
@@ -88,6 +89,8 @@ from flywheel.recsys._ingest import (
     derive_categories,
     feature_definitions,
     ingest,
+    load_items,
+    load_purchases,
 )
 from flywheel.recsys._metrics import (
     VIEWS,
@@ -231,6 +234,7 @@ __all__ = [
     "build_train_data",
     "clean_transactions",
     "decayed_user_item",
+    "default_cache_root",
     "default_data_dir",
     "derive_categories",
     "download_online_retail",
@@ -245,6 +249,8 @@ __all__ = [
     "generate_transactions",
     "hit_at_k",
     "ingest",
+    "load_items",
+    "load_purchases",
     "load_transactions",
     "metrics_from_rankings",
     "mmr",
