@@ -37,6 +37,7 @@ MIGRATION_BRANCHES: dict[str, tuple[str, str]] = {
     "serving": ("flywheel.serving", "_migrations"),
     "experiments": ("flywheel.experiments", "_migrations"),
     "telemetry": ("flywheel.telemetry", "_migrations"),
+    "ui": ("flywheel.ui", "_migrations"),
 }
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000

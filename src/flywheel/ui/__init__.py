@@ -6,6 +6,6 @@ npm registry at build time (``make`` copies it into ``static/vendor/``) and serv
 itself, so no request leaves the server's host.
 """
 
-from flywheel.ui._pages import PAGES, router
+from flywheel.ui._pages import DETAIL_PAGES, PAGES, router
 
-__all__ = ["PAGES", "router"]
+__all__ = ["DETAIL_PAGES", "PAGES", "router"]

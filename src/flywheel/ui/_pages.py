@@ -10,6 +10,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 import flywheel
 from flywheel.errors import NotFoundError
+from flywheel.ui._actions import router as actions_router
 
 _HERE = Path(__file__).resolve().parent
 STATIC_DIR = _HERE / "static"
@@ -28,6 +29,9 @@ PAGES: list[tuple[str, str, str]] = [
     ("traces", "Traces", "traces.html"),
 ]
 
+# Pages reached from others, not from the navigation bar: (path, template, nav item it belongs to).
+DETAIL_PAGES: list[tuple[str, str, str]] = [("run", "run.html", "runs")]
+
 router = APIRouter(prefix="/ui", include_in_schema=False)
 _templates = Environment(
     loader=FileSystemLoader(_HERE / "templates"),
@@ -41,15 +45,18 @@ def vendor_missing() -> list[str]:
     return [f for f in VENDOR_FILES if not (STATIC_DIR / "vendor" / f).is_file()]
 
 
-def _render(request: Request, template: str, active: str) -> HTMLResponse:
+def _render(
+    request: Request, template: str, active: str, status_code: int = 200, **extra: object
+) -> HTMLResponse:
     html = _templates.get_template(template).render(
+        **extra,
         pages=PAGES,
         active=active,
         project=request.app.state.project.config.project,
         version=flywheel.__version__,
         missing_assets=vendor_missing(),
     )
-    return HTMLResponse(html)
+    return HTMLResponse(html, status_code=status_code)
 
 
 @router.get("")
@@ -67,9 +74,9 @@ def static(path: str) -> FileResponse:
     return FileResponse(target, headers={"Cache-Control": "max-age=300"})
 
 
-def _page_route(slug: str, template: str) -> None:
+def _page_route(slug: str, template: str, active: str | None = None) -> None:
     def page(request: Request) -> HTMLResponse:
-        return _render(request, template, slug)
+        return _render(request, template, active or slug)
 
     page.__name__ = f"page_{slug}"
     router.add_api_route(f"/{slug}", page, methods=["GET"], response_class=HTMLResponse)
@@ -77,3 +84,13 @@ def _page_route(slug: str, template: str) -> None:
 
 for _slug, _title, _template in PAGES:
     _page_route(_slug, _template)
+for _slug, _template, _parent in DETAIL_PAGES:
+    _page_route(_slug, _template, _parent)
+
+router.include_router(actions_router)
+
+
+@router.get("/{path:path}", response_class=HTMLResponse)
+def not_found(request: Request, path: str) -> HTMLResponse:
+    """Any other ``/ui/*`` path: a page that says so and links to every page (HTTP 404)."""
+    return _render(request, "404.html", "", status_code=404, path=f"/ui/{path}")

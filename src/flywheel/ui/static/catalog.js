@@ -3,8 +3,7 @@
 
 (() => {
   const F = Flywheel;
-  const { el, fmt, when, getJSON, fillTable, pill, link, button, empty, svg } = F;
-  const hashName = () => decodeURIComponent(location.hash.slice(1));
+  const { el, fmt, when, fillTable, pill, link, empty, svg } = F;
 
   // ---------- lineage graph (SVG, layered left to right by longest path) ----------
   const KIND_COLORS = {
@@ -61,9 +60,9 @@
       const p = pos.get(k), c = KIND_COLORS[n.kind] || "#667085";
       const label = n.kind === "run" ? n.id.slice(0, 10) : n.id.length > 24 ? `${n.id.slice(0, 23)}…` : n.id;
       const a = svg("a", { href: nodeHref(n.kind, n.id) },
-        svg("rect", { x: p.x, y: p.y, width: boxW, height: boxH, fill: "#fff", stroke: c }),
+        svg("rect", { x: p.x, y: p.y, width: boxW, height: boxH, stroke: c }),
         svg("text", { x: p.x + 8, y: p.y + 13, fill: c, "font-size": 10 }, n.kind.replaceAll("_", " ")),
-        svg("text", { x: p.x + 8, y: p.y + 27, fill: "#1d2330" }, label),
+        svg("text", { x: p.x + 8, y: p.y + 27, class: "name" }, label),
         svg("title", {}, `${n.kind}: ${n.id}`));
       box.append(svg("g", { class: `node${k === rootKey ? " root" : ""}`, "data-node": k }, a));
     }
@@ -78,48 +77,72 @@
   // ---------- Features ----------
   F.pages.features = async () => {
     const search = document.getElementById("search"), kindSel = document.getElementById("kind");
-    const tbody = document.querySelector("#catalog tbody");
-    const { body } = await getJSON("/features/catalog");
-    const objects = body.objects || [];
+    const catalogHost = document.getElementById("catalog-table");
+    const table = F.dataTable(catalogHost, { id: "catalog", columns: [
+      { key: "name", label: "name", fixed: true, value: (o) => o.name, render: (o) => link(o.name, () => { location.hash = o.name; }) },
+      { key: "kind", label: "kind", value: (o) => o.kind.replaceAll("_", " ") },
+      { key: "version", label: "version", value: (o) => o.version, render: (o) => `v${o.version}` },
+      { key: "owner", label: "owner", value: (o) => o.owner || "" },
+      { key: "description", label: "description", value: (o) => o.description || "" },
+      { key: "updated", label: "updated", value: (o) => o.updated_at || "", render: (o) => when(o.updated_at) },
+    ] });
+    const r = await F.api("/features/catalog", { shape: "object" });
     const latest = new Map();
-    for (const o of objects) if (!latest.has(o.name) || latest.get(o.name).version < o.version) latest.set(o.name, o);
-    const kinds = [...new Set(objects.map((o) => o.kind))].sort();
-    kindSel.append(...kinds.map((k) => el("option", { value: k }, k.replaceAll("_", " "))));
+    if (!r.ok || !Array.isArray(r.data.objects)) {
+      table.error(r.ok ? { error: "unexpected answer from /features/catalog: no objects list", status: r.status } : r, "catalog");
+    } else {
+      for (const o of r.data.objects) if (!latest.has(o.name) || latest.get(o.name).version < o.version) latest.set(o.name, o);
+      const kinds = [...new Set(r.data.objects.map((o) => o.kind))].sort();
+      kindSel.append(...kinds.map((k) => el("option", { value: k }, k.replaceAll("_", " "))));
+    }
     const render = () => {
+      if (!r.ok) return;
       const q = search.value.trim().toLowerCase(), k = kindSel.value;
       const rows = [...latest.values()].filter((o) => (!k || o.kind === k) && (!q ||
-        [o.name, o.description, o.owner, JSON.stringify(o.tags), ...(o.spec.schema || []).map((f) => f.name)]
+        [o.name, o.description, o.owner, JSON.stringify(o.tags), ...((o.spec || {}).schema || []).map((f) => f.name)]
           .join(" ").toLowerCase().includes(q)));
-      fillTable(tbody, rows.map((o) => [link(o.name, () => { location.hash = o.name; }),
-        o.kind.replaceAll("_", " "), `v${o.version}`, o.owner || "–", o.description || "", when(o.updated_at)]));
+      table.set(rows);
       document.getElementById("count").textContent = `${rows.length} of ${latest.size}`;
     };
     search.addEventListener("input", render);
     kindSel.addEventListener("change", render);
     render();
-    const ds = await getJSON("/features/datasets");
-    fillTable(document.querySelector("#datasets tbody"), (ds.body.datasets || []).map((d) => [
-      link(d.name, () => { location.hash = d.name; }), d.row_count, (d.features || []).length]));
+    const dsBody = document.querySelector("#datasets tbody");
+    const dsr = await F.api("/features/datasets", { shape: "object" });
+    const datasets = dsr.ok && Array.isArray(dsr.data.datasets) ? dsr.data.datasets : null;
+    if (!datasets) F.showError(dsBody, dsr.ok ? { error: "unexpected answer from /features/datasets", status: dsr.status } : dsr, "datasets");
+    else fillTable(dsBody, datasets.map((d) => [link(d.name, () => { location.hash = d.name; }), d.row_count, (d.features || []).length]));
 
+    let shown = null;
     async function show() {
-      const name = hashName() || [...latest.values()].find((o) => o.kind === "feature_view")?.name;
+      const name = F.subject() || [...latest.values()].find((o) => o.kind === "feature_view")?.name;
       const detail = document.getElementById("detail"), lineage = document.getElementById("lineage");
-      if (!name) { empty(detail, "The catalog is empty: apply a feature repo with `flywheel features apply`."); empty(lineage, "–"); return; }
-      document.getElementById("detail-name").textContent = name;
-      const isDataset = (ds.body.datasets || []).some((d) => d.name === name);
+      if (name !== shown) F.resetPanels(["detail", "lineage"]);
+      shown = name;
+      document.getElementById("detail-name").textContent = name || "…";
+      if (!name) {
+        if (r.ok) empty(detail, "The catalog is empty: apply a feature repo with `flywheel features apply`.");
+        else empty(detail, "The catalog did not load (see above).");
+        empty(lineage, "–");
+        return;
+      }
+      const isDataset = (datasets || []).some((d) => d.name === name);
       if (isDataset) {
-        const d = (await getJSON(`/features/datasets/${encodeURIComponent(name)}`)).body;
-        const stats = Object.entries(d.stats || {});
+        const dr = await F.api(`/features/datasets/${encodeURIComponent(name)}`, { shape: "object" });
+        if (name !== shown) return;
+        if (!dr.ok) { F.showError(detail, dr, `dataset ${name}`); empty(lineage, "–"); return; }
+        const d = dr.data, stats = Object.entries(d.stats || {});
         detail.replaceChildren(
           el("p", {}, `Training dataset · ${d.row_count} rows · ${(d.files || []).length} Parquet file(s)`),
           el("table", {}, el("thead", {}, el("tr", {}, ...["column", "dtype", "nulls", "min", "mean", "max"].map((h) => el("th", {}, h)))),
-            el("tbody", {}, ...stats.map(([c, s]) => el("tr", {}, ...[c, s.dtype, s.nulls, fmt(s.min), fmt(s.mean), fmt(s.max)].map((v) => el("td", {}, v ?? "–")))))));
+            el("tbody", {}, ...stats.map(([c, st]) => el("tr", {}, ...[c, st.dtype, st.nulls, fmt(st.min), fmt(st.mean), fmt(st.max)].map((v) => el("td", {}, v ?? "–")))))));
         await drawLineage(lineage, d.lineage || await datasetLineage(name));
         return;
       }
-      const r = await getJSON(`/features/catalog/${encodeURIComponent(name)}`);
-      if (r.status !== 200) { empty(detail, r.body.error || `HTTP ${r.status}`); empty(lineage, "–"); return; }
-      const d = r.body, cur = d.versions[d.versions.length - 1], spec = cur.spec || {};
+      const cr = await F.api(`/features/catalog/${encodeURIComponent(name)}`, { shape: "object" });
+      if (name !== shown) return;
+      if (!cr.ok) { F.showError(detail, cr, `catalog object ${name}`); empty(lineage, "–"); return; }
+      const d = cr.data, cur = d.versions[d.versions.length - 1], spec = cur.spec || {};
       const parts = [el("p", {}, `${d.kind.replaceAll("_", " ")} · v${cur.version} · owner ${cur.owner || "–"} · ${cur.description || ""}`)];
       if (cur.freshness) {
         const until = cur.freshness.materialized_until;
@@ -148,7 +171,7 @@
     async function datasetLineage(name) {
       for (const o of latest.values()) {
         if (o.kind !== "feature_service") continue;
-        const g = (await getJSON(`/features/catalog/${encodeURIComponent(o.name)}`)).body.versions?.at(-1)?.lineage;
+        const g = (await F.api(`/features/catalog/${encodeURIComponent(o.name)}`, { shape: "object" })).data?.versions?.at(-1)?.lineage;
         if (g && g.nodes.some((n) => n.kind === "training_dataset" && n.id === name)) return { ...g, root: { kind: "training_dataset", id: name } };
       }
       return null;
@@ -158,137 +181,282 @@
   };
 
   // ---------- Runs ----------
+  // The hash is shareable: `#compare=ID,ID` ticks those runs (one id alone works too).
+  function compareFromHash() {
+    const h = F.subject();
+    if (!h) return [];
+    return (h.startsWith("compare=") ? h.slice(8) : h).split(",").filter(Boolean);
+  }
   F.pages.runs = async () => {
     const expSel = document.getElementById("experiment"), search = document.getElementById("search");
-    const tbody = document.querySelector("#runs tbody");
-    const exps = (await getJSON("/tracking/experiments")).body || [];
-    expSel.append(...exps.map((e) => el("option", { value: e.name }, `${e.name} (${e.runs})`)));
-    let runs = [];
-    const selected = new Set();
-    const metricKeys = () => [...new Set(runs.filter((r) => selected.has(r.id)).flatMap((r) => Object.keys(r.metrics || {})))].sort();
-    async function load() {
-      const q = expSel.value ? `?experiment=${encodeURIComponent(expSel.value)}&limit=500` : "?limit=500";
-      runs = (await getJSON(`/tracking/runs${q}`)).body || [];
-      if (hashName() && runs.some((r) => r.id === hashName())) selected.add(hashName());
-      if (selected.size === 0 && runs.length) runs.slice(0, 2).forEach((r) => selected.add(r.id));
+    const rangeSel = document.getElementById("metric-range");
+    const er = await F.api("/tracking/experiments", { shape: "array" });
+    if (er.ok) expSel.append(...er.data.map((e) => el("option", { value: e.name }, `${e.name} (${e.runs})`)));
+    else F.flash(`experiments: ${er.error}`, false);
+    let runs = [], orderBy = null;
+    const selected = new Set(compareFromHash());
+    const shareHash = () => {
+      const h = selected.size ? `#compare=${[...selected].map(encodeURIComponent).join(",")}` : " ";
+      history.replaceState(null, "", h.trim() ? h : location.pathname);
+      const share = document.getElementById("share");
+      share.href = `${location.origin}${location.pathname}${selected.size ? h : ""}`;
+    };
+    const base = [
+      { key: "pick", label: "compare", fixed: true, sortable: false, value: () => null, render: (r) => {
+        const box = el("input", { type: "checkbox", "aria-label": `compare ${r.name}` });
+        box.checked = selected.has(r.id);
+        box.addEventListener("change", () => { if (box.checked) selected.add(r.id); else selected.delete(r.id); shareHash(); charts(); });
+        return box;
+      } },
+      { key: "name", label: "run", fixed: true, value: (r) => r.name, render: (r) => el("a", { href: `/ui/run#${encodeURIComponent(r.id)}` }, r.name) },
+      { key: "status", label: "status", value: (r) => r.status, render: (r) => pill(r.status, r.status === "finished" ? "ok" : r.status === "failed" ? "bad" : "") },
+      { key: "started", label: "started", value: (r) => r.start_time || "", render: (r) => when(r.start_time) },
+      { key: "params", label: "params", value: (r) => Object.entries(r.params || {}).map(([k, v]) => `${k}=${v}`).join(" ") },
+    ];
+    let metricCols = [];
+    const table = F.dataTable(document.getElementById("runs-table"), { id: "runs", columns: base, onSort: (key, desc) => {
+      orderBy = `${desc ? "-" : ""}${key.slice(2)}`; load(false);
+    } });
+    async function load(reset = true) {
+      const q = new URLSearchParams({ limit: "1000" });
+      if (expSel.value) q.set("experiment", expSel.value);
+      if (orderBy && !reset) q.set("order_by", orderBy);
+      const r = await F.api(`/tracking/runs?${q}`, { shape: "array" });
+      if (!r.ok) { table.error(r, "runs"); return; }
+      runs = r.data;
+      if (selected.size === 0 && runs.length && reset) runs.slice(0, 2).forEach((x) => selected.add(x.id));
+      // Every metric is a column the user may show (the chooser); all are shown until hidden.
+      const keys = [...new Set(runs.flatMap((x) => Object.keys(x.metrics || {})))].sort();
+      const next = keys.map((k) => ({ key: `m:${k}`, label: k, server: true, value: (x) => x.metrics?.[k]?.last ?? null }));
+      if (next.map((c) => c.key).join() !== metricCols.map((c) => c.key).join()) {
+        metricCols = next;
+        for (const c of next) if (!localStorage.getItem("fw-cols-runs")) table.state.shown.add(c.key);
+        table.setColumns([...base, ...metricCols]);
+      }
       render();
+      shareHash();
       await charts();
     }
     function render() {
       const q = search.value.trim().toLowerCase();
-      const shown = runs.filter((r) => !q || [r.name, r.id, r.status, r.user, ...Object.entries({ ...r.params, ...r.tags }).map(([k, v]) => `${k}=${v}`)]
-        .join(" ").toLowerCase().includes(q));
-      const keys = [...new Set(shown.flatMap((r) => Object.keys(r.metrics || {})))].sort().slice(0, 4);
-      document.querySelector("#runs thead tr").replaceChildren(...["", "run", "status", "started", "params", ...keys].map((h) => el("th", {}, h)));
-      fillTable(tbody, shown.map((r) => {
-        const box = el("input", { type: "checkbox", "aria-label": `compare ${r.name}` });
-        box.checked = selected.has(r.id);
-        box.addEventListener("change", () => { box.checked ? selected.add(r.id) : selected.delete(r.id); charts(); });
-        return [box, r.name, pill(r.status, r.status === "finished" ? "ok" : r.status === "failed" ? "bad" : ""), when(r.start_time),
-          Object.entries(r.params || {}).map(([k, v]) => `${k}=${v}`).join(" "),
-          ...keys.map((k) => fmt(r.metrics?.[k]?.last))];
-      }));
+      table.set(runs.filter((r) => !q || [r.name, r.id, r.status, r.user, ...Object.entries({ ...r.params, ...r.tags }).map(([k, v]) => `${k}=${v}`)]
+        .join(" ").toLowerCase().includes(q)));
     }
     let generation = 0;  // a newer call wins: an older one stops at its next await
     async function charts() {
       const gen = ++generation;
       const ids = [...selected];
       const box = document.getElementById("metric-charts");
-      if (!ids.length) { empty(box, "Tick runs to chart and compare them."); document.getElementById("compare").replaceChildren(); return; }
-      const cmp = (await getJSON(`/tracking/compare?${ids.map((i) => `run_ids=${encodeURIComponent(i)}`).join("&")}`)).body;
+      if (!ids.length) { box.querySelectorAll(".chart").forEach((c) => c.fwPlot?.destroy()); empty(box, "Tick runs to chart and compare them."); document.getElementById("compare").replaceChildren(); return; }
+      const cr = await F.api(`/tracking/compare?${ids.map((i) => `run_ids=${encodeURIComponent(i)}`).join("&")}`);
       if (gen !== generation) return;
-      renderCompare(cmp, ids);
-      box.replaceChildren();
-      for (const key of metricKeys()) {
+      renderCompare(cr, ids);
+      const keys = [...new Set(runs.filter((r) => selected.has(r.id)).flatMap((r) => Object.keys(r.metrics || {})))].sort();
+      const from = rangeSel.value ? Date.now() / 1000 - Number(rangeSel.value) : -Infinity;
+      const cards = [];
+      for (const key of keys) {
         const parts = await Promise.all(ids.map(async (id) => {
           const r = runs.find((x) => x.id === id);
           if (!r?.metrics?.[key]) return { steps: [], values: [] };
-          return (await getJSON(`/tracking/runs/${id}/metrics/${encodeURIComponent(key)}`)).body;
+          const h = await F.api(`/tracking/runs/${id}/metrics/${encodeURIComponent(key)}`, { shape: "object" });
+          if (!h.ok) return { steps: [], values: [] };
+          const keep = h.data.steps.map((_, i) => (h.data.timestamps?.[i] ?? Infinity) >= from);
+          return { steps: h.data.steps.filter((_, i) => keep[i]), values: h.data.values.filter((_, i) => keep[i]) };
         }));
         if (gen !== generation) return;
-        const { xs, ys } = F.alignSeries(parts);
-        const card = el("div", {}, el("h3", {}, key), el("div", { class: "chart", "data-testid": "chart", id: `chart-${key.replace(/[^a-zA-Z0-9_-]/g, "_")}` }));
-        box.append(card);
-        F.xyChart(card.lastChild, xs, ids.map((id, i) => ({ label: runs.find((x) => x.id === id)?.name || id, values: ys[i] })));
+        cards.push([key, parts]);
       }
+      box.querySelectorAll(".chart").forEach((c) => c.fwPlot?.destroy());
+      box.replaceChildren();
+      for (const [key, parts] of cards) {
+        const { xs, ys } = F.alignSeries(parts);
+        const card = el("div", {}, el("h3", {}, key), el("div", { class: "chart", "data-testid": xs.length ? "chart" : "none", id: `chart-${key.replace(/[^a-zA-Z0-9_-]/g, "_")}` }));
+        box.append(card);
+        if (!xs.length) { empty(card.lastChild, "No points in this range."); continue; }
+        F.xyChart(card.lastChild, xs, ids.map((id, i) => ({ label: runs.find((x) => x.id === id)?.name || id, values: ys[i] })), { title: `${key} by step` });
+      }
+      if (!cards.length) empty(box, "The ticked runs have no metrics.");
     }
-    function renderCompare(cmp, ids) {
+    function renderCompare(cr, ids) {
       const node = document.getElementById("compare");
       const sel = ids.map((id) => runs.find((r) => r.id === id)).filter(Boolean);
       const params = [...new Set(sel.flatMap((r) => Object.keys(r.params || {})))].sort();
       const metrics = [...new Set(sel.flatMap((r) => Object.keys(r.metrics || {})))].sort();
-      const row = (label, vals) => el("tr", {}, el("th", {}, label), ...vals.map((v) => el("td", {}, v)));
+      const row = (label, vals) => el("tr", {}, el("th", { scope: "row" }, label), ...vals.map((v) => el("td", {}, v)));
       node.replaceChildren(el("table", {},
-        el("thead", {}, row("", sel.map((r) => r.name))),
+        el("thead", {}, el("tr", {}, el("th", {}, ""), ...sel.map((r) => el("th", { scope: "col" }, el("a", { href: `/ui/run#${encodeURIComponent(r.id)}` }, r.name))))),
         el("tbody", {},
           ...params.map((p) => row(p, sel.map((r) => r.params?.[p] ?? "–"))),
           ...metrics.map((m) => row(`${m} (last)`, sel.map((r) => fmt(r.metrics?.[m]?.last)))),
           ...metrics.map((m) => row(`${m} (min)`, sel.map((r) => fmt(r.metrics?.[m]?.min)))),
           row("commit", sel.map((r) => (r.git_commit || "–").slice(0, 10))),
           row("run id", sel.map((r) => r.id)))));
-      if (cmp && cmp.error) node.append(el("p", { class: "bad" }, cmp.error));
+      if (!cr.ok) node.append(el("p", { class: "error", role: "alert" }, `compare: ${cr.error}`));
     }
-    expSel.addEventListener("change", () => { selected.clear(); load(); });
+    expSel.addEventListener("change", () => { selected.clear(); orderBy = null; history.replaceState(null, "", location.pathname); load(); });
     search.addEventListener("input", render);
+    rangeSel.addEventListener("change", charts);
+    window.addEventListener("hashchange", () => {
+      const ids = compareFromHash();
+      if (ids.join() === [...selected].join()) return;
+      selected.clear(); ids.forEach((i) => selected.add(i)); render(); charts();
+    });
     await load();
+  };
+
+  // ---------- Run detail ----------
+  F.pages.run = async () => {
+    const PANELS = ["run-summary", "run-params", "run-metrics", "run-tags", "run-artifacts", "run-links", "run-charts"];
+    async function show() {
+      const id = F.subject();
+      F.resetPanels(PANELS);
+      document.getElementById("run-title").textContent = id ? `Run ${id}` : "Run";
+      if (!id) { F.resetPanels(PANELS, "No run given: open one from the Runs page."); return; }
+      const r = await F.api(`/tracking/runs/${encodeURIComponent(id)}`, { shape: "object" });
+      if (id !== F.subject()) return;
+      if (!r.ok) { F.showError(document.getElementById("run-summary"), r, `run ${id}`); F.resetPanels(PANELS.slice(1), "–"); return; }
+      const run = r.data;
+      document.getElementById("run-title").textContent = `Run ${run.name}`;
+      const kv = (pairs) => el("dl", { class: "kv" }, ...pairs.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v ?? "–")]));
+      document.getElementById("run-summary").replaceChildren(kv([["id", run.id], ["experiment", run.experiment], ["status", pill(run.status, run.status === "finished" ? "ok" : run.status === "failed" ? "bad" : "")],
+        ["user", run.user], ["started", when(run.start_time)], ["ended", when(run.end_time)], ["commit", run.git_commit || "–"]]));
+      const params = Object.entries(run.params || {});
+      document.getElementById("run-params").replaceChildren(params.length ? kv(params) : el("p", { class: "muted" }, "No params."));
+      const tags = Object.entries(run.tags || {});
+      document.getElementById("run-tags").replaceChildren(tags.length ? kv(tags) : el("p", { class: "muted" }, "No tags."));
+      const metrics = Object.entries(run.metrics || {}).sort(([a], [b]) => a.localeCompare(b));
+      document.getElementById("run-metrics").replaceChildren(metrics.length ? el("table", { id: "run-metric-table" },
+        el("thead", {}, el("tr", {}, ...["metric", "last", "min", "max", "points"].map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, ...metrics.map(([k, m]) => el("tr", {}, ...[k, fmt(m.last), fmt(m.min), fmt(m.max), m.count ?? "–"].map((v) => el("td", {}, v)))))) : el("p", { class: "muted" }, "No metrics."));
+      const arts = run.artifacts || [];
+      document.getElementById("run-artifacts").replaceChildren(arts.length ? el("ul", {}, ...arts.map((a) => {
+        const nameOf = typeof a === "string" ? a : a.name || a.path;
+        return el("li", {}, el("a", { href: `/tracking/runs/${encodeURIComponent(run.id)}/artifacts/${nameOf.split("/").map(encodeURIComponent).join("/")}` }, nameOf),
+          typeof a === "object" && a.size !== undefined ? ` (${a.size} bytes)` : "");
+      })) : el("p", { class: "muted" }, "No artifacts."));
+      // Links: the training job that made it (a tag or the job list) and the model versions from it.
+      const links = [];
+      const jobs = await F.api("/training/jobs?limit=1000", { shape: "array" });
+      for (const j of jobs.ok ? jobs.data.filter((x) => x.run_id === run.id) : []) links.push(el("li", {}, "job ", el("a", { href: `/ui/training#${encodeURIComponent(j.id)}` }, j.name), ` (${j.state})`));
+      const models = await F.api("/registry/models", { shape: "array" });
+      for (const m of models.ok ? models.data : []) {
+        const mr = await F.api(`/registry/models/${encodeURIComponent(m.name)}`, { shape: "object" });
+        for (const v of mr.ok ? mr.data.versions || [] : []) if (v.run_id === run.id) links.push(el("li", {}, "model version ", el("a", { href: `/ui/models#${encodeURIComponent(m.name)}` }, `${m.name} v${v.version}`), (v.stages || []).length ? ` (${v.stages.join(", ")})` : ""));
+      }
+      document.getElementById("run-links").replaceChildren(links.length ? el("ul", {}, ...links) : el("p", { class: "muted" }, "No job or model version refers to this run."));
+      const charts = document.getElementById("run-charts");
+      charts.replaceChildren();
+      for (const [k] of metrics) {
+        const h = await F.api(`/tracking/runs/${encodeURIComponent(run.id)}/metrics/${encodeURIComponent(k)}`, { shape: "object" });
+        if (!h.ok || id !== F.subject()) continue;
+        const node = el("div", { class: "chart", "data-testid": "chart", id: `run-chart-${k.replace(/[^a-zA-Z0-9_-]/g, "_")}` });
+        charts.append(el("div", {}, el("h3", {}, k), node));
+        F.xyChart(node, h.data.steps, [{ label: k, values: h.data.values }], { title: `${k} by step` });
+      }
+      if (!metrics.length) empty(charts, "No metrics.");
+    }
+    window.addEventListener("hashchange", show);
+    await show();
   };
 
   // ---------- Models ----------
   F.pages.models = async () => {
-    const tbody = document.querySelector("#models tbody"), flash = document.getElementById("flash");
+    const tbody = document.querySelector("#models tbody");
     let models = [];
-    function say(ok, text) { flash.className = `flash ${ok ? "ok" : "bad"}`; flash.textContent = text; flash.hidden = false; }
-    async function act(label, url, body) {
-      const r = await F.send("POST", url, body);
-      if (r.status === 200) say(true, `${label}: done${r.body.audit ? ` (audit #${r.body.audit.id})` : ""}`);
-      else say(false, `${label}: refused (HTTP ${r.status}) ${r.body.error || ""}${r.status === 401 ? " — paste a writer token in the token field" : ""}`);
-      await load();
-      return r.status;
-    }
     async function load() {
-      models = (await getJSON("/registry/models")).body || [];
+      const r = await F.api("/registry/models", { shape: "array" });
+      if (!r.ok) { F.showError(tbody, r, "models"); F.resetPanels(["versions", "version-metrics", "lineage"], "–"); return; }
+      models = r.data;
       fillTable(tbody, models.map((m) => [link(m.name, () => { location.hash = m.name; }), `v${m.latest_version}`,
         Object.entries(m.stages || {}).map(([s, v]) => `${s}: v${v}`).join(" · ") || "–", m.description || "", when(m.created_at)]));
       await show();
     }
+    // Which versions serve traffic now: from every endpoint's effective routes (and shadows).
+    async function servingNow(name) {
+      const r = await F.api("/serving/endpoints", { shape: "array" });
+      const out = new Map();  // version -> [text]
+      if (!r.ok) return { out, error: r.error };
+      for (const ep of r.data.filter((e) => e.model === name)) {
+        const routes = ep.effective_routes || ep.routes || [];
+        const total = routes.reduce((a, x) => a + x.weight, 0) || 1;
+        for (const x of routes) if (x.weight > 0) (out.get(x.version) || out.set(x.version, []).get(x.version)).push(`${ep.name} ${((100 * x.weight) / total).toFixed(0)}%`);
+        if (ep.shadow) (out.get(ep.shadow.version) || out.set(ep.shadow.version, []).get(ep.shadow.version)).push(`${ep.name} shadow`);
+      }
+      return { out, error: null };
+    }
+    let shown = null, versionsTable = null;
     async function show() {
-      const name = hashName() || models[0]?.name;
+      const name = F.subject() || models[0]?.name;
       const box = document.getElementById("versions");
+      if (name !== shown) { F.resetPanels(["versions", "version-metrics", "lineage", "audit", "serving-note"]); versionsTable = null; }
+      shown = name;
+      document.getElementById("model-name").textContent = name || "…";
       if (!name) { empty(box, "No models registered yet."); return; }
-      document.getElementById("model-name").textContent = name;
-      const r = await getJSON(`/registry/models/${encodeURIComponent(name)}`);
-      if (r.status !== 200) { empty(box, r.body.error || `HTTP ${r.status}`); return; }
-      const versions = r.body.versions || [];
+      const r = await F.api(`/registry/models/${encodeURIComponent(name)}`, { shape: "object" });
+      if (name !== shown) return;
+      if (!r.ok) { F.showError(box, r, `model ${name}`); F.resetPanels(["version-metrics", "lineage", "audit", "serving-note"], "–"); return; }
+      const versions = r.data.versions || [];
+      const serving = await servingNow(name);
       const metricKeys = [...new Set(versions.flatMap((v) => Object.keys(v.metrics || {})))].sort();
-      const head = ["version", "stages", "flavor", ...metricKeys, "run", "created", "actions"];
-      const rows = versions.slice().reverse().map((v) => {
-        const base = `/registry/models/${encodeURIComponent(name)}/versions/${v.version}`;
-        const archived = (v.stages || []).includes("archived");
-        const actions = archived ? ["archived"] : [
-          button("→ staging", () => act(`${name} v${v.version} → staging`, `${base}/stage`, { stage: "staging", reason: "promoted from the dashboard" }), { "data-action": `staging-${v.version}` }),
-          button("→ production", () => act(`${name} v${v.version} → production`, `${base}/stage`, { stage: "production", reason: "promoted from the dashboard" }), { "data-action": `production-${v.version}` }),
-          button("archive", () => act(`${name} v${v.version} archive`, `${base}/archive`, { reason: "archived from the dashboard" }))];
-        return el("tr", { "data-version": v.version },
-          el("td", {}, `v${v.version}`), el("td", {}, ...(v.stages || []).map((s) => pill(s, s === "production" ? "ok" : ""))),
-          el("td", {}, v.flavor), ...metricKeys.map((k) => el("td", {}, fmt(v.metrics?.[k]))),
-          el("td", {}, v.run_id ? el("a", { href: `/ui/runs#${v.run_id}` }, v.run_id.slice(0, 8)) : "–"),
-          el("td", {}, when(v.created_at)), el("td", {}, ...actions));
-      });
-      const stages = [...new Set(versions.flatMap((v) => v.stages || []))].filter((s) => s !== "archived");
-      box.replaceChildren(
-        el("table", { id: "version-table" }, el("thead", {}, el("tr", {}, ...head.map((h) => el("th", {}, h)))), el("tbody", {}, ...rows)),
-        el("div", { class: "toolbar" }, ...stages.map((s) => button(`roll back ${s}`, () =>
-          act(`${name} ${s} rollback`, `/registry/models/${encodeURIComponent(name)}/rollback`, { stage: s, reason: "rolled back from the dashboard" }), { "data-action": `rollback-${s}` }))));
-      // Metrics of every version side by side.
+      const mBase = `/registry/models/${encodeURIComponent(name)}`;
+      const stageAction = (v, stage) => F.actionButton(`→ ${stage}`, { title: `${name} v${v.version} → ${stage}`, action: "model.stage", target: `model:${name}`,
+        path: `${mBase}/versions/${v.version}/stage`, body: () => ({ stage, reason: document.getElementById("confirm-reason").value.trim() }), onDone: load },
+        { impossible: (v.stages || []).includes(stage) ? `v${v.version} is already ${stage}` : "", id: `${stage}-${v.version}` });
+      const columns = [
+        { key: "version", label: "version", fixed: true, value: (v) => v.version, render: (v) => `v${v.version}` },
+        { key: "serving", label: "serving now", fixed: true, value: (v) => (serving.out.get(v.version) || []).join(", "), render: (v) => {
+          const on = serving.out.get(v.version);
+          return on ? pill(`serving: ${on.join(", ")}`, "serving") : el("span", { class: "muted" }, "–");
+        } },
+        { key: "stages", label: "stages", value: (v) => (v.stages || []).join(" "), render: (v) => el("span", {}, ...(v.stages || []).map((st) => pill(st, st === "production" ? "ok" : ""))) },
+        { key: "flavor", label: "flavor", value: (v) => v.flavor },
+        ...metricKeys.map((k) => ({ key: `m:${k}`, label: k, value: (v) => v.metrics?.[k] ?? null })),
+        { key: "run", label: "run", value: (v) => v.run_id || "", render: (v) => (v.run_id ? el("a", { href: `/ui/run#${encodeURIComponent(v.run_id)}` }, v.run_id.slice(0, 8)) : "–") },
+        { key: "created", label: "created", value: (v) => v.created_at || "", render: (v) => when(v.created_at) },
+        { key: "actions", label: "actions", fixed: true, sortable: false, value: () => null, render: (v) => ((v.stages || []).includes("archived") ? "archived" : el("span", {},
+          stageAction(v, "staging"), stageAction(v, "production"),
+          F.actionButton("archive", { title: `Archive ${name} v${v.version}`, action: "model.archive", target: `model:${name}`, path: `${mBase}/versions/${v.version}/archive`,
+            body: () => ({ reason: document.getElementById("confirm-reason").value.trim() }), onDone: load },
+          { impossible: serving.out.has(v.version) ? `v${v.version} is serving traffic now` : "", id: `archive-${v.version}` }))) },
+      ];
+      if (!versionsTable) {
+        box.replaceChildren(el("div", { id: "versions-host" }), el("div", { class: "toolbar", id: "rollbacks" }));
+        versionsTable = F.dataTable(document.getElementById("versions-host"), { id: "version-table", columns, pageSize: 20 });
+      } else versionsTable.setColumns(columns);
+      const ordered = versions.slice().reverse();
+      ordered.forEach((v) => { v.fwAttrs = { "data-version": v.version }; });
+      versionsTable.set(ordered);
+      const stages = [...new Set(versions.flatMap((v) => v.stages || []))].filter((st) => st !== "archived");
+      document.getElementById("rollbacks").replaceChildren(...stages.map((st) => F.actionButton(`roll back ${st}`, { title: `Roll back ${name} ${st}`,
+        detail: `${st} goes back to the version it had before its last change.`, action: "model.rollback", target: `model:${name}`, path: `${mBase}/rollback`,
+        body: () => ({ stage: st, reason: document.getElementById("confirm-reason").value.trim() }), onDone: load }, { id: `rollback-${st}` })));
+      // The registry's stages and what is served can differ (a canary moves traffic, not stages).
+      const prod = versions.find((v) => (v.stages || []).includes("production"));
+      const note = document.getElementById("serving-note");
+      const servedVersions = [...serving.out.entries()].filter(([, on]) => on.some((t) => !t.endsWith("shadow"))).map(([v]) => v);
+      if (serving.error) note.replaceChildren(el("p", { class: "error", role: "alert" }, `serving now: ${serving.error}`));
+      else if (prod && servedVersions.length && !servedVersions.includes(prod.version)) note.replaceChildren(el("p", { class: "error", role: "alert" },
+        `The registry's production is v${prod.version}, but endpoints serve ${servedVersions.map((v) => `v${v}`).join(", ")} now.`));
+      else note.replaceChildren();
+      // Metrics of every version: one small chart per metric (scales differ), integer version axis.
       const chart = document.getElementById("version-metrics");
+      chart.querySelectorAll(".chart").forEach((c) => c.fwPlot?.destroy());
       if (metricKeys.length && versions.length) {
-        F.xyChart(chart, versions.map((v) => v.version), metricKeys.map((k) => ({ label: k, values: versions.map((v) => v.metrics?.[k] ?? null) })), { xLabel: "version" });
+        chart.replaceChildren(...metricKeys.map((k) => el("div", {}, el("h3", {}, k), el("div", { class: "chart", "data-testid": "chart", id: `vm-${k.replace(/[^a-zA-Z0-9_-]/g, "_")}` }))));
+        metricKeys.forEach((k) => {
+          const pts = versions.filter((v) => typeof v.metrics?.[k] === "number");
+          F.xyChart(document.getElementById(`vm-${k.replace(/[^a-zA-Z0-9_-]/g, "_")}`), pts.map((v) => v.version), [{ label: k, values: pts.map((v) => v.metrics[k]) }],
+            { xLabel: "version", integerX: true, height: 180, title: `${k} by version` });
+        });
       } else empty(chart, "No version metrics.");
-      const audit = (await getJSON(`/registry/audit?name=${encodeURIComponent(name)}`)).body || [];
-      fillTable(document.querySelector("#audit tbody"), audit.slice().reverse().map((a) => [`#${a.id}`, when(a.at), a.action || "set", a.stage,
+      const audit = await F.load(document.querySelector("#audit tbody"), `/registry/audit?name=${encodeURIComponent(name)}`, "array", "audit");
+      if (audit) fillTable(document.querySelector("#audit tbody"), audit.slice().reverse().map((a) => [`#${a.id}`, when(a.at), a.action || "set", a.stage,
         a.from_version === null ? "–" : `v${a.from_version}`, a.to_version === null ? "–" : `v${a.to_version}`, a.actor || "–", a.reason || ""]));
-      const mvLineage = versions.length ? (await getJSON(`/registry/models/${encodeURIComponent(name)}/versions/${versions.at(-1).version}/lineage`)).body : null;
-      await drawLineage(document.getElementById("lineage"), mvLineage);
+      if (versions.length) {
+        const lr = await F.api(`/registry/models/${encodeURIComponent(name)}/versions/${versions.at(-1).version}/lineage`, { shape: "object" });
+        if (lr.ok) await drawLineage(document.getElementById("lineage"), lr.data);
+        else F.showError(document.getElementById("lineage"), lr, "lineage");
+      }
     }
     window.addEventListener("hashchange", show);
     await load();

@@ -2,10 +2,76 @@
 "use strict";
 
 const Flywheel = (() => {
+  // ----- fetching: one helper that checks the status and the shape of every answer -----
+  const TOKEN_KEY = "flywheel-token";
+  const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+  const conn = { lastOk: null, down: false };
+  const hhmm = (d) => d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  function connBanner() {
+    const b = document.getElementById("conn-banner");
+    if (!b) return;
+    b.hidden = !conn.down;
+    document.body.classList.toggle("stale", conn.down);
+    if (conn.down) {
+      b.textContent = `Server unreachable — data as of ${conn.lastOk ? hhmm(conn.lastOk) : "never"}` +
+        " (retrying; what you see may be out of date).";
+    }
+  }
+  function markOk() { conn.lastOk = new Date(); if (conn.down) { conn.down = false; connBanner(); } }
+  function markDown() { conn.down = true; connBanner(); }
+
+  // api(url, {shape, method, body}) -> {ok, status, data, error}; never throws.
+  //   shape: "array" (a JSON list), "object" (a JSON object), "text" (any text), "any".
+  //   error: the server's own `error` text when it sent one, else what went wrong.
+  // A network failure marks the server unreachable (the banner) until a later answer arrives.
+  async function api(url, { shape = "any", method = "GET", body = undefined } = {}) {
+    const headers = { Accept: shape === "text" ? "text/plain" : "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (token()) headers.Authorization = `Bearer ${token()}`;
+    let r, text;
+    try {
+      r = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+      text = await r.text();
+    } catch (e) {
+      markDown();
+      return { ok: false, status: 0, data: null, error: "the server is unreachable", offline: true };
+    }
+    markOk();
+    if (shape === "text" && r.ok) return { ok: true, status: r.status, data: text, error: null };
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+    if (!r.ok) {
+      const said = data && typeof data === "object" && typeof data.error === "string" ? data.error : null;
+      return { ok: false, status: r.status, data, error: said || `HTTP ${r.status} from ${url.split("?")[0]}` };
+    }
+    const bad = (what) => ({ ok: false, status: r.status, data, error: `unexpected answer from ${url.split("?")[0]}: expected ${what}` });
+    if (shape === "array" && !Array.isArray(data)) return bad("a list");
+    if (shape === "object" && (data === null || typeof data !== "object" || Array.isArray(data))) return bad("an object");
+    return { ok: true, status: r.status, data, error: null };
+  }
+  // The previous helper's contract ({status, body}), kept for callers that read both.
   async function getJSON(url) {
-    const r = await fetch(url, { headers: { Accept: "application/json" } });
-    const body = await r.json().catch(() => ({}));
-    return { status: r.status, body };
+    const r = await api(url);
+    return { status: r.status, body: r.ok ? r.data : (r.data && typeof r.data === "object" ? r.data : { error: r.error }) };
+  }
+  // A failed answer shown in place of a card's content (the server's error text, its status).
+  function showError(node, res, what = "") {
+    const text = `${what ? `${what}: ` : ""}${res.error}${res.status ? ` (HTTP ${res.status})` : ""}`;
+    const p = el("p", { class: "error", role: "alert" }, text);
+    if (node.tagName === "TBODY") {
+      const cols = node.closest("table")?.querySelectorAll("thead th").length || 1;
+      node.replaceChildren(el("tr", {}, el("td", { colspan: cols }, p)));
+    } else {
+      node.fwPlot?.destroy(); node.fwPlot = null;
+      node.replaceChildren(p);
+    }
+    return null;
+  }
+  // Fetch and either return the data or show the error in `node` (returns null then).
+  async function load(node, url, shape = "any", what = "") {
+    const r = await api(url, { shape });
+    if (!r.ok) return node ? showError(node, r, what) : null;
+    return r.data;
   }
 
   // Prometheus text exposition -> [{name, labels, value}] (comments and blank lines skipped).
@@ -53,24 +119,102 @@ const Flywheel = (() => {
       c instanceof Node ? el("td", {}, c) : el("td", {}, c)))));
   }
 
-  // A time-series chart that keeps the last `keep` points; series = [{label, stroke}].
+  // ----- charts (uPlot), readable in both themes, with a text alternative -----
+  const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim() || "#667085";
+  const plots = new Set();
+  document.addEventListener("fw-theme", () => { for (const p of plots) p.redraw(false, true); });
+  const axisStyle = () => ({ stroke: () => cssVar("--fg"), grid: { stroke: () => cssVar("--grid"), width: 1 },
+                             ticks: { stroke: () => cssVar("--grid"), width: 1 } });
+  // Tick labels for a log10 axis: 1, 0.1, 0.01, 1e-3 ... (never "0" for a small p-value).
+  function logTick(v) {
+    if (v === null || v === undefined) return "";
+    if (v >= 0.01 && v <= 1000) return String(+v.toPrecision(2));
+    return `1e${Math.round(Math.log10(v))}`;
+  }
+  // Time tick labels that fit: the span picks the format (seconds, minutes, days).
+  function timeTicks(u, splits) {
+    const finite = splits.filter((t) => Number.isFinite(t));
+    const span = finite.length > 1 ? finite[finite.length - 1] - finite[0] : 0;
+    return splits.map((t) => {
+      if (t === null || t === undefined) return "";
+      const d = new Date(t * 1000);
+      if (span < 600) return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+      if (span < 2 * 86400) return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+      return d.toLocaleDateString([], { month: "short", day: "numeric" });
+    });
+  }
+  // A range with room around it: one point (or a flat line) gets a small window around its value,
+  // not the library's default (which turns one timestamp into years).
+  function padRange(min, max, { minSpan = 1, floor = null } = {}) {
+    if (min === null || max === null || !isFinite(min) || !isFinite(max)) return [0, 1];
+    if (max - min < 1e-12) {
+      const half = Math.max(Math.abs(min) * 0.1, minSpan / 2);
+      let lo = min - half;
+      if (floor !== null && lo < floor && min >= floor) lo = floor;
+      return [lo, max + half];
+    }
+    const pad = (max - min) * 0.05;
+    let lo = min - pad;
+    if (floor !== null && lo < floor && min >= floor) lo = floor;
+    return [lo, max + pad];
+  }
+  // An x range from the data itself: uPlot widens a single x value before asking (a whole day
+  // for time), so the range function looks at the data, then pads like padRange.
+  function xRange(minSpan) {
+    return (u, min, max) => {
+      const xs = (u.data?.[0] || []).filter((v) => v !== null && Number.isFinite(v));
+      if (xs.length) { min = xs[0]; max = xs[xs.length - 1]; }
+      return padRange(min, max, { minSpan });
+    };
+  }
+  // A text alternative for a chart: each series' last, min and max value over the points shown.
+  function describe(container, title, xs, series, xFmt = fmt) {
+    const parts = series.map((s) => {
+      const vals = s.values.filter((v) => v !== null && v !== undefined && !Number.isNaN(v));
+      if (!vals.length) return `${s.label}: no data`;
+      return `${s.label}: last ${fmt(vals[vals.length - 1])}, min ${fmt(Math.min(...vals))}, max ${fmt(Math.max(...vals))}`;
+    });
+    const span = xs.length ? ` over ${xs.length} point${xs.length === 1 ? "" : "s"} from ${xFmt(xs[0])} to ${xFmt(xs[xs.length - 1])}` : " (no points yet)";
+    container.setAttribute("role", "img");
+    container.setAttribute("aria-label", `${title}${span}. ${parts.join("; ")}`);
+  }
+  const timeFmt = (t) => new Date(t * 1000).toLocaleTimeString();
+  function track(container, plot, height) {
+    const width = () => Math.max(240, container.clientWidth - 4);
+    container.fwObserver?.disconnect();
+    container.fwObserver = new ResizeObserver(() => plot.setSize({ width: width(), height }));
+    container.fwObserver.observe(container);
+    const destroy = plot.destroy.bind(plot);
+    plot.destroy = () => { plots.delete(plot); destroy(); };
+    plots.add(plot);
+    container.fwPlot = plot;
+  }
+
+  // A live time-series chart (points arrive while the page is open) keeping the last `keep`.
   function lineChart(container, series, keep = 150) {
     const data = [[], ...series.map(() => [])];
     const width = () => Math.max(240, container.clientWidth - 4);
+    const title = container.closest(".card")?.querySelector("h2")?.textContent || "chart";
     const plot = new uPlot({
       width: width(), height: 220,
       // At least the last minute on the x axis, so that the first points do not span years.
-      scales: { x: { time: true, range: (_u, min, max) => [Math.min(min ?? Date.now() / 1000, (max ?? Date.now() / 1000) - 60), max ?? Date.now() / 1000] } },
-      series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.stroke, width: 2 }))],
-      axes: [{}, { size: 50 }],
+      scales: { x: { time: true, range: (u) => {
+        const xs = u.data[0], now = Date.now() / 1000;
+        const lo = xs.length ? xs[0] : now, hi = xs.length ? xs[xs.length - 1] : now;
+        return [Math.min(lo, hi - 60), hi];
+      } }, y: { range: (_u, min, max) => padRange(min, max, { floor: 0 }) } },
+      series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.stroke, width: 2, spanGaps: true }))],
+      axes: [{ ...axisStyle(), space: 80, values: timeTicks }, { ...axisStyle(), size: 55 }],
     }, data, container);
-    window.addEventListener("resize", () => plot.setSize({ width: width(), height: 220 }));
+    track(container, plot, 220);
+    describe(container, title, [], series.map((s) => ({ label: s.label, values: [] })));
     return {
       push(t, values) {
         data[0].push(t);
         values.forEach((v, i) => data[i + 1].push(v));
         if (data[0].length > keep) data.forEach((col) => col.shift());
         plot.setData(data);
+        describe(container, title, data[0], series.map((s, i) => ({ label: s.label, values: data[i + 1] })), timeFmt);
       },
     };
   }
@@ -115,16 +259,10 @@ const Flywheel = (() => {
 
 
   // ----- shared helpers for the pages -----
-  const TOKEN_KEY = "flywheel-token";
-  const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
-
   // POST/PUT with the pasted token (if any); returns {status, body}, never throws on HTTP errors.
   async function send(method, url, body) {
-    const headers = { "Content-Type": "application/json", Accept: "application/json" };
-    if (token()) headers.Authorization = `Bearer ${token()}`;
-    const r = await fetch(url, { method, headers, body: JSON.stringify(body || {}) });
-    const data = await r.json().catch(() => ({}));
-    return { status: r.status, body: data };
+    const r = await api(url, { method, body: body || {} });
+    return { status: r.status, body: r.ok ? r.data || {} : { ...(r.data || {}), error: r.error } };
   }
 
   const SVGNS = "http://www.w3.org/2000/svg";
@@ -144,8 +282,9 @@ const Flywheel = (() => {
   }
   const when = (iso) => (iso ? new Date(iso.endsWith("Z") || iso.includes("+") ? iso : iso + "Z")
     .toLocaleString() : "–");
-  const PALETTE = ["#3056d3", "#c4320a", "#12875a", "#9e77ed", "#f79009", "#0ba5ec", "#ee46bc",
-                   "#667085"];
+  // Dark enough for white text on them (split bars), distinct enough for lines in both themes.
+  const PALETTE = ["#2f5bd8", "#c4320a", "#0f7a50", "#7a4fd6", "#b54708", "#026aa2", "#c11574",
+                   "#5a6473"];
   const color = (i) => PALETTE[i % PALETTE.length];
 
   function pill(text, kind = "") { return el("span", { class: `pill ${kind}` }, text); }
@@ -161,46 +300,49 @@ const Flywheel = (() => {
   }
   function empty(node, text) { node.replaceChildren(el("p", { class: "muted" }, text)); }
 
-  // A chart over numeric x (steps): xs shared, series = [{label, values}]; redraws in place.
-  function xyChart(container, xs, series, { xLabel = "step", height = 220 } = {}) {
+  // A chart over numeric x (steps, versions): xs shared, series = [{label, values}]; redraws in
+  // place. `integerX: true` gives integer ticks only (versions). One metric per chart: callers
+  // draw small multiples rather than mixing scales on one axis.
+  function xyChart(container, xs, series, { xLabel = "step", height = 220, integerX = false, title = null } = {}) {
     container.fwPlot?.destroy();
     container.replaceChildren();
     const width = () => Math.max(240, container.clientWidth - 4);
     const plot = new uPlot({
       width: width(), height,
-      scales: { x: { time: false } },
-      series: [{ label: xLabel }, ...series.map((s, i) => ({
-        label: s.label, stroke: s.stroke || color(i), width: 2, spanGaps: true }))],
-      axes: [{ label: xLabel }, { size: 60 }],
+      scales: { x: { time: false, range: xRange(integerX ? 2 : 1) },
+                y: { range: (_u, min, max) => padRange(min, max) } },
+      series: [{ label: xLabel, value: (_u, v) => (v === null || v === undefined ? "–" : integerX ? `v${v}` : fmt(v)) },
+        ...series.map((s, i) => ({
+          label: s.label, stroke: s.stroke || color(i), width: 2, spanGaps: true,
+          points: { show: true, size: xs.length < 3 ? 8 : 5 } }))],
+      axes: [{ ...axisStyle(), label: xLabel, ...(integerX ? { incrs: [1, 2, 5, 10, 20, 50, 100], values: (_u, splits) => splits.map((v) => (Number.isInteger(v) ? `v${v}` : "")) } : {}) },
+             { ...axisStyle(), size: 60 }],
     }, [xs, ...series.map((s) => s.values)], container);
-    container.fwObserver?.disconnect();  // a redraw replaces the previous plot and observer
-    container.fwObserver = new ResizeObserver(() => plot.setSize({ width: width(), height }));
-    container.fwObserver.observe(container);
-    container.fwPlot = plot;
+    track(container, plot, height);
+    describe(container, title || series.map((s) => s.label).join(", "), xs, series, integerX ? (v) => `v${v}` : fmt);
     return plot;
   }
 
   // A chart over time (xs in epoch seconds) with several series = [{label, values, stroke?,
-  // dash?}]; `log: true` gives a log10 y axis (p-values), `yRange: [lo, hi]` fixes the axis.
-  // Redraws in place; the plot stays reachable as container.fwPlot (the tests read its data).
-  function timeChart(container, xs, series, { height = 220, log = false, yRange = null } = {}) {
+  // dash?}]; `log: true` gives a log10 y axis with real tick labels (p-values), `yRange: [lo, hi]`
+  // fixes the axis. Redraws in place; the plot stays reachable as container.fwPlot.
+  function timeChart(container, xs, series, { height = 220, log = false, yRange = null, title = null } = {}) {
     container.fwPlot?.destroy();
     container.replaceChildren();
     const width = () => Math.max(240, container.clientWidth - 4);
-    const y = log ? { distr: 3, log: 10 } : {};
+    const y = log ? { distr: 3, log: 10 } : { range: (_u, min, max) => padRange(min, max) };
     if (yRange) y.range = () => yRange;
     const plot = new uPlot({
       width: width(), height,
-      scales: { x: { time: true }, y },
+      scales: { x: { time: true, range: xRange(120) }, y },
       series: [{}, ...series.map((s, i) => ({
         label: s.label, stroke: s.stroke || color(i), width: s.width || 2, dash: s.dash,
         spanGaps: true, points: { show: xs.length < 40 } }))],
-      axes: [{}, { size: 60 }],
+      axes: [{ ...axisStyle(), space: 80, values: timeTicks },
+             { ...axisStyle(), size: 60, ...(log ? { values: (_u, splits) => splits.map(logTick) } : {}) }],
     }, [xs, ...series.map((s) => s.values)], container);
-    container.fwObserver?.disconnect();
-    container.fwObserver = new ResizeObserver(() => plot.setSize({ width: width(), height }));
-    container.fwObserver.observe(container);
-    container.fwPlot = plot;
+    track(container, plot, height);
+    describe(container, title || container.closest(".card")?.querySelector("h2")?.textContent || "chart", xs, series, timeFmt);
     return plot;
   }
 
@@ -324,8 +466,10 @@ const Flywheel = (() => {
     const p = new Map(prev || []);
     return now.map(([le, c]) => [le, c - (p.get(le) || 0)]);
   }
+  // Samples of /metrics, or null (the banner says why) when the server did not answer.
   async function scrapeMetrics() {
-    return parsePrometheus(await (await fetch("/metrics")).text());
+    const r = await api("/metrics", { shape: "text" });
+    return r.ok ? parsePrometheus(r.data) : null;
   }
 
   // Serving traffic per (endpoint, version) between two scrapes.
@@ -345,14 +489,58 @@ const Flywheel = (() => {
     return out;
   }
 
-  // Poll fn every ms while the page is open (first call now); errors are shown, not thrown.
-  function every(ms, fn) {
-    const run = () => fn().catch((e) => { console.warn(e); });
-    run();
+  // Poll fn every ms while the page is open (first call now). Calls never overlap; an exception
+  // is logged, never left uncaught; the fetch helper drives the "server unreachable" banner.
+  function every(ms, fn, { now = true } = {}) {
+    let busy = false;
+    const run = async () => {
+      if (busy) return;
+      busy = true;
+      try { await fn(); } catch (e) { console.warn(e); } finally { busy = false; }
+    };
+    if (now) run();
     return setInterval(run, ms);
   }
 
-  // The token field in the header: paste once per tab (sessionStorage), shown masked.
+  // The page's subject: the decoded hash ("" for none).
+  const subject = () => { try { return decodeURIComponent(location.hash.slice(1)); } catch { return ""; } };
+  // Empty every panel named by id, with a note (a new subject must not show the old one's data).
+  function resetPanels(ids, note = "Loading…") {
+    for (const id of ids) {
+      const node = document.getElementById(id);
+      if (!node) continue;
+      node.fwPlot?.destroy(); node.fwPlot = null;
+      if (node.tagName === "TBODY" || node.tagName === "TABLE") (node.tBodies?.[0] || node).replaceChildren();
+      else node.replaceChildren(el("p", { class: "muted" }, note));
+    }
+    for (const f of document.querySelectorAll(".flash")) { f.hidden = true; f.textContent = ""; }
+  }
+
+  // The token field in the header: paste once per tab (sessionStorage), shown masked. Its role
+  // (GET /ui/api/whoami) enables or disables the action buttons.
+  const who = { role: null, name: null };
+  const ROLES = { reader: 1, writer: 2, admin: 3 };
+  const canWrite = () => (ROLES[who.role] || 0) >= ROLES.writer;
+  async function refreshRole() {
+    who.role = null; who.name = null;
+    if (token()) {
+      const r = await api("/ui/api/whoami", { shape: "object" });
+      if (r.ok) { who.role = r.data.role; who.name = r.data.name; }
+    }
+    const state = document.getElementById("token-state");
+    if (state) state.textContent = !token() ? "no token: read only" : who.role ? `${who.name} (${who.role})` : "token not accepted";
+    document.dispatchEvent(new CustomEvent("fw-role"));
+    syncActions();
+  }
+  // Buttons marked data-needs-writer are disabled (with the reason) unless the token can write
+  // and the button's own `fwPossible` check (if any) says the action applies now.
+  function syncActions(root = document) {
+    for (const b of root.querySelectorAll("[data-needs-writer]")) {
+      const impossible = b.fwImpossible || "";
+      b.disabled = !canWrite() || !!impossible;
+      b.title = !canWrite() ? "needs a writer token: paste one in the token field at the top" : impossible;
+    }
+  }
   function tokenField() {
     const input = document.getElementById("token");
     if (!input) return;
@@ -360,36 +548,209 @@ const Flywheel = (() => {
     input.addEventListener("change", () => {
       const v = input.value.trim();
       if (v) sessionStorage.setItem(TOKEN_KEY, v); else sessionStorage.removeItem(TOKEN_KEY);
+      refreshRole();
     });
+    refreshRole();
   }
   document.addEventListener("DOMContentLoaded", tokenField);
+
+  // Light or dark: the system's choice (prefers-color-scheme) until the toggle saves one.
+  function effectiveTheme() {
+    return document.documentElement.dataset.theme ||
+      (matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light");
+  }
+  function themeToggle() {
+    const b = document.getElementById("theme-toggle");
+    if (!b) return;
+    const label = () => { b.textContent = effectiveTheme() === "dark" ? "light theme" : "dark theme"; };
+    label();
+    b.addEventListener("click", () => {
+      const next = effectiveTheme() === "dark" ? "light" : "dark";
+      document.documentElement.dataset.theme = next;
+      localStorage.setItem("flywheel-theme", next);
+      label();
+      document.dispatchEvent(new CustomEvent("fw-theme"));
+    });
+  }
+  document.addEventListener("DOMContentLoaded", themeToggle);
+
+  // ----- actions: a confirmation dialog with a typed reason, run and audited by the server -----
+  // POST /ui/api/actions runs `method path body` through the system's own HTTP API with the
+  // pasted token and records who, what, why and the outcome (GET /ui/api/actions lists them).
+  function flash(text, ok) {
+    const f = document.getElementById("flash") || document.getElementById("action-flash");
+    if (!f) return;
+    f.className = `flash ${ok ? "ok" : "bad"}`; f.textContent = text; f.hidden = false;
+  }
+  function confirmAction({ title, detail = "", action, target, method = "POST", path, body = () => ({}), onDone = null, fields = null }) {
+    const dlg = document.getElementById("confirm");
+    const reason = el("textarea", { id: "confirm-reason", rows: 3, "aria-required": "true", maxlength: 500 });
+    const err = el("p", { class: "error", role: "alert", id: "confirm-error", hidden: "" });
+    const ok = el("button", { type: "submit", class: "danger", id: "confirm-ok" }, "Confirm");
+    const cancel = el("button", { type: "button", id: "confirm-cancel" }, "Cancel");
+    const form = el("form", { method: "dialog" },
+      el("h2", { id: "confirm-title" }, title), detail ? el("p", {}, detail) : "",
+      ...(fields ? [fields] : []),
+      el("label", { for: "confirm-reason" }, "Reason (required; recorded in the audit log)"), reason, err,
+      el("div", { class: "toolbar end" }, cancel, ok));
+    dlg.replaceChildren(form);
+    dlg.setAttribute("aria-labelledby", "confirm-title");
+    cancel.addEventListener("click", () => dlg.close());
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const why = reason.value.trim();
+      if (why.length < 3) { err.hidden = false; err.textContent = "Type a reason (3 characters or more)."; reason.focus(); return; }
+      let payload;
+      try { payload = body(); } catch (x) { err.hidden = false; err.textContent = x.message; return; }
+      ok.disabled = true;
+      const r = await api("/ui/api/actions", { method: "POST", shape: "object",
+        body: { action, target, reason: why, method, path, body: payload } });
+      ok.disabled = false;
+      if (!r.ok) { err.hidden = false; err.textContent = `Refused: ${r.error}${r.status ? ` (HTTP ${r.status})` : ""}`; return; }
+      dlg.close();
+      flash(`${title}: done (audit #${r.data.audit_id})`, true);
+      if (onDone) await onDone(r.data.body);
+      document.dispatchEvent(new CustomEvent("fw-acted"));
+    });
+    dlg.showModal();
+    reason.focus();
+  }
+  // A button for an action: disabled without a writer token, or with `impossible` (a reason).
+  function actionButton(label, spec, { impossible = "", id = null } = {}) {
+    const b = el("button", { type: "button", "data-needs-writer": "", "data-action": id || spec.action });
+    b.textContent = label;
+    b.fwImpossible = impossible;
+    b.addEventListener("click", () => confirmAction(spec));
+    syncActions(b.parentNode || document);
+    b.disabled = !canWrite() || !!impossible;
+    b.title = !canWrite() ? "needs a writer token: paste one in the token field at the top" : impossible;
+    return b;
+  }
+  // The audit of dashboard actions on one target, newest first, into a table body.
+  async function auditInto(tbody, target) {
+    const rows = await load(tbody, `/ui/api/actions?target=${encodeURIComponent(target)}&limit=20`, "array", "audit");
+    if (!rows) return;
+    if (!rows.length) { tbody.replaceChildren(el("tr", {}, el("td", { colspan: 6, class: "muted" }, "No dashboard actions yet."))); return; }
+    fillTable(tbody, rows.map((a) => [`#${a.id}`, when(a.at), a.action, a.actor, a.reason,
+      pill(`HTTP ${a.status}`, a.status < 300 ? "ok" : "bad")]));
+  }
+
+  // ----- tables: sort, a column chooser and pages -----
+  // dataTable(host, {id, columns: [{key, label, value(row), render(row)?, hidden?, fixed?}],
+  //   pageSize, onSort(key, desc)?}) -> {set(rows), columns(), state}. The chosen columns persist
+  // per table (localStorage). Columns with `server: true` are sorted by the server: onSort(key,
+  // desc) fetches again and calls set() with its answer.
+  function dataTable(host, { id, columns, pageSize = 25, onSort = null, caption = "" }) {
+    const saved = JSON.parse(localStorage.getItem(`fw-cols-${id}`) || "null");
+    const state = { sort: null, desc: false, page: 0, rows: [], shown: new Set(
+      saved || columns.filter((c) => !c.hidden).map((c) => c.key)) };
+    const table = el("table", { id });
+    if (caption) table.append(el("caption", { class: "muted" }, caption));
+    const thead = el("thead"), tbody = el("tbody");
+    table.append(thead, tbody);
+    const chooser = el("details", { class: "columns" }, el("summary", {}, "columns"));
+    const pager = el("div", { class: "pager" });
+    host.replaceChildren(chooser, table, pager);
+    let cols = columns;
+    function setColumns(next) {
+      cols = next;
+      chooser.replaceChildren(el("summary", {}, "columns"), ...cols.filter((c) => !c.fixed).map((c) => {
+        const box = el("input", { type: "checkbox", "data-column": c.key });
+        box.checked = state.shown.has(c.key);
+        box.addEventListener("change", () => {
+          if (box.checked) state.shown.add(c.key); else state.shown.delete(c.key);
+          localStorage.setItem(`fw-cols-${id}`, JSON.stringify([...state.shown]));
+          draw();
+        });
+        return el("label", {}, box, c.label);
+      }));
+    }
+    const visible = () => cols.filter((c) => c.fixed || state.shown.has(c.key));
+    function sorted() {
+      if (!state.sort) return state.rows;
+      const col = cols.find((c) => c.key === state.sort);
+      if (!col || (onSort && col.server)) return state.rows;  // the server sorted these
+      const v = (r) => col.value(r);
+      return state.rows.slice().sort((a, b) => {
+        const x = v(a), y = v(b);
+        const nx = x === null || x === undefined || x === "", ny = y === null || y === undefined || y === "";
+        if (nx || ny) return nx === ny ? 0 : nx ? 1 : -1;  // blanks last, either way
+        const c = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y), undefined, { numeric: true });
+        return state.desc ? -c : c;
+      });
+    }
+    function draw() {
+      const vis = visible();
+      thead.replaceChildren(el("tr", {}, ...vis.map((c) => {
+        if (c.sortable === false) return el("th", { scope: "col" }, c.label);
+        const b = el("button", { type: "button", class: "sort", "data-sort": c.key }, c.label +
+          (state.sort === c.key ? (state.desc ? " ▼" : " ▲") : ""));
+        b.addEventListener("click", () => {
+          state.desc = state.sort === c.key ? !state.desc : false;
+          state.sort = c.key; state.page = 0;
+          if (onSort && c.server) onSort(c.key, state.desc); else draw();
+        });
+        return el("th", { scope: "col", "aria-sort": state.sort === c.key ? (state.desc ? "descending" : "ascending") : "none" }, b);
+      })));
+      const rows = sorted(), pages = Math.max(1, Math.ceil(rows.length / pageSize));
+      state.page = Math.min(state.page, pages - 1);
+      const slice = rows.slice(state.page * pageSize, (state.page + 1) * pageSize);
+      tbody.replaceChildren(...slice.map((r) => {
+        const tr = el("tr", r.fwAttrs || {});
+        for (const c of vis) {
+          const v = c.render ? c.render(r) : c.value(r);
+          tr.append(el("td", {}, v instanceof Node ? v : v === null || v === undefined ? "–" : typeof v === "number" ? fmt(v) : String(v)));
+        }
+        return tr;
+      }));
+      if (!slice.length) tbody.replaceChildren(el("tr", {}, el("td", { colspan: vis.length, class: "muted" }, "Nothing to show.")));
+      const prev = el("button", { type: "button", "data-page": "prev" }, "← previous"), next = el("button", { type: "button", "data-page": "next" }, "next →");
+      prev.disabled = state.page === 0; next.disabled = state.page >= pages - 1;
+      prev.addEventListener("click", () => { state.page--; draw(); });
+      next.addEventListener("click", () => { state.page++; draw(); });
+      pager.replaceChildren(prev, el("span", { class: "muted" }, `page ${state.page + 1} of ${pages} · ${rows.length} rows`), next);
+      pager.hidden = rows.length <= pageSize;
+    }
+    setColumns(columns);
+    return {
+      set(rows) { state.rows = rows; draw(); },
+      setColumns(next) { setColumns(next); draw(); },
+      error(res, what) { showError(tbody, res, what); pager.hidden = true; },
+      state, table, tbody,
+    };
+  }
 
   async function overview() {
     const storesBody = document.querySelector("#stores tbody");
     const healthPill = document.getElementById("health-status");
     async function health() {
-      const { status, body } = await getJSON("/healthz");
-      healthPill.textContent = body.status || `HTTP ${status}`;
+      const r = await api("/healthz", { shape: "object" });
+      if (r.offline) {  // nothing known now: say so instead of the last "ok"
+        healthPill.textContent = "unknown"; healthPill.className = "pill";
+        for (const td of storesBody.querySelectorAll("td:nth-child(2)")) td.replaceChildren(el("span", { class: "muted" }, "unknown"));
+        return;
+      }
+      const body = r.data || {};
+      healthPill.textContent = body.status || `HTTP ${r.status}`;
       healthPill.className = `pill ${body.status === "ok" ? "ok" : "bad"}`;
-      fillTable(storesBody, Object.entries(body.stores || {}).map(([name, s]) => [
+      if (!body.stores) { showError(storesBody, r, "health"); return; }
+      fillTable(storesBody, Object.entries(body.stores).map(([name, s]) => [
         name, el("span", { class: s.ok ? "ok" : "bad" }, s.ok ? "up" : "down"), s.detail]));
     }
-    const rps = lineChart(document.getElementById("chart-rps"), [{ label: "all routes", stroke: "#3056d3" }]);
-    const p99 = lineChart(document.getElementById("chart-p99"), [{ label: "p99 ms", stroke: "#c4320a" }]);
+    const rps = lineChart(document.getElementById("chart-rps"), [{ label: "all routes", stroke: color(0) }]);
+    const p99 = lineChart(document.getElementById("chart-p99"), [{ label: "p99 ms", stroke: color(1) }]);
     const routesBody = document.querySelector("#routes tbody");
     let prev = null, prevAt = 0;
     async function scrape() {
-      const text = await (await fetch("/metrics")).text();
+      const curr = await scrapeMetrics();
+      if (!curr) { prev = null; return; }
       const now = Date.now() / 1000;
-      const curr = parsePrometheus(text);
       if (prev) {
         const r = routeStats(prev, curr, now - prevAt);
         rps.push(now, [r.total]);
         p99.push(now, [r.p99 === null ? null : r.p99 * 1000]);
         fillTable(routesBody, r.stats.sort((a, b) => b.rps - a.rps).map((s) => [
           s.route, s.rps.toFixed(2), s.p99 === null ? "–" : (s.p99 * 1000).toFixed(1), s.errors]));
-      }
-      if (prev) {
         const eps = servingStats(prev, curr, now - prevAt, (l) => l.endpoint);
         fillTable(document.querySelector("#endpoints-live tbody"), [...eps.entries()]
           .sort((a, b) => b[1].rps - a[1].rps).map(([name, s]) => [
@@ -400,26 +761,51 @@ const Flywheel = (() => {
       prev = curr; prevAt = now;
     }
     async function systems() {
-      const jobs = await getJSON("/training/jobs?limit=200");
-      const running = (jobs.body || []).filter?.((j) => ["running", "admitted", "queued"]
-        .includes(j.state)) || [];
-      fillTable(document.querySelector("#jobs tbody"), running.map((j) => [
-        el("a", { href: `/ui/training#${encodeURIComponent(j.id)}` }, j.name), pill(j.state,
-          j.state === "running" ? "ok" : ""), j.team, j.priority, j.restarts]));
-      const exps = await getJSON("/experiments?status=running");
-      fillTable(document.querySelector("#experiments tbody"), (exps.body || []).map?.((x) => [
-        el("a", { href: `/ui/experiments#${encodeURIComponent(x.name)}` }, x.name), x.kind,
-        Object.entries(x.shares || {}).map(([v, w]) => `${v} ${(w * 100).toFixed(0)}%`)
-          .join(" · ")]) || []);
+      const jobsBody = document.querySelector("#jobs tbody");
+      const jobs = await load(jobsBody, "/training/jobs?limit=200", "array", "jobs");
+      if (jobs) {
+        const running = jobs.filter((j) => ["running", "admitted", "queued"].includes(j.state));
+        fillTable(jobsBody, running.map((j) => [
+          el("a", { href: `/ui/training#${encodeURIComponent(j.id)}` }, j.name), pill(j.state,
+            j.state === "running" ? "ok" : ""), j.team, j.priority, j.restarts]));
+      }
+      const expBody = document.querySelector("#experiments tbody");
+      const exps = await load(expBody, "/experiments?status=running", "array", "experiments");
+      if (exps) {
+        const live = await liveAllocations(exps);
+        fillTable(expBody, exps.map((x) => [
+          el("a", { href: `/ui/experiments#${encodeURIComponent(x.name)}` }, x.name), x.kind,
+          allocationText(x, live.get(x.name))]));
+      }
     }
     await Promise.all([health(), scrape(), systems()]);
-    setInterval(systems, 5000);
-    setInterval(health, 5000);
-    setInterval(scrape, 2000);
+    every(5000, systems, { now: false });
+    every(5000, health, { now: false });
+    every(2000, scrape, { now: false });
   }
 
-  return { getJSON, parsePrometheus, histogramQuantile, lineChart, fillTable, el, overview,
-           send, svg, fmt, when, color, pill, button, link, empty, xyChart, timeChart,
+  // A bandit's allocation is what its policy does now (GET .../bandit probabilities), not the
+  // split it was created with; an A/B test's is its configured split.
+  async function liveAllocations(exps) {
+    const out = new Map();
+    await Promise.all(exps.filter((x) => x.kind === "bandit").map(async (x) => {
+      const r = await api(`/experiments/${encodeURIComponent(x.name)}/bandit`, { shape: "object" });
+      if (r.ok && r.data.probabilities) out.set(x.name, r.data.probabilities);
+    }));
+    return out;
+  }
+  function allocationText(x, live) {
+    if (x.kind === "bandit") {
+      if (!live) return el("span", { class: "muted" }, "live allocation unavailable (contextual or no state)");
+      return el("span", { "data-live-allocation": "" }, `live: ${Object.entries(live).map(([v, w]) => `${v} ${(w * 100).toFixed(0)}%`).join(" · ")}`);
+    }
+    return Object.entries(x.shares || {}).map(([v, w]) => `${v} ${(w * 100).toFixed(0)}%`).join(" · ");
+  }
+
+  return { dataTable, api, load, showError, subject, resetPanels, confirmAction, actionButton, auditInto,
+           canWrite, who, syncActions, flash, liveAllocations, allocationText, conn, cssVar,
+           getJSON, parsePrometheus, histogramQuantile, lineChart, fillTable, el, overview,
+           send, svg, fmt, when, color, pill, button, link, empty, xyChart, timeChart, logTick, padRange, timeTicks,
            histogramSVG, alignSeries, barsSVG,
            intervalsSVG, sumBy, bucketsBy, bucketDelta, scrapeMetrics, servingStats, every,
            token, pages: {} };
