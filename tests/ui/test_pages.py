@@ -90,19 +90,6 @@ def test_page_loads_cleanly_and_draws(
     page.close()
 
 
-@pytest.mark.parametrize("slug", [slug for slug, _, _ in PAGES])
-def test_narrow_window_has_no_horizontal_scroll(
-    browser: Any, server: Server, output_dir: Path, slug: str
-) -> None:
-    page, problems = open_page(browser, f"{server.url}/ui/{slug}", width=390, height=844)
-    page.wait_for_selector("main tbody tr")
-    overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
-    page.screenshot(path=str(output_dir / f"{slug}-narrow.png"))
-    assert overflow <= 0
-    assert problems == []
-    page.close()
-
-
 def test_overview_shows_health_routes_jobs_experiments_endpoints(
     browser: Any, server: Server
 ) -> None:

@@ -171,7 +171,7 @@ def test_version_axes_are_integers_and_serving_now_comes_from_the_endpoints(
     page.wait_for_selector("#version-table tbody tr[data-version]")
     for version in (1, 2):
         cell = page.locator(
-            f"#version-table tr[data-version='{version}'] td:nth-child(2)"
+            f"#version-table tr[data-version='{version}'] td[data-col='serving']"
         ).inner_text()
         names = set(re.findall(r"([\w-]+) \d+%", cell))
         assert names == serving.get(version, set()), (version, cell)

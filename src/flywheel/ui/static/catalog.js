@@ -47,7 +47,7 @@
       const offset = (height - col.length * (boxH + gapY)) / 2;
       col.forEach((k, ri) => pos.set(k, { x: pad + ci * colW, y: offset + ri * (boxH + gapY) }));
     });
-    const box = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "lineage", role: "img",
+    const box = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "lineage", role: "group",
                              "data-testid": "svg-chart", "aria-label": "lineage graph" });
     for (const e of edges) {
       const a = pos.get(e.src), b = pos.get(e.dst);
@@ -404,6 +404,11 @@
         { impossible: (v.stages || []).includes(stage) ? `v${v.version} is already ${stage}` : "", id: `${stage}-${v.version}` });
       const columns = [
         { key: "version", label: "version", fixed: true, value: (v) => v.version, render: (v) => `v${v.version}` },
+        { key: "actions", label: "actions", fixed: true, sortable: false, value: () => null, render: (v) => ((v.stages || []).includes("archived") ? "archived" : el("span", {},
+          stageAction(v, "staging"), stageAction(v, "production"),
+          F.actionButton("archive", { title: `Archive ${name} v${v.version}`, action: "model.archive", target: `model:${name}`, path: `${mBase}/versions/${v.version}/archive`,
+            body: () => ({ reason: document.getElementById("confirm-reason").value.trim() }), onDone: load },
+          { impossible: serving.out.has(v.version) ? `v${v.version} is serving traffic now` : "", id: `archive-${v.version}` }))) },
         { key: "serving", label: "serving now", fixed: true, value: (v) => (serving.out.get(v.version) || []).join(", "), render: (v) => {
           const on = serving.out.get(v.version);
           return on ? pill(`serving: ${on.join(", ")}`, "serving") : el("span", { class: "muted" }, "–");
@@ -413,11 +418,6 @@
         ...metricKeys.map((k) => ({ key: `m:${k}`, label: k, value: (v) => v.metrics?.[k] ?? null })),
         { key: "run", label: "run", value: (v) => v.run_id || "", render: (v) => (v.run_id ? el("a", { href: `/ui/run#${encodeURIComponent(v.run_id)}` }, v.run_id.slice(0, 8)) : "–") },
         { key: "created", label: "created", value: (v) => v.created_at || "", render: (v) => when(v.created_at) },
-        { key: "actions", label: "actions", fixed: true, sortable: false, value: () => null, render: (v) => ((v.stages || []).includes("archived") ? "archived" : el("span", {},
-          stageAction(v, "staging"), stageAction(v, "production"),
-          F.actionButton("archive", { title: `Archive ${name} v${v.version}`, action: "model.archive", target: `model:${name}`, path: `${mBase}/versions/${v.version}/archive`,
-            body: () => ({ reason: document.getElementById("confirm-reason").value.trim() }), onDone: load },
-          { impossible: serving.out.has(v.version) ? `v${v.version} is serving traffic now` : "", id: `archive-${v.version}` }))) },
       ];
       if (!versionsTable) {
         box.replaceChildren(el("div", { id: "versions-host" }), el("div", { class: "toolbar", id: "rollbacks" }));

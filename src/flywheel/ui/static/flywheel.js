@@ -148,7 +148,7 @@ const Flywheel = (() => {
   function padRange(min, max, { minSpan = 1, floor = null } = {}) {
     if (min === null || max === null || !isFinite(min) || !isFinite(max)) return [0, 1];
     if (max - min < 1e-12) {
-      const half = Math.max(Math.abs(min) * 0.1, minSpan / 2);
+      const half = Math.max(Math.abs(min) * 0.1, minSpan / 2) || 0.5;
       let lo = min - half;
       if (floor !== null && lo < floor && min >= floor) lo = floor;
       return [lo, max + half];
@@ -310,7 +310,7 @@ const Flywheel = (() => {
     const plot = new uPlot({
       width: width(), height,
       scales: { x: { time: false, range: xRange(integerX ? 2 : 1) },
-                y: { range: (_u, min, max) => padRange(min, max) } },
+                y: { range: (_u, min, max) => padRange(min, max, { minSpan: 0 }) } },
       series: [{ label: xLabel, value: (_u, v) => (v === null || v === undefined ? "–" : integerX ? `v${v}` : fmt(v)) },
         ...series.map((s, i) => ({
           label: s.label, stroke: s.stroke || color(i), width: 2, spanGaps: true,
@@ -330,7 +330,7 @@ const Flywheel = (() => {
     container.fwPlot?.destroy();
     container.replaceChildren();
     const width = () => Math.max(240, container.clientWidth - 4);
-    const y = log ? { distr: 3, log: 10 } : { range: (_u, min, max) => padRange(min, max) };
+    const y = log ? { distr: 3, log: 10 } : { range: (_u, min, max) => padRange(min, max, { minSpan: 0 }) };
     if (yRange) y.range = () => yRange;
     const plot = new uPlot({
       width: width(), height,
@@ -358,7 +358,9 @@ const Flywheel = (() => {
     const left = 36, bottom = 28, plotW = width - left - 6, plotH = height - bottom - 18;
     const slot = plotW / Math.max(1, labels.length), bar = Math.max(1, (slot - 2) / 2);
     const box = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "hist", role: "img",
-                             "data-testid": "svg-chart" });
+                             "data-testid": "svg-chart",
+                             "aria-label": `${names[0]} vs ${names[1]}, share of rows in ${labels.length} bins: ` +
+                               labels.map((l, i) => `${h.kind === "categorical" ? l : `bin ${i + 1}`} ${(sets[0][i] * 100).toFixed(0)}% vs ${(sets[1][i] * 100).toFixed(0)}%`).join("; ") });
     box.append(svg("line", { x1: left, x2: left + plotW, y1: 18 + plotH, y2: 18 + plotH, class: "zero" }),
                svg("text", { x: 0, y: 24, class: "val" }, `${(top * 100).toFixed(0)}%`),
                svg("text", { x: 0, y: 18 + plotH, class: "val" }, "0"));
@@ -401,7 +403,8 @@ const Flywheel = (() => {
   function barsSVG(rows, { max = null, format = fmt, width = 420 } = {}) {
     const rowH = 22, labelW = 150, top = max ?? Math.max(1e-12, ...rows.map((r) => r.value || 0));
     const box = svg("svg", { viewBox: `0 0 ${width} ${rows.length * rowH + 4}`, class: "bars",
-                             role: "img", "data-testid": "svg-chart" });
+                             role: "img", "data-testid": "svg-chart",
+                             "aria-label": rows.map((r) => `${r.label}: ${format(r.value)}`).join("; ") || "no data" });
     rows.forEach((r, i) => {
       const y = i * rowH + 2, w = Math.max(1, ((r.value || 0) / top) * (width - labelW - 70));
       box.append(
@@ -422,7 +425,8 @@ const Flywheel = (() => {
     const x = (v) => labelW + ((v - (lo - pad)) / (hi - lo + 2 * pad)) * (width - labelW - right);
     const h = rows.length * rowH + 22;
     const box = svg("svg", { viewBox: `0 0 ${width} ${h}`, class: "bars", role: "img",
-                             "data-testid": "svg-chart" });
+                             "data-testid": "svg-chart",
+                             "aria-label": rows.map((r) => `${r.label}: ${fmt(r.mean)}, interval ${fmt(r.low)} to ${fmt(r.high)}`).join("; ") });
     if (zero !== null) box.append(svg("line", { x1: x(zero), x2: x(zero), y1: 0, y2: h - 18,
                                                  class: "zero" }));
     rows.forEach((r, i) => {
@@ -574,6 +578,30 @@ const Flywheel = (() => {
   }
   document.addEventListener("DOMContentLoaded", themeToggle);
 
+  // A card whose content is wider than itself scrolls sideways: it becomes a focusable, named
+  // region so that keyboard users can scroll it too (WCAG: scrollable regions reachable).
+  function markScrollable() {
+    for (const card of document.querySelectorAll("main .card")) {
+      if (card.scrollWidth > card.clientWidth + 1) {
+        if (!card.hasAttribute("tabindex")) {
+          card.setAttribute("tabindex", "0");
+          card.setAttribute("role", "region");
+          card.setAttribute("aria-label", card.querySelector("h2")?.textContent.trim() || "scrollable panel");
+        }
+      } else if (card.getAttribute("role") === "region") {
+        card.removeAttribute("tabindex"); card.removeAttribute("role"); card.removeAttribute("aria-label");
+      }
+    }
+  }
+  let marking = false;
+  const scheduleMark = () => { if (!marking) { marking = true; requestAnimationFrame(() => { marking = false; markScrollable(); }); } };
+  document.addEventListener("DOMContentLoaded", () => {
+    const main = document.querySelector("main");
+    if (main) new MutationObserver(scheduleMark).observe(main, { childList: true, subtree: true });
+    window.addEventListener("resize", scheduleMark);
+    scheduleMark();
+  });
+
   // ----- actions: a confirmation dialog with a typed reason, run and audited by the server -----
   // POST /ui/api/actions runs `method path body` through the system's own HTTP API with the
   // pasted token and records who, what, why and the outcome (GET /ui/api/actions lists them).
@@ -699,7 +727,7 @@ const Flywheel = (() => {
         const tr = el("tr", r.fwAttrs || {});
         for (const c of vis) {
           const v = c.render ? c.render(r) : c.value(r);
-          tr.append(el("td", {}, v instanceof Node ? v : v === null || v === undefined ? "–" : typeof v === "number" ? fmt(v) : String(v)));
+          tr.append(el("td", { "data-col": c.key }, v instanceof Node ? v : v === null || v === undefined ? "–" : typeof v === "number" ? fmt(v) : String(v)));
         }
         return tr;
       }));
