@@ -141,7 +141,8 @@ def test_theme_toggle_skip_link_and_chart_text(browser: Any, server: Server) -> 
     page.keyboard.press("Enter")
     assert page.evaluate("() => document.activeElement.id") == "main"
     # Charts say what they show in words (role=img with a label from the data).
-    page.goto(f"{server.url}/ui/runs")
+    runs = ",".join(server.seeded["runs"])  # a shareable comparison URL
+    page.goto(f"{server.url}/ui/runs#compare={runs}")
     page.wait_for_selector("#chart-val_auc[role=img]")
     label = page.locator("#chart-val_auc").get_attribute("aria-label")
     assert label.startswith("val_auc by step over 40 points") and "last" in label
