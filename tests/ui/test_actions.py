@@ -302,7 +302,7 @@ def test_model_stage_change_and_rollback_with_reasons(
 ) -> None:
     page = open_with_token(browser, server, f"models#{MODEL}", server.writer_token)
     promote = "[data-action='production-2']"
-    page.wait_for_function(f'() => !document.querySelector("{promote}").disabled')
+    page.wait_for_selector(f"{promote}:not([disabled])")
     page.click(promote)
     confirm(page, "v2 wins the offline eval")
     page.wait_for_selector("#flash.ok")

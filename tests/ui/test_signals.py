@@ -6,6 +6,7 @@ Models page says which versions serve traffic now."""
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import httpx
@@ -223,3 +224,36 @@ def test_runs_table_lets_the_user_choose_metric_columns(browser: Any, server: Se
     page.click("details.columns summary")
     page.check("[data-column='m:train_loss']")
     page.close()
+
+
+def test_playground_reads_are_previews_that_enrol_nobody(browser: Any, server: Server) -> None:
+    user = 990777
+
+    def exposures() -> int:
+        r = httpx.get(f"{server.url}/experiments/recs-explore/report")
+        return sum(v["exposures"] for v in r.json()["variants"]) if r.status_code == 200 else 0
+
+    before = exposures()
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    answers: list[dict[str, Any]] = []
+    page.on(
+        "response",
+        lambda r: answers.append(r.json()) if "/recommendations/" in r.url else None,
+    )
+    page.goto(f"{server.url}/ui/recommendations#{user}")
+    page.wait_for_selector("#rec-table tbody tr")
+    for _ in range(2):
+        page.press("#user", "Enter")
+        page.wait_for_function("(n) => document.querySelectorAll('#rec-table').length === 1", arg=1)
+    page.wait_for_timeout(1500)
+    assert answers and all(a["preview"] is True for a in answers)
+    assert all(a["experiment_variant"] is None for a in answers)
+    assert "not enrolled" in page.locator("#meta").inner_text()
+    page.close()
+    assert exposures() == before
+    # The same read without preview does enrol the user: the check above can fail.
+    httpx.get(f"{server.url}/recommendations/{user}", params={"k": 10}).raise_for_status()
+    deadline = time.monotonic() + 10
+    while exposures() == before:
+        assert time.monotonic() < deadline, "a plain read logged no exposure"
+        time.sleep(0.3)
