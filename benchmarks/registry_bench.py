@@ -67,9 +67,11 @@ print(json.dumps(out))
 def ensure_mlflow() -> Path:
     """The MLflow venv's python, created on first use (one pip call)."""
     python = BENCH_VENV / "bin" / "python"
-    check = subprocess.run([str(python), "-c", "import mlflow, psycopg2"], capture_output=True)
-    if python.exists() and check.returncode == 0:
-        return python
+    # On a fresh clone the venv does not exist yet: check for it before running it.
+    if python.exists():
+        check = subprocess.run([str(python), "-c", "import mlflow, psycopg2"], capture_output=True)
+        if check.returncode == 0:
+            return python
     print(f"installing mlflow=={MLFLOW_VERSION} into {BENCH_VENV} (once) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
     subprocess.run(
@@ -146,8 +148,8 @@ def _pg_database(name: str, create: bool) -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def bench_logging(tmp: Path) -> list[dict[str, Any]]:
-    python = ensure_mlflow()
+def bench_logging(tmp: Path, smoke: bool = False) -> list[dict[str, Any]]:
+    python = None if smoke else ensure_mlflow()
     rows: list[dict[str, Any]] = []
     pg_db = f"bench_{uuid.uuid4().hex[:8]}"
     base = POSTGRES.rsplit("/", 1)[0]
@@ -165,15 +167,25 @@ def bench_logging(tmp: Path) -> list[dict[str, Any]]:
         for backend, (fw_url, ml_url) in backends.items():
             project = flywheel_project(tmp / f"fw-{backend}", fw_url)
             fw = flywheel_rate(project, FLYWHEEL_POINTS)
+            # Same sizes as the MLflow runs, so each ratio compares like with like (a run of
+            # 1k points pays the fixed costs that 200k points amortise).
+            fw_same = flywheel_rate(project, MLFLOW_POINTS)
+            fw_same_async = flywheel_rate(project, MLFLOW_ASYNC_POINTS)
             project.close()
             print(f"  {backend}: flywheel done", flush=True)
-            ml_sync = mlflow_rate(python, ml_url, MLFLOW_POINTS, synchronous=True)
-            ml_async = mlflow_rate(python, ml_url, MLFLOW_ASYNC_POINTS, synchronous=False)
-            print(f"  {backend}: mlflow done", flush=True)
+            if python is None:
+                print("  peer mlflow: skipped in --smoke (its venv is not installed in smoke mode)")
+                ml_sync = ml_async = {"points": 0, "seconds": float("nan"), "version": "-"}
+            else:
+                ml_sync = mlflow_rate(python, ml_url, MLFLOW_POINTS, synchronous=True)
+                ml_async = mlflow_rate(python, ml_url, MLFLOW_ASYNC_POINTS, synchronous=False)
+                print(f"  {backend}: mlflow done", flush=True)
             rows.append(
                 {
                     "backend": backend,
                     "flywheel": fw["points"] / fw["seconds"],
+                    "flywheel_same": fw_same["points"] / fw_same["seconds"],
+                    "flywheel_same_async": fw_same_async["points"] / fw_same_async["seconds"],
                     "flywheel_calls": fw["points"] / fw["call_seconds"],
                     "mlflow_sync": ml_sync["points"] / ml_sync["seconds"],
                     "mlflow_async": ml_async["points"] / ml_async["seconds"],
@@ -186,7 +198,7 @@ def bench_logging(tmp: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _models() -> dict[str, tuple[Any, np.ndarray]]:
+def _models(only: tuple[str, ...] | None = None) -> dict[str, tuple[Any, np.ndarray]]:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, 20)).astype(np.float32)
     y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
@@ -197,6 +209,8 @@ def _models() -> dict[str, tuple[Any, np.ndarray]]:
     models: dict[str, tuple[Any, np.ndarray]] = {
         "sklearn": (LogisticRegression(max_iter=200).fit(x, y), example)
     }
+    if only is not None:
+        return {k: v for k, v in models.items() if k in only}
     import torch
 
     torch.manual_seed(0)
@@ -221,13 +235,13 @@ def _models() -> dict[str, tuple[Any, np.ndarray]]:
     return models
 
 
-def bench_flavors(tmp: Path) -> list[dict[str, Any]]:
+def bench_flavors(tmp: Path, only: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     from flywheel.registry import Registry
 
     project = flywheel_project(tmp / "fw-flavors", None)
     registry = Registry(project)
     rows = []
-    for flavor, (model, example) in _models().items():
+    for flavor, (model, example) in _models(only).items():
         t0 = time.perf_counter()
         mv = registry.register_model(f"bench-{flavor}", model, flavor=flavor, input_example=example)
         register_s = time.perf_counter() - t0
@@ -262,13 +276,23 @@ def _versions() -> str:
 
 
 def main() -> None:
+    import argparse
+
+    global FLYWHEEL_POINTS, MLFLOW_POINTS, MLFLOW_ASYNC_POINTS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, MLflow skipped, sklearn flavor only (CI)"
+    )
+    args = parser.parse_args()
+    if args.smoke:
+        FLYWHEEL_POINTS, MLFLOW_POINTS, MLFLOW_ASYNC_POINTS = 2000, 100, 200
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with tempfile.TemporaryDirectory(prefix="flywheel-bench-") as tmp_name:
         tmp = Path(tmp_name)
         print("log_metric throughput ...", flush=True)
-        logging_rows = bench_logging(tmp)
+        logging_rows = bench_logging(tmp, smoke=args.smoke)
         print("register + load per flavor ...", flush=True)
-        flavor_rows = bench_flavors(tmp)
+        flavor_rows = bench_flavors(tmp, only=("sklearn",) if args.smoke else None)
     import flywheel
 
     print()
@@ -283,15 +307,22 @@ def main() -> None:
     )
     print()
     print(
-        "| backend | Flywheel points/s (stored) | MLflow points/s (default, synchronous) | ratio "
-        "| MLflow points/s (synchronous=False) | ratio | Flywheel log_metric calls/s |"
+        f"| backend | Flywheel points/s at {FLYWHEEL_POINTS:,} | Flywheel at {MLFLOW_POINTS:,} "
+        f"| MLflow at {MLFLOW_POINTS:,} (synchronous) | ratio (same size) "
+        f"| Flywheel at {MLFLOW_ASYNC_POINTS:,} | MLflow at {MLFLOW_ASYNC_POINTS:,} "
+        "(synchronous=False) | ratio (same size) | Flywheel log_metric calls/s |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in logging_rows:
+        if r["mlflow_version"] == "-":
+            ratio_sync = ratio_async = "skipped (--smoke)"
+        else:
+            ratio_sync = f"{r['flywheel_same'] / r['mlflow_sync']:,.0f}x"
+            ratio_async = f"{r['flywheel_same_async'] / r['mlflow_async']:,.1f}x"
         print(
-            f"| {r['backend']} | {r['flywheel']:,.0f} | {r['mlflow_sync']:,.0f} | "
-            f"{r['flywheel'] / r['mlflow_sync']:,.0f}x | {r['mlflow_async']:,.0f} | "
-            f"{r['flywheel'] / r['mlflow_async']:,.1f}x | {r['flywheel_calls']:,.0f} |"
+            f"| {r['backend']} | {r['flywheel']:,.0f} | {r['flywheel_same']:,.0f} | "
+            f"{r['mlflow_sync']:,.0f} | {ratio_sync} | {r['flywheel_same_async']:,.0f} | "
+            f"{r['mlflow_async']:,.0f} | {ratio_async} | {r['flywheel_calls']:,.0f} |"
         )
     print()
     print(
