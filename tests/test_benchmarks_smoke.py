@@ -23,8 +23,6 @@ BENCHMARKS = sorted((ROOT / "benchmarks").glob("*.py"))
 TIME_LIMIT_S = 300
 
 PENDING = {
-    "recsys_offline.py": "recsys helper adds --smoke (#17, NOTES 09:24 contract)",
-    "recsys_serving.py": "recsys helper adds --smoke (#17, NOTES 09:24 contract)",
     "llm_grammar.py": "llm helper adds --smoke (#17, NOTES 09:24 contract)",
     "serving_vs_mlserver.py": "train: --smoke without the MLServer peer not done yet",
 }
