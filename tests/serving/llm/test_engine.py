@@ -170,6 +170,7 @@ def test_prefix_cache_reuses_a_repeated_system_prompt(engine: LLMEngine) -> None
     first_work = mid.prompt_tokens_computed - before.prompt_tokens_computed
     assert first_work == len(first) - a1.cached_prompt_tokens
     assert after.kv_blocks_free == after.kv_blocks_total
+    assert (after.num_running, after.num_waiting) == (0, 0)  # seen as soon as the result is
 
 
 def test_seed_reproduces_regardless_of_batch(engine: LLMEngine) -> None:

@@ -669,6 +669,7 @@ class LLMEngine:
             outbox.append((request, event))
         with self._cv:
             self._counters["generation_tokens"] += generated
+        self._publish()  # a caller that reads stats() after its final event sees it gone
         by_sink: dict[int, tuple[Sink, list[TokenEvent]]] = {}
         for request, event in outbox:
             by_sink.setdefault(id(request), (request.sink, []))[1].append(event)
