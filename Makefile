@@ -13,14 +13,22 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
+# xgrammar requires triton for its CUDA kernel only (imported lazily, never on CPU). With triton
+# installed, torch._dynamo imports it, and triton's LLVM aborts any process that has already loaded
+# TensorFlow ("LLVM ERROR: inconsistency in registered CommandLine options"). On a machine without
+# CUDA we remove it; a GPU machine keeps it (its torch build brings triton anyway).
+DROP_TRITON = if ! command -v nvidia-smi >/dev/null 2>&1; then $(PIP) uninstall -y -q triton 2>/dev/null || true; fi
+
 # Core dependencies: what the demo needs.
 $(VENV)/.stamp-core: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) install -q -c constraints.txt -e .
+	$(DROP_TRITON)
 	touch $@
 
 # Everything `make test` needs: core + TensorFlow + test tools.
 $(VENV)/.stamp-all: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) install -q -c constraints.txt -e '.[tensorflow,ray,dev]'
+	$(DROP_TRITON)
 	touch $@ $(VENV)/.stamp-core
 
 # The dashboard's browser libraries, from the npm registry, served by Flywheel itself.
