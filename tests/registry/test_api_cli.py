@@ -147,4 +147,4 @@ def test_model_files_register_over_http_and_cli(
     )
     assert code == 0 and "models:/gbm/2" in out
     code, _, err = _cli(capsys, config, "models", "register", "gbm", str(path), "--flavor", "torch")
-    assert code == 1 and "onnx or lightgbm" in err
+    assert code == 1 and "onnx, lightgbm, llm or scripted-chat" in err
