@@ -64,12 +64,27 @@ def _endpoint_state(project: Project, name: str) -> Any:
     return ep.canary.state.value
 
 
+def _wait_until_routed(client: Any, name: str) -> str:
+    """The first answer through an endpoint just written to the store (the server's reconciler
+    sees it on its next tick; on a loaded machine the first request can beat it: a 404)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            resp = client.chat.completions.create(
+                model=name, messages=QUESTION, max_tokens=4, temperature=0
+            )
+            return str(resp.system_fingerprint or "")
+        except openai.NotFoundError:
+            assert time.monotonic() < deadline, f"the server never saw endpoint {name!r}"
+            time.sleep(0.2)
+
+
 def test_llm_canary_promotes_then_a_broken_candidate_rolls_back(ops: Any) -> None:
     project, url = ops
     client = _client(url)
     deploy(project, "chat", version=2, model="tiny", canary=(50,), step_requests=4,
            max_error_rate=0.0)  # fmt: skip
-    served: set[str] = set()
+    served = {_wait_until_routed(client, "chat")}
     deadline = time.monotonic() + 120
     while _endpoint_state(project, "chat") == "running":
         assert time.monotonic() < deadline, "the canary never finished"
