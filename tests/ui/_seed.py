@@ -118,9 +118,8 @@ def seed(root: Path, url: str, token: str) -> dict[str, Any]:
 
         # Registry: two versions of a small classifier on the dataset's numeric features (named,
         # so that the endpoint's logged inputs line up with the drift reference); v1 in production.
-        frame = pd.concat(
-            [pd.read_parquet(f) for f in store.get_training_dataset("ui_ranker_train").files]
-        )
+        dataset_files = [str(f) for f in store.get_training_dataset("ui_ranker_train").files]
+        frame = pd.concat([pd.read_parquet(f) for f in dataset_files])
         x = frame[DRIFT_FEATURES].to_numpy(dtype=np.float32)
         y = (frame["spend_7d"] > frame["spend_7d"].median()).to_numpy(dtype=np.int64)
         registry = Registry(project)
@@ -134,7 +133,8 @@ def seed(root: Path, url: str, token: str) -> dict[str, Any]:
                 training_dataset="ui_ranker_train",
                 feature_service="ranker_features",
                 description=f"logistic regression C={c}",
-                config={"feature_names": DRIFT_FEATURES},
+                # the drift reference, as a training job records it (docs/serving.md)
+                config={"feature_names": DRIFT_FEATURES, "training_dataset_files": dataset_files},
             )
         registry.set_stage(MODEL, 1, "production", reason="first model", actor="seed")
         registry.set_stage(MODEL, 2, "staging", reason="candidate", actor="seed")

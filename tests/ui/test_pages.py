@@ -174,11 +174,6 @@ def test_runs_compare_on_one_chart(browser: Any, server: Server) -> None:
     page.close()
 
 
-@pytest.mark.xfail(
-    reason="open defect found at the end of session 3, not yet diagnosed: on main the latency "
-    "legend or the drift table does not show within its timeout (see the closing note)",
-    strict=False,
-)
 def test_endpoint_split_latency_shadow_and_drift(browser: Any, server: Server) -> None:
     page, problems = open_page(browser, f"{server.url}/ui/endpoints#{ENDPOINT}")
     page.wait_for_selector("[data-testid=split] span")
