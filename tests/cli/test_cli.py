@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import free_port
 
 FLYWHEEL = [sys.executable, "-m", "flywheel.cli"]
 
@@ -21,12 +22,6 @@ def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[s
     return subprocess.run(
         [*FLYWHEEL, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_version_and_help(tmp_path: Path) -> None:

@@ -6,11 +6,9 @@ metadata store are real. Tests that need the registry itself use ``flywheel.regi
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +17,9 @@ import pytest
 
 from flywheel.errors import NotFoundError
 from flywheel.project import Project
+from tests.conftest import uvicorn_in_thread
+
+running_server = uvicorn_in_thread  # serve an app in a thread; yields ``host:port``
 
 Tensors = dict[str, np.ndarray]
 DTYPES = {
@@ -176,34 +177,6 @@ class FakeSource:
 @pytest.fixture
 def source() -> FakeSource:
     return FakeSource()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def running_server(app: Any) -> Iterator[str]:
-    """Serve ``app`` with a real uvicorn on 127.0.0.1 in a thread; yields ``host:port``."""
-    import uvicorn
-
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def serving_app(project: Project, source: FakeSource) -> Any:

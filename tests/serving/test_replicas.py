@@ -15,8 +15,7 @@ import pytest
 from flywheel.project import Project
 from flywheel.registry import Registry
 from flywheel.serving import EndpointStore, deploy
-from tests.conftest import make_project
-from tests.serving.conftest import free_port
+from tests.conftest import free_port, make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

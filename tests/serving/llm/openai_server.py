@@ -6,15 +6,13 @@ free port in a thread. ``register_tiny`` registers the tiny model folder as an `
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from flywheel.project import Project
+from tests.conftest import uvicorn_in_thread
 
 # The tools the tiny model was trained with (its corpus), so that "auto" has calls to make.
 WEATHER_TOOL: dict[str, Any] = {
@@ -43,36 +41,13 @@ MODEL_TOOL: dict[str, Any] = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def llm_server(project: Project) -> Iterator[str]:
     """Serve the project's full app; yields the base URL (``http://127.0.0.1:PORT``)."""
-    import uvicorn
-
     from flywheel.api import create_server_app
 
-    port = free_port()
-    config = uvicorn.Config(
-        create_server_app(project), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
+    with uvicorn_in_thread(create_server_app(project), start_timeout=60) as address:
+        yield f"http://{address}"
 
 
 def register_tiny(
