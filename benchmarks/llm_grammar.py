@@ -12,7 +12,7 @@ The answers are checked for both libraries: every token of the valid answer must
 the answer must complete the grammar (stop token accepted), and a token that breaks the JSON
 must be refused. llguidance is no longer a dependency of the project (xgrammar was chosen on
 these figures); install it (``pip install llguidance==1.9.1``) to compare again.
-Usage: ``python benchmarks/llm_grammar.py [--model-dir DIR] [--repeats N]``
+Usage: ``python benchmarks/llm_grammar.py [--model-dir DIR] [--repeats N] [--smoke]``
 (default: the tiny model's tokenizer, trained here in about a second).
 """
 
@@ -213,7 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", default=None, help="A Hugging Face folder (tokenizer)")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--smoke", action="store_true", help="2 repeats (CI: every path runs)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.repeats = 2
     torch.set_num_threads(1)
     tokenizer = tokenizer_of(args.model_dir)
     vocab = len(tokenizer)

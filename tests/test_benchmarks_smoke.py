@@ -23,7 +23,6 @@ BENCHMARKS = sorted((ROOT / "benchmarks").glob("*.py"))
 TIME_LIMIT_S = 300
 
 PENDING = {
-    "llm_grammar.py": "llm helper adds --smoke (#17, NOTES 09:24 contract)",
     "serving_vs_mlserver.py": "train: --smoke without the MLServer peer not done yet",
 }
 
