@@ -15,6 +15,7 @@ import base64
 import gzip
 import zlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -66,6 +67,44 @@ class SpanRecord:
     @property
     def duration_ns(self) -> int:
         return self.end_ns - self.start_ns
+
+    def to_dict(self) -> dict[str, Any]:
+        """The span as ``GET /traces/{id}`` returns it (names for kind and status, ISO start)."""
+        return {
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "parent_span_id": self.parent_span_id,
+            "name": self.name,
+            "service": self.service,
+            "kind": KIND_NAMES.get(self.kind, str(self.kind)),
+            "start_time": iso_time(self.start_ns),
+            "start_ns": self.start_ns,
+            "end_ns": self.end_ns,
+            "duration_ms": round(self.duration_ns / 1e6, 3),
+            "status": STATUS_NAMES.get(self.status_code, str(self.status_code)),
+            "status_message": self.status_message,
+            "scope": self.scope,
+            "attributes": self.attributes,
+            "resource": self.resource,
+            "events": self.events,
+            "links": self.links,
+        }
+
+
+KIND_NAMES = {
+    0: "unspecified",
+    1: "internal",
+    2: "server",
+    3: "client",
+    4: "producer",
+    5: "consumer",
+}
+STATUS_NAMES = {0: "unset", 1: "ok", 2: "error"}
+
+
+def iso_time(ns: int) -> str:
+    """Unix nanoseconds as an ISO 8601 UTC time (microseconds)."""
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="microseconds")
 
 
 def any_value(value: Any) -> Any:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -28,7 +27,7 @@ from sqlalchemy.engine import Connection
 
 from flywheel.errors import FlywheelError, NotFoundError
 from flywheel.metadata import Database
-from flywheel.telemetry._otlp import SpanRecord
+from flywheel.telemetry._otlp import SpanRecord, iso_time
 
 MAX_INDEXED_VALUE = 256
 MAX_INDEXED_KEY = 255
@@ -128,7 +127,7 @@ class TraceSummary:
             "trace_id": self.trace_id,
             "root_name": self.root_name,
             "root_service": self.root_service,
-            "start_time": _iso(self.start_ns),
+            "start_time": iso_time(self.start_ns),
             "start_ns": self.start_ns,
             "duration_ms": round(self.duration_ms, 3),
             "span_count": self.span_count,
@@ -139,61 +138,7 @@ class TraceSummary:
         }
 
 
-@dataclass(frozen=True)
-class StoredSpan:
-    """A span read back from the store."""
-
-    trace_id: str
-    span_id: str
-    parent_span_id: str | None
-    name: str
-    service: str
-    kind: int
-    start_ns: int
-    end_ns: int
-    status_code: int
-    status_message: str | None
-    scope: str | None
-    attributes: dict[str, Any]
-    resource: dict[str, Any]
-    events: list[dict[str, Any]]
-    links: list[dict[str, Any]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "trace_id": self.trace_id,
-            "span_id": self.span_id,
-            "parent_span_id": self.parent_span_id,
-            "name": self.name,
-            "service": self.service,
-            "kind": _KIND_NAMES.get(self.kind, str(self.kind)),
-            "start_time": _iso(self.start_ns),
-            "start_ns": self.start_ns,
-            "end_ns": self.end_ns,
-            "duration_ms": round((self.end_ns - self.start_ns) / 1e6, 3),
-            "status": _STATUS_NAMES.get(self.status_code, str(self.status_code)),
-            "status_message": self.status_message,
-            "scope": self.scope,
-            "attributes": self.attributes,
-            "resource": self.resource,
-            "events": self.events,
-            "links": self.links,
-        }
-
-
-_KIND_NAMES = {
-    0: "unspecified",
-    1: "internal",
-    2: "server",
-    3: "client",
-    4: "producer",
-    5: "consumer",
-}
-_STATUS_NAMES = {0: "unset", 1: "ok", 2: "error"}
-
-
-def _iso(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="microseconds")
+StoredSpan = SpanRecord  # a span read back from the store is the record that was ingested
 
 
 def _int_or_none(value: Any) -> int | None:
