@@ -37,14 +37,25 @@ def test_deploy_split_shadow_status_rollback(project: Project) -> None:
     assert "canary v2 over v1: running at 10%" in out
     failed = runner.invoke(app, ["deploy", "shop", "--version", "3", "-c", config])
     assert failed.exit_code != 0  # a canary is running
+    assert "canary v2 over v1: paused at 10%" in run("pause", "shop", "--reason", "hold")
+    assert "canary v2 over v1: running at 10%" in run("resume", "shop", "--reason", "go")
     assert "rolled_back" in run("rollback", "shop", "--reason", "manual test")
     assert "v1:90" in run("split", "shop", "1=90", "3=10", "--shadow", "2:0.5")
     assert "shadow v2 (50%)" in run("endpoints")
     assert "shadow" not in run("shadow", "shop", "--off").split("(revision")[0]
     status = orjson.loads(run("status", "shop", "--json"))
     kinds = [e["kind"] for e in status["events"]]
-    assert kinds == ["deploy", "canary_start", "canary_rollback", "update", "shadow"]
-    assert status["events"][2]["detail"]["reason"] == "manual test"
+    assert kinds == [
+        "deploy",
+        "canary_start",
+        "canary_pause",
+        "canary_resume",
+        "canary_rollback",
+        "update",
+        "shadow",
+    ]
+    assert status["events"][2]["detail"]["reason"] == "hold"
+    assert status["events"][4]["detail"]["reason"] == "manual test"
     bad = runner.invoke(app, ["split", "shop", "1=x", "-c", config])
     assert bad.exit_code != 0
     missing = runner.invoke(app, ["deploy", "shop", "--version", "9", "-c", config])

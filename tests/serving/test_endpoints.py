@@ -24,6 +24,8 @@ from flywheel.serving import (
     Route,
     ServingError,
     deploy,
+    pause,
+    resume,
     rollback,
     set_routes,
     set_shadow,
@@ -138,10 +140,26 @@ def test_endpoint_store_revisions_and_conflicts(any_project: Project, source: Fa
     assert started.canary is not None and started.canary.baseline == 1
     with pytest.raises(EndpointConflict, match="canary"):
         deploy(any_project, "e", version=2, source=source)
-    back = rollback(any_project, "e", reason="looks wrong")
+    with pytest.raises(EndpointConflict, match="only a paused canary can be resumed"):
+        resume(any_project, "e")
+    paused = pause(any_project, "e", reason="waiting for the sale", actor="ana")
+    assert paused.canary is not None and paused.canary.state is RolloutState.paused
+    assert paused.canary.weight == 10 and paused.effective_routes() == started.effective_routes()
+    with pytest.raises(EndpointConflict, match="paused"):
+        deploy(any_project, "e", version=2, source=source)  # a paused canary still holds it
+    with pytest.raises(EndpointConflict, match="only a running canary can be paused"):
+        pause(any_project, "e")
+    back = rollback(any_project, "e", reason="looks wrong")  # a paused canary can be aborted
     assert back.canary is not None and back.canary.state is RolloutState.rolled_back
-    assert [e.kind for e in store.events("e")] == ["update", "canary_start", "canary_rollback"]
+    with pytest.raises(EndpointConflict, match="rolled_back"):
+        pause(any_project, "e")
+    kinds = [e.kind for e in store.events("e")]
+    assert kinds == ["update", "canary_start", "canary_pause", "canary_rollback"]
     assert store.events("e")[-1].detail["reason"] == "looks wrong"
+    assert (store.events("e")[-2].actor, store.events("e")[-2].detail["reason"]) == (
+        "ana",
+        "waiting for the sale",
+    )
 
 
 def test_routed_canaried_and_shadowed_versions_lead_to_the_endpoint_in_lineage(

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from flywheel.project import Project
-from flywheel.serving import UnknownModel, deploy, set_routes
+from flywheel.serving import RolloutState, UnknownModel, deploy, pause, resume, set_routes
 from flywheel.serving._background import BackgroundTasks
 from flywheel.serving._endpoints import EndpointStore
 from flywheel.serving._pool import VersionPool
@@ -100,6 +100,50 @@ def test_canary_counts_only_the_candidates_server_side_answers(
         plan = endpoint.canary
         requests, errors, _ = rec.store.canary_totals("shop", plan.rollout_id, plan.step)
         assert (requests, errors) == (3, 1)
+        await rec.background.cancel_all()
+        await rec.pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_paused_canary_keeps_its_share_and_is_not_evaluated_until_resumed(
+    project: Project, source: FakeSource
+) -> None:
+    for v in (1, 2):
+        source.add("m", v, FakeModel(linear(float(v))))
+    set_routes(project, "shop", model="m", routes=[(1, 100)], source=source)
+    deploy(project, "shop", version=2, canary="20,100", step_requests=3, source=source)
+
+    async def scenario() -> None:
+        rec = _reconciler(project, source)
+        await rec.refresh_endpoints()
+        endpoint = rec.endpoint("shop")
+        assert endpoint is not None and endpoint.canary is not None
+        for _ in range(3):  # enough to pass step 1 ...
+            rec.count_canary(endpoint, 2, 200, 0.001)
+        await asyncio.to_thread(rec.flush_canary_counts)
+        pause(project, "shop", reason="hold for the sale")  # ... but paused before evaluation
+        await rec.refresh_endpoints()
+        paused = rec.endpoint("shop")
+        assert paused is not None and paused.canary is not None
+        assert paused.canary.state is RolloutState.paused
+        rec.count_canary(paused, 2, 500, 0.001)  # answers while paused are not counted
+        await rec.drive_canaries()
+        held = rec.endpoint("shop")
+        assert held is not None and held.canary is not None
+        assert (held.canary.state, held.canary.step) == (RolloutState.paused, 0)
+        assert [(r.version, r.weight) for r in held.effective_routes()] == [(1, 80.0), (2, 20.0)]
+        plan = held.canary
+        assert rec.store.canary_totals("shop", plan.rollout_id, 0)[:2] == (3, 0)
+
+        resume(project, "shop", reason="sale over")
+        await rec.refresh_endpoints()
+        await rec.drive_canaries()  # the gates run again on what step 1 gathered
+        moved = rec.endpoint("shop")
+        assert moved is not None and moved.canary is not None
+        assert (moved.canary.state, moved.canary.step) == (RolloutState.running, 1)
+        kinds = [e.kind for e in rec.store.events("shop")]
+        assert kinds[-3:] == ["canary_pause", "canary_resume", "canary_advance"]
         await rec.background.cancel_all()
         await rec.pool.close()
 

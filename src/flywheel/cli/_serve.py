@@ -188,10 +188,40 @@ def rollback(
     reason: Annotated[str, typer.Option(help="Why (recorded in the endpoint's events).")] = "",
     config: ConfigOption = None,
 ) -> None:
-    """Abort the endpoint's running canary: all traffic back to the baseline version."""
+    """Abort the endpoint's running or paused canary: all traffic back to the baseline version."""
     from flywheel.serving import rollback as do_rollback
 
     ep = do_rollback(
+        open_project(config), endpoint, reason=reason, actor=os.environ.get("USER", "cli")
+    )
+    _show(ep.to_dict())
+
+
+@app.command()
+def pause(
+    endpoint: str,
+    reason: Annotated[str, typer.Option(help="Why (recorded in the endpoint's events).")] = "",
+    config: ConfigOption = None,
+) -> None:
+    """Pause the endpoint's running canary: its share stays, its gates stop until resumed."""
+    from flywheel.serving import pause as do_pause
+
+    ep = do_pause(
+        open_project(config), endpoint, reason=reason, actor=os.environ.get("USER", "cli")
+    )
+    _show(ep.to_dict())
+
+
+@app.command()
+def resume(
+    endpoint: str,
+    reason: Annotated[str, typer.Option(help="Why (recorded in the endpoint's events).")] = "",
+    config: ConfigOption = None,
+) -> None:
+    """Resume the endpoint's paused canary at the step it was paused in."""
+    from flywheel.serving import resume as do_resume
+
+    ep = do_resume(
         open_project(config), endpoint, reason=reason, actor=os.environ.get("USER", "cli")
     )
     _show(ep.to_dict())

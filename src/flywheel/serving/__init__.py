@@ -6,7 +6,7 @@ Public API::
     server.predict / predict_blocking -> Prediction   # in-process inference (numpy, no JSON)
     serving_service(project)                      # SYSTEM_SERVICES entry (reconciler lifetime)
     flywheel.serving._api:router                  # SYSTEM_ROUTERS entry (/v2/..., /serving/...)
-    deploy / set_routes / set_shadow / rollback / describe   # endpoint operations (CLI, HTTP)
+    deploy / set_routes / set_shadow / rollback / pause / resume / describe   # endpoint ops
     EndpointStore, Endpoint, Route, Shadow, CanaryPlan, RolloutState   # what they store
     drift_report(project, endpoint, window="1h") -> DriftReport   # PSI / chi-square / KS
     alert(report)                                 # the drift webhook
@@ -20,7 +20,15 @@ Errors: ``ServingError`` and below (``flywheel.serving._errors``).
 from flywheel.serving._asgi import with_inference_fast_path
 from flywheel.serving._canary import CanaryPlan, RolloutState
 from flywheel.serving._codec import decode_response, encode_request
-from flywheel.serving._control import deploy, describe, rollback, set_routes, set_shadow
+from flywheel.serving._control import (
+    deploy,
+    describe,
+    pause,
+    resume,
+    rollback,
+    set_routes,
+    set_shadow,
+)
 from flywheel.serving._drift import DriftReport, FeatureDrift, alert, drift_report
 from flywheel.serving._endpoints import Endpoint, EndpointStore, Route, Shadow
 from flywheel.serving._errors import (
@@ -64,6 +72,8 @@ __all__ = [
     "describe",
     "drift_report",
     "encode_request",
+    "pause",
+    "resume",
     "rollback",
     "server_for",
     "serving_service",

@@ -222,8 +222,31 @@ def rollback_endpoint(
     project: Project = Depends(current_project),
     principal: Principal = Depends(require_writer),
 ) -> dict[str, Any]:
-    """Abort the running canary: all traffic back to the baseline, reason recorded."""
+    """Abort the running (or paused) canary: all traffic back to the baseline, reason recorded."""
     return _control.rollback(project, name, reason=body.reason, actor=principal.name).to_dict()
+
+
+@router.post("/serving/endpoints/{name}/pause", responses=_errors)
+def pause_endpoint(
+    name: str,
+    body: RollbackBody,
+    project: Project = Depends(current_project),
+    principal: Principal = Depends(require_writer),
+) -> dict[str, Any]:
+    """Pause the running canary: its traffic share is kept, its gates stop (no advance, no
+    automatic rollback) until resumed; reason recorded."""
+    return _control.pause(project, name, reason=body.reason, actor=principal.name).to_dict()
+
+
+@router.post("/serving/endpoints/{name}/resume", responses=_errors)
+def resume_endpoint(
+    name: str,
+    body: RollbackBody,
+    project: Project = Depends(current_project),
+    principal: Principal = Depends(require_writer),
+) -> dict[str, Any]:
+    """Resume a paused canary at its step; reason recorded."""
+    return _control.resume(project, name, reason=body.reason, actor=principal.name).to_dict()
 
 
 @router.delete("/serving/endpoints/{name}", responses=_errors)

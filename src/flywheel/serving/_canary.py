@@ -60,6 +60,7 @@ class LatencyHistogram:
 
 class RolloutState(enum.StrEnum):
     running = "running"
+    paused = "paused"
     succeeded = "succeeded"
     rolled_back = "rolled_back"
 
@@ -87,8 +88,13 @@ class CanaryPlan:
     reason: str = ""
 
     @property
+    def active(self) -> bool:
+        """Whether the rollout still splits traffic (running or paused)."""
+        return self.state in (RolloutState.running, RolloutState.paused)
+
+    @property
     def weight(self) -> int:
-        """The candidate's current traffic share in percent."""
+        """The candidate's current traffic share in percent (a paused rollout keeps its share)."""
         if self.state is RolloutState.succeeded:
             return 100
         if self.state is RolloutState.rolled_back:

@@ -74,14 +74,11 @@ def deploy(
         raise ServingError(f"max_p99_ms must be > 0, got {max_p99_ms}")
     _check_version(source, model, version)
     steps = parse_steps(canary) if isinstance(canary, str) else canary
-    if (
-        current is not None
-        and current.canary is not None
-        and current.canary.state is RolloutState.running
-    ):
+    if current is not None and current.canary is not None and current.canary.active:
         raise EndpointConflict(
-            f"endpoint {endpoint!r} has a canary of v{current.canary.candidate} running; "
-            f"roll it back first (`flywheel serve rollback {endpoint}`)"
+            f"endpoint {endpoint!r} has a canary of v{current.canary.candidate} "
+            f"{current.canary.state.value}; roll it back first (`flywheel serve rollback "
+            f"{endpoint}`)"
         )
     baseline = current.primary_version if current is not None else _production(source, model)
     plan = None
@@ -127,12 +124,10 @@ def set_routes(
         _check_version(source, model, shadow[0])
     store = EndpointStore(project.db)
     current = store.find(endpoint)
-    if (
-        current is not None
-        and current.canary is not None
-        and current.canary.state is RolloutState.running
-    ):
-        raise EndpointConflict(f"endpoint {endpoint!r} has a canary running; roll it back first")
+    if current is not None and current.canary is not None and current.canary.active:
+        raise EndpointConflict(
+            f"endpoint {endpoint!r} has a canary {current.canary.state.value}; roll it back first"
+        )
     ep = Endpoint(
         name=endpoint,
         model=model,
@@ -166,12 +161,12 @@ def set_shadow(
 
 
 def rollback(project: Project, endpoint: str, *, reason: str = "", actor: str = "") -> Endpoint:
-    """Abort a running canary: all traffic back to the baseline, with ``reason`` recorded."""
+    """Abort a running or paused canary: all traffic back to the baseline, ``reason`` recorded."""
     store = EndpointStore(project.db)
     current = store.get(endpoint)
     plan = current.canary
-    if plan is None or plan.state is not RolloutState.running:
-        raise EndpointConflict(f"endpoint {endpoint!r} has no canary running")
+    if plan is None or not plan.active:
+        raise EndpointConflict(f"endpoint {endpoint!r} has no canary running or paused")
     why = reason or "rolled back by hand"
     new_plan = replace(plan, state=RolloutState.rolled_back, reason=why)
     return store.put(
@@ -183,6 +178,52 @@ def rollback(project: Project, endpoint: str, *, reason: str = "", actor: str = 
     )
 
 
+def _set_canary_state(
+    project: Project,
+    endpoint: str,
+    *,
+    want: RolloutState,
+    reason: str,
+    actor: str,
+) -> Endpoint:
+    store = EndpointStore(project.db)
+    current = store.get(endpoint)
+    plan = current.canary
+    frm = RolloutState.running if want is RolloutState.paused else RolloutState.paused
+    if plan is None or plan.state is not frm:
+        state = "no canary" if plan is None else f"a canary that is {plan.state.value}"
+        raise EndpointConflict(
+            f"endpoint {endpoint!r} has {state}; only a {frm.value} canary can be "
+            f"{'paused' if want is RolloutState.paused else 'resumed'}"
+        )
+    verb = "paused" if want is RolloutState.paused else "resumed"
+    why = reason or f"{verb} by hand"
+    return store.put(
+        replace(current, canary=replace(plan, state=want, reason=why)),
+        kind="canary_pause" if want is RolloutState.paused else "canary_resume",
+        actor=actor,
+        expect_revision=current.revision,
+        detail={"reason": why},
+    )
+
+
+def pause(project: Project, endpoint: str, *, reason: str = "", actor: str = "") -> Endpoint:
+    """Pause a running canary: its traffic share stays as it is, and it neither advances nor
+    rolls back on its own until resumed (answers meanwhile are not counted). ``reason`` is
+    recorded in the endpoint's events. Raises ``EndpointConflict`` unless a canary is running."""
+    return _set_canary_state(
+        project, endpoint, want=RolloutState.paused, reason=reason, actor=actor
+    )
+
+
+def resume(project: Project, endpoint: str, *, reason: str = "", actor: str = "") -> Endpoint:
+    """Resume a paused canary at the step it was paused in (its gates are evaluated again).
+    Raises ``EndpointConflict`` unless the canary is paused."""
+    return _set_canary_state(
+        project, endpoint, want=RolloutState.running, reason=reason, actor=actor
+    )
+
+
 def describe(project: Project, endpoint: str, events: int = 20) -> dict[str, Any]:
     """An endpoint with its latest events (newest last)."""
     store = EndpointStore(project.db)
@@ -191,4 +232,4 @@ def describe(project: Project, endpoint: str, events: int = 20) -> dict[str, Any
     return {**ep.to_dict(), "events": [e.to_dict() for e in history[-events:]]}
 
 
-__all__ = ["deploy", "describe", "rollback", "set_routes", "set_shadow"]
+__all__ = ["deploy", "describe", "pause", "resume", "rollback", "set_routes", "set_shadow"]

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from flywheel.experiments import weighted_choice
 from flywheel.lineage import Node, record_edge
 from flywheel.metadata import Database
-from flywheel.serving._canary import CanaryPlan, RolloutState
+from flywheel.serving._canary import CanaryPlan
 from flywheel.serving._errors import EndpointConflict, ServingError, UnknownModel
 
 _endpoints = sa.table(
@@ -94,9 +94,10 @@ class Endpoint:
     updated_at: datetime | None = None
 
     def effective_routes(self) -> tuple[Route, ...]:
-        """The routes traffic follows now: a running canary splits baseline and candidate."""
+        """The routes traffic follows now: a running (or paused) canary splits baseline and
+        candidate."""
         plan = self.canary
-        if plan is not None and plan.state is RolloutState.running:
+        if plan is not None and plan.active:
             w = plan.weight
             routes = [Route(plan.candidate, float(w))]
             if w < 100:
