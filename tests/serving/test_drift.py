@@ -365,3 +365,34 @@ def test_reports_are_cached_per_window_until_a_log_file_is_written(
     logger.flush()
     again = drift_report(logged, "steady", window="1h")
     assert len(reads) > n and again.current_rows > first.current_rows
+
+
+def test_two_projects_in_one_process_share_no_cache_entries(
+    logged: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache is the project's own: a second Project over the same folders (the case a
+    module-level cache would answer from the first one's entries) reads the logs itself."""
+    from flywheel.serving import _drift
+
+    reads: list[str] = []
+    real = _drift._read_logged
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        reads.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_drift, "_read_logged", counting)
+    other = Project(logged.config)
+    try:
+        first = drift_report(logged, "steady", window="1h")
+        assert drift_report(logged, "steady", window="1h") is first
+        assert len(_drift.drift_cache(logged)) == 1
+        assert len(_drift.drift_cache(other)) == 0
+        n = len(reads)
+        second = drift_report(other, "steady", window="1h")
+        assert second is not first and len(reads) > n
+        assert second.to_dict() == first.to_dict()
+        assert _drift.drift_cache(other) is not _drift.drift_cache(logged)
+        assert _drift.drift_cache(other) is _drift.drift_cache(other)
+    finally:
+        other.close()

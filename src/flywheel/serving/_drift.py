@@ -28,7 +28,8 @@ histograms, a ``(missing)`` category), never dropped from one side only.
 A report is cached per (endpoint, window, reference) for ``cache_seconds(window)`` (window / 60,
 between 5 s and 5 min) unless a prediction-log file was written meanwhile, and the reference
 frame per (model, version): the dashboard's poll every 15 s no longer re-reads the training
-dataset and every log file.
+dataset and every log file. The cache is the project's own (``DriftCache``, attached to the
+``Project``), not a module-level one: two projects in one process share nothing.
 """
 
 from __future__ import annotations
@@ -334,9 +335,72 @@ def _read_logged(folder: Path, endpoint: str, start: datetime | None, end: datet
     return frame
 
 
-_REFERENCE_CACHE: dict[tuple[str, int], tuple[tuple[Any, ...], Any, str]] = {}
-_REPORT_CACHE: dict[tuple[Any, ...], tuple[float, tuple[Any, ...], DriftReport]] = {}
-_CACHE_LOCK = threading.Lock()
+DRIFT_CACHE_KEY = "serving.drift_cache"
+MAX_CACHED_REFERENCES = 16
+MAX_CACHED_REPORTS = 256
+
+
+class DriftCache:
+    """One project's cached drift work: reference frames per (model, version) and reports per
+    (endpoint, window, reference), each checked against the files it was read from.
+
+    It lives on the project (``Project.attached(DRIFT_CACHE_KEY, ...)``), never in a module-level
+    registry, so two projects in one process never see each other's entries.
+    """
+
+    def __init__(self) -> None:
+        self._references: dict[tuple[str, int], tuple[tuple[Any, ...], Any, str]] = {}
+        self._reports: dict[tuple[Any, ...], tuple[float, tuple[Any, ...], DriftReport]] = {}
+        self._lock = threading.Lock()
+
+    def reference(self, key: tuple[str, int], signature: tuple[Any, ...]) -> tuple[Any, str] | None:
+        """The cached (frame, label) for ``key`` if it was read from files of ``signature``."""
+        with self._lock:
+            hit = self._references.get(key)
+        if hit is None or hit[0] != signature:
+            return None
+        return hit[1], hit[2]
+
+    def keep_reference(
+        self, key: tuple[str, int], signature: tuple[Any, ...], frame: Any, label: str
+    ) -> None:
+        with self._lock:
+            if len(self._references) >= MAX_CACHED_REFERENCES:
+                self._references.clear()
+            self._references[key] = (signature, frame, label)
+
+    def report(self, key: tuple[Any, ...], signature: tuple[Any, ...]) -> DriftReport | None:
+        """The cached report for ``key`` if still fresh and no log file changed since."""
+        with self._lock:
+            hit = self._reports.get(key)
+        if hit is None or hit[0] <= time.monotonic() or hit[1] != signature:
+            return None
+        return hit[2]
+
+    def keep_report(
+        self,
+        key: tuple[Any, ...],
+        signature: tuple[Any, ...],
+        report: DriftReport,
+        fresh_for: float,
+    ) -> None:
+        with self._lock:
+            if len(self._reports) >= MAX_CACHED_REPORTS:
+                self._reports.clear()
+            self._reports[key] = (time.monotonic() + fresh_for, signature, report)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._references) + len(self._reports)
+
+
+def drift_cache(project: Any) -> DriftCache:
+    """The project's drift cache (created on first use; a bare object gets an unshared one)."""
+    attached = getattr(project, "attached", None)
+    if attached is None:
+        return DriftCache()
+    cache: DriftCache = attached(DRIFT_CACHE_KEY, DriftCache)
+    return cache
 
 
 def cache_seconds(window: timedelta) -> float:
@@ -374,10 +438,10 @@ def _training_reference(
     name = getattr(mv, "training_dataset", None) or "of the version"
     key = (model, version)
     signature = _files_signature(files)
-    with _CACHE_LOCK:
-        hit = _REFERENCE_CACHE.get(key)
-    if hit is not None and hit[0] == signature:
-        return hit[1], hit[2], missing
+    cache = drift_cache(project)
+    hit = cache.reference(key, signature)
+    if hit is not None:
+        return hit[0], hit[1], missing
     try:
         import pandas as pd
 
@@ -389,10 +453,7 @@ def _training_reference(
         return None
     frame = same_transformation(frame, missing)
     label = f"training dataset {name!r}" if name != "of the version" else "training dataset"
-    with _CACHE_LOCK:
-        if len(_REFERENCE_CACHE) > 16:
-            _REFERENCE_CACHE.clear()
-        _REFERENCE_CACHE[key] = (signature, frame, label)
+    cache.keep_reference(key, signature, frame, label)
     return frame, label, missing
 
 
@@ -418,11 +479,11 @@ def drift_report(
     logged = _log_files(folder, endpoint)
     cache_key = (str(folder), endpoint, window, None if reference is None else str(reference))
     signature = _files_signature(logged)
+    cache = drift_cache(project)
     if now is None:
-        with _CACHE_LOCK:
-            hit = _REPORT_CACHE.get(cache_key)
-        if hit is not None and hit[0] > time.monotonic() and hit[1] == signature:
-            return hit[2]
+        cached = cache.report(cache_key, signature)
+        if cached is not None:
+            return cached
     end = now or datetime.now(UTC)
     start = end - span
     current = _read_logged(folder, endpoint, start, end)
@@ -447,10 +508,7 @@ def drift_report(
     if len(current) and len(ref_frame):
         report.features = compare(ref_frame, current, thresholds)
     if now is None:
-        with _CACHE_LOCK:
-            if len(_REPORT_CACHE) > 256:
-                _REPORT_CACHE.clear()
-            _REPORT_CACHE[cache_key] = (time.monotonic() + cache_seconds(span), signature, report)
+        cache.keep_report(cache_key, signature, report, cache_seconds(span))
     return report
 
 
@@ -483,6 +541,7 @@ def alert(project: Any, report: DriftReport) -> bool:
 
 
 __all__ = [
+    "DriftCache",
     "DriftReport",
     "DriftThresholds",
     "FeatureDrift",
@@ -490,6 +549,7 @@ __all__ = [
     "cache_seconds",
     "categorical_histogram",
     "compare",
+    "drift_cache",
     "drift_report",
     "feature_drift",
     "numeric_histogram",
