@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 
 import pytest
 
@@ -45,3 +46,13 @@ def test_systems_exist() -> None:
         "ui",
     ):
         assert importlib.import_module(f"flywheel.{system}").__doc__
+
+
+@pytest.mark.parametrize("name", ["flywheel.features", "flywheel.registry", "flywheel.training"])
+def test_exports_are_what_the_docstring_calls_the_api(name: str) -> None:
+    """A system's ``__all__`` holds what its docstring names as its API, and nothing more: a
+    name exported without being documented there is either API to document or private."""
+    module = importlib.import_module(name)
+    documented = set(re.findall(r"\w+", module.__doc__ or ""))
+    undocumented = sorted(set(module.__all__) - documented)
+    assert not undocumented, f"{name} exports names its docstring does not call API: {undocumented}"

@@ -225,7 +225,7 @@ def test_every_place_that_opens_a_redis_store_takes_its_url_options(
     import redis
 
     from flywheel.events import open_event_log
-    from flywheel.features import open_online_store
+    from flywheel.features._online import open_online_store
 
     url = f"{redis_url}?prefix={redis_prefix}&socket_timeout=5"
     proj = make_project(Path(str(tmp_path)) / "p", online_store=url, event_log=url)

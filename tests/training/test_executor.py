@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.training import Job, JobSpec, JobState, LocalExecutor, ProcessState, Resources, Slot
-from flywheel.training._executor import torchrun_argv
+from flywheel.training import Job, JobSpec, JobState, ProcessState, Resources
+from flywheel.training._executor import LocalExecutor, torchrun_argv
+from flywheel.training._policy import Slot
 
 
 def make_job(spec: JobSpec, attempt: int = 1, job_id: str = "j-1") -> Job:

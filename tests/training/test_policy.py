@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from flywheel.training import (
-    Allocation,
-    Candidate,
-    JobState,
-    NodeCapacity,
-    Quota,
-    Resources,
-    Slot,
-    can_ever_fit,
-    plan,
-)
+from flywheel.training import JobState, NodeCapacity, Quota, Resources
 from flywheel.training._errors import JobStateError
+from flywheel.training._policy import Allocation, Candidate, Slot, can_ever_fit, plan
 from flywheel.training._states import check_transition
 
 NODES = [NodeCapacity("a", 4, (0, 1)), NodeCapacity("b", 4, (0, 1))]

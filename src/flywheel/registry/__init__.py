@@ -15,6 +15,19 @@ Flavors: ``sklearn`` (skops), ``pytorch`` (torch.export / TorchScript + state_di
 converter exists, and ``load(..., prefer_onnx=True)`` runs that on onnxruntime.
 
 The module-level functions act on the project found from the cwd or ``$FLYWHEEL_CONFIG``.
+
+Public API::
+
+    register_model / set_stage / rollback / load / lineage / get_version   # on the cwd project
+    Registry(project)          # the same on a given project, plus list_models, list_versions,
+                               # resolve, audit_log, archive, materialize, input_example
+    ModelVersion, RegisteredModel, AuditEntry   # what it stores and returns
+    Signature, TensorSpec      # a version's inputs and outputs
+    LoadedModel                # what load returns: predict(inputs), device, signature
+
+Errors: ``RegistryError`` and below: ``ModelNotFound``, ``ModelIntegrityError``,
+``UnsafeModelError``, ``ModelRefused``, ``StageConflict``, ``DeviceUnavailable``
+(``flywheel.registry._errors``).
 """
 
 from __future__ import annotations
@@ -33,7 +46,6 @@ from flywheel.registry._errors import (
     StageConflict,
     UnsafeModelError,
 )
-from flywheel.registry._flavor import FLAVORS
 from flywheel.registry._loaded import LoadedModel
 from flywheel.registry._registry import Registry
 from flywheel.registry._types import (
@@ -119,7 +131,6 @@ def get_version(
 
 
 __all__ = [
-    "FLAVORS",
     "AuditEntry",
     "DeviceUnavailable",
     "LoadedModel",

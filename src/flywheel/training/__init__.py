@@ -5,7 +5,20 @@ distributed work; this package adds scheduling (queue, quotas, priorities with f
 gang scheduling, preemption), launching, logs, checkpoints, tracking and registration around
 it. Training code uses ``flywheel.training.runtime`` (imported separately: it needs torch).
 
-Errors: see ``flywheel.training._errors`` (``TrainingError`` and below).
+Public API::
+
+    load_job_spec(path) / parse_job_spec(data) -> JobSpec   # a job.yaml, validated
+    JobSpec, Resources, CheckpointPolicy, TuneParam        # what a job asks for
+    TrainingService(project)           # submit / cancel / list / logs (CLI, HTTP, examples)
+    Scheduler(project, executor=..., inventory=[NodeCapacity], quotas={team: Quota})
+    scheduler.tick() -> TickReport; scheduler.run(stop)    # one decision round; the loop
+    scheduler_lock(project)            # one scheduler per project (the lock file)
+    JobStore, Job, JobState            # the persistent queue and its states
+    Executor, ProcessStatus, ProcessState   # the process-launch seam (tests and benchmarks fake it)
+    run_study(...) -> TuneResult, TrialOutcome   # hyper-parameter studies (Optuna)
+
+Errors: ``TrainingError`` and below: ``JobSpecError``, ``JobNotFound``, ``JobStateError``,
+``QuotaError``, ``CheckpointError`` (``flywheel.training._errors``).
 
 Names are imported on first use (PEP 562), so a training worker that imports
 ``flywheel.training.runtime`` does not pay for the scheduler, SQLAlchemy or FastAPI.
@@ -26,27 +39,8 @@ if TYPE_CHECKING:
         QuotaError,
         TrainingError,
     )
-    from flywheel.training._executor import (
-        Executor,
-        LocalExecutor,
-        ProcessState,
-        ProcessStatus,
-        torchrun_argv,
-    )
-    from flywheel.training._inventory import (
-        discover_gpus,
-        inventory_from_config,
-    )
-    from flywheel.training._policy import (
-        Allocation,
-        Candidate,
-        NodeCapacity,
-        Plan,
-        Quota,
-        Slot,
-        can_ever_fit,
-        plan,
-    )
+    from flywheel.training._executor import Executor, ProcessState, ProcessStatus
+    from flywheel.training._policy import NodeCapacity, Quota
     from flywheel.training._scheduler import (
         Scheduler,
         TickReport,
@@ -63,15 +57,8 @@ if TYPE_CHECKING:
         load_job_spec,
         parse_job_spec,
     )
-    from flywheel.training._states import (
-        TRANSITIONS,
-        JobState,
-    )
-    from flywheel.training._store import (
-        Job,
-        JobEvent,
-        JobStore,
-    )
+    from flywheel.training._states import JobState
+    from flywheel.training._store import Job, JobStore
     from flywheel.training._tuning import (
         TrialOutcome,
         TuneResult,
@@ -86,20 +73,10 @@ _EXPORTS: dict[str, str] = {
     "QuotaError": "flywheel.training._errors",
     "TrainingError": "flywheel.training._errors",
     "Executor": "flywheel.training._executor",
-    "LocalExecutor": "flywheel.training._executor",
     "ProcessState": "flywheel.training._executor",
     "ProcessStatus": "flywheel.training._executor",
-    "torchrun_argv": "flywheel.training._executor",
-    "discover_gpus": "flywheel.training._inventory",
-    "inventory_from_config": "flywheel.training._inventory",
-    "Allocation": "flywheel.training._policy",
-    "Candidate": "flywheel.training._policy",
     "NodeCapacity": "flywheel.training._policy",
-    "Plan": "flywheel.training._policy",
     "Quota": "flywheel.training._policy",
-    "Slot": "flywheel.training._policy",
-    "can_ever_fit": "flywheel.training._policy",
-    "plan": "flywheel.training._policy",
     "Scheduler": "flywheel.training._scheduler",
     "TickReport": "flywheel.training._scheduler",
     "scheduler_lock": "flywheel.training._scheduler",
@@ -111,9 +88,7 @@ _EXPORTS: dict[str, str] = {
     "load_job_spec": "flywheel.training._spec",
     "parse_job_spec": "flywheel.training._spec",
     "JobState": "flywheel.training._states",
-    "TRANSITIONS": "flywheel.training._states",
     "Job": "flywheel.training._store",
-    "JobEvent": "flywheel.training._store",
     "JobStore": "flywheel.training._store",
     "TrialOutcome": "flywheel.training._tuning",
     "TuneResult": "flywheel.training._tuning",
@@ -125,43 +100,31 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [
-    "TRANSITIONS",
-    "Allocation",
-    "Candidate",
     "CheckpointError",
     "CheckpointPolicy",
     "Executor",
     "Job",
-    "JobEvent",
     "JobNotFound",
     "JobSpec",
     "JobSpecError",
     "JobState",
     "JobStateError",
     "JobStore",
-    "LocalExecutor",
     "NodeCapacity",
-    "Plan",
     "ProcessState",
     "ProcessStatus",
     "Quota",
     "QuotaError",
     "Resources",
     "Scheduler",
-    "Slot",
     "TickReport",
     "TrainingError",
     "TrainingService",
     "TrialOutcome",
     "TuneParam",
     "TuneResult",
-    "can_ever_fit",
-    "discover_gpus",
-    "inventory_from_config",
     "load_job_spec",
     "parse_job_spec",
-    "plan",
     "run_study",
     "scheduler_lock",
-    "torchrun_argv",
 ]
