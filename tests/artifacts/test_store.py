@@ -122,3 +122,17 @@ def test_any_accepted_key_stays_inside_root(
         return
     path = backend.local_path(key)
     assert root.resolve() in path.parents
+
+
+def test_backend_is_chosen_by_url_scheme(tmp_path: Path) -> None:
+    """A plain path and ``file://`` are the local folder (the same one); other schemes, fsspec."""
+    from flywheel.artifacts._backends import ARTIFACT_BACKENDS, FsspecBackend, open_backend
+
+    plain = open_backend(str(tmp_path / "a"))
+    as_url = open_backend(f"file://{tmp_path / 'a'}")
+    assert isinstance(plain, LocalBackend) and isinstance(as_url, LocalBackend)
+    plain.write_bytes("k", b"v")
+    with as_url.open_read("k") as fh:
+        assert fh.read() == b"v"
+    assert isinstance(open_backend(f"memory://fw-{uuid.uuid4().hex}"), FsspecBackend)
+    assert set(ARTIFACT_BACKENDS) == {"", "file"}

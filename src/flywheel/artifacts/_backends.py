@@ -20,7 +20,9 @@ import tempfile
 import uuid
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
+from flywheel._plugins import load_target
 from flywheel.errors import FlywheelError
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.@+=,-][A-Za-z0-9_.@+=, -]*$")
@@ -73,6 +75,9 @@ class LocalBackend:
     """A folder on a local disk. Writes go to a temp file in the same folder, fsync, rename."""
 
     def __init__(self, root: str | Path) -> None:
+        root = str(root)
+        if root.startswith("file://"):
+            root = root[len("file://") :]
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.url = str(self.root)
@@ -196,10 +201,17 @@ class FsspecBackend:
         return sorted(k for k in found if not PurePosixPath(k).name.startswith(".tmp-"))
 
 
+# The artifact backends by URL scheme ("" is a plain path); every other scheme goes to fsspec,
+# whose own registry knows s3, gs, memory, ... (one registry per role, as for event logs).
+ARTIFACT_BACKENDS: dict[str, str] = {
+    "": "flywheel.artifacts._backends:LocalBackend",
+    "file": "flywheel.artifacts._backends:LocalBackend",
+}
+OTHER_SCHEMES = "flywheel.artifacts._backends:FsspecBackend"
+
+
 def open_backend(url: str) -> BlobBackend:
     """The backend for a URL: a plain path or ``file://`` is local, anything else is fsspec."""
-    if "://" not in url:
-        return LocalBackend(url)
-    if url.startswith("file://"):
-        return LocalBackend(url[len("file://") :])
-    return FsspecBackend(url)
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    backend: BlobBackend = load_target(ARTIFACT_BACKENDS.get(scheme, OTHER_SCHEMES))(url)
+    return backend
