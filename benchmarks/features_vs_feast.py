@@ -8,8 +8,11 @@ Measured (sizes are flags; defaults fit a shared 2-core machine in a few minutes
 - online reads, Python API, 1 and 100 entities x 10 features, p50/p99 over --calls calls after
   warm-up, --entities entities stored; SQLite online store for both, then Redis for both;
 - point-in-time join, --pit-rows feature rows x --pit-entities entity rows, TTL 7 days, checked
-  against an independent pandas reference (merge_asof + TTL), Feast with its duckdb store;
-- materialization rows/s into Redis (Flywheel: --mat-rows rows, Feast: --feast-mat-rows rows);
+  against an independent pandas reference (merge_asof + TTL), Feast with its duckdb store; a
+  result with another row count, or any value that differs, is an error (the run fails);
+- materialization rows/s into Redis, --mat-rows rows for both; the rows are counted back from
+  Redis afterwards (each system's keys for the view), never taken from the system's own report,
+  and a count that is not --mat-rows is an error;
 - read p99 while a materialization of the same view runs (errors counted);
 - HTTP feature server, 100 entities: `flywheel features serve` vs `feast serve`;
 - stream freshness (push -> visible online) and processor throughput (Flywheel only: Feast
@@ -95,8 +98,7 @@ def make_data(work: Path, args: argparse.Namespace) -> None:
         return pd.DataFrame(cols)
 
     table(args.entities, base).to_parquet(data / "online.parquet", index=False)
-    table(args.mat_rows, base).to_parquet(data / "mat_fw.parquet", index=False)
-    table(args.feast_mat_rows, base).to_parquet(data / "mat_feast.parquet", index=False)
+    table(args.mat_rows, base).to_parquet(data / "mat.parquet", index=False)  # one file, both
 
     # Point-in-time data: distinct event times per entity (no ties, so any correct engine agrees).
     n_ent = args.pit_entities
@@ -143,6 +145,7 @@ def compare_to_reference(work: Path, got: Any) -> dict[str, Any]:
     ref = pd.read_parquet(work / "data" / "pit_reference.parquet")
     out: dict[str, Any] = {"rows": len(got), "expected_rows": len(ref)}
     if len(got) != len(ref):
+        out["error"] = f"wrong answer: {len(got)} rows returned, the reference has {len(ref)}"
         return out
     bad = 0
     for col in ("a", "b", "c"):
@@ -151,6 +154,8 @@ def compare_to_reference(work: Path, got: Any) -> dict[str, Any]:
         bad += int((~((np.isnan(x) & np.isnan(y)) | (x == y))).sum())
     out["mismatches"] = bad
     out["null_rows"] = int(ref["a"].isna().sum())
+    if bad:
+        out["error"] = f"wrong answer: {bad} values differ from the reference"
     return out
 
 
@@ -200,9 +205,8 @@ WIDE = (
 
 def fw_online(work: Path, online: str, args: argparse.Namespace) -> None:
     store = _fw_store(work, online)
-    t = time.perf_counter()
-    report = store.materialize(*WIDE, ["stats"])
-    out: dict[str, Any] = {"materialize_rows_per_s": report.rows / (time.perf_counter() - t)}
+    store.materialize(*WIDE, ["stats"])
+    out: dict[str, Any] = {}
     for size in (1, 100):
         batches = _batches(args.entities, size, args.calls + args.warmup, size)
         out[f"read_{size}"] = _timed_reads(
@@ -214,10 +218,11 @@ def fw_online(work: Path, online: str, args: argparse.Namespace) -> None:
 
 
 def fw_materialize(work: Path, online: str, args: argparse.Namespace) -> None:
-    store = _fw_store(work, online, "mat_fw.parquet")
+    store = _fw_store(work, online, "mat.parquet")
     t = time.perf_counter()
     report = store.materialize(*WIDE, ["stats"])
-    _emit({"rows": report.rows, "rows_per_s": report.rows / (time.perf_counter() - t)})
+    # The rows are counted back from Redis by the orchestrator; ``reported_rows`` is only shown.
+    _emit({"seconds": time.perf_counter() - t, "reported_rows": report.rows})
 
 
 def fw_pit(work: Path, args: argparse.Namespace) -> None:
@@ -392,7 +397,7 @@ def _feast_store(work: Path, online: str, source: str = "online.parquet") -> Any
     else:
         online_cfg = "  type: redis\n  connection_string: 127.0.0.1:6379,db=0\n"
     (work / "feature_store.yaml").write_text(
-        "project: fwbenchfeast\n"
+        f"project: {FEAST_PROJECT}\n"
         f"registry: {work}/feast_registry.db\n"
         "provider: local\n"
         "offline_store:\n  type: duckdb\n"
@@ -429,9 +434,8 @@ def _feast_store(work: Path, online: str, source: str = "online.parquet") -> Any
 
 def feast_online(work: Path, online: str, args: argparse.Namespace) -> None:
     store = _feast_store(work, online)
-    t = time.perf_counter()
     store.materialize(WIDE[0], WIDE[1], ["stats"])
-    out: dict[str, Any] = {"materialize_rows_per_s": args.entities / (time.perf_counter() - t)}
+    out: dict[str, Any] = {}
     for size in (1, 100):
         batches = _batches(args.entities, size, args.calls + args.warmup, size)
         out[f"read_{size}"] = _timed_reads(
@@ -445,11 +449,11 @@ def feast_online(work: Path, online: str, args: argparse.Namespace) -> None:
 
 
 def feast_materialize(work: Path, online: str, args: argparse.Namespace) -> None:
-    store = _feast_store(work, online, "mat_feast.parquet")
+    store = _feast_store(work, online, "mat.parquet")
     t = time.perf_counter()
     store.materialize(WIDE[0], WIDE[1], ["stats"])
-    rows = args.feast_mat_rows
-    _emit({"rows": rows, "rows_per_s": rows / (time.perf_counter() - t)})
+    # Feast reports no row count: the orchestrator counts its keys in Redis afterwards.
+    _emit({"seconds": time.perf_counter() - t})
 
 
 def feast_pit(work: Path, args: argparse.Namespace) -> None:
@@ -552,11 +556,49 @@ def ensure_feast() -> str:
     return out.stdout.strip()
 
 
+# What each system writes to Redis for the ``stats`` view, one key per entity:
+# Flywheel: ``PREFIX TABLE:KEY`` strings, TABLE = ``stats__v<N>`` (prefix set by ``--online``);
+# Feast (Redis online store format): a hash per entity, key = serialized entity key + project
+# name, holding ``_ts:<view>`` (the event time) and one field per feature.
+FW_MAT_KEYS = "fwbench:fw_materialize:stats__*"
+FEAST_PROJECT = "fwbenchfeast"
+
+
+def redis_rows(system: str) -> int:
+    """The number of entity rows of the ``stats`` view that ``system`` holds in Redis, read back
+    from Redis itself (not the system's report)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    if system == "flywheel":
+        return sum(1 for _ in client.scan_iter(match=FW_MAT_KEYS, count=10_000))
+    keys = list(client.scan_iter(match=f"*{FEAST_PROJECT}", count=10_000))
+    held = 0
+    for i in range(0, len(keys), 10_000):
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys[i : i + 10_000]:
+                pipe.hexists(key, "_ts:stats")
+            held += sum(bool(x) for x in pipe.execute())
+    return held
+
+
+def check_materialized(result: dict[str, Any], system: str, expected: int) -> None:
+    """Count ``system``'s rows back from Redis into ``result``: rows/s is computed from that
+    count, and a count other than ``expected`` (rows in the source) is an error."""
+    if "error" in result:
+        return
+    rows = redis_rows(system)
+    result["rows"] = rows
+    result["rows_per_s"] = rows / result["seconds"] if result.get("seconds") else None
+    if rows != expected:
+        result["error"] = f"Redis holds {rows:,} rows of the view after materializing {expected:,}"
+
+
 def _cleanup_redis(prefixes: list[str]) -> None:
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
-    for pattern in [f"{p}*" for p in prefixes] + ["*fwbenchfeast*"]:
+    for pattern in [f"{p}*" for p in prefixes] + [f"*{FEAST_PROJECT}*"]:
         keys = list(client.scan_iter(match=pattern, count=10_000))
         for i in range(0, len(keys), 10_000):
             client.delete(*keys[i : i + 10_000])
@@ -596,9 +638,8 @@ def main() -> None:
     ap.add_argument("--http-calls", type=int, default=500)
     ap.add_argument("--pit-rows", type=int, default=1_000_000)
     ap.add_argument("--pit-entities", type=int, default=100_000)
+    # One size for both systems (#17 item 14): rows/s at different sizes is not comparable.
     ap.add_argument("--mat-rows", type=int, default=1_000_000)
-    # Same size as Flywheel's by default (#17 item 14): a smaller Feast run is not comparable.
-    ap.add_argument("--feast-mat-rows", type=int, default=None)
     ap.add_argument("--stream-events", type=int, default=50_000)
     ap.add_argument("--fresh-samples", type=int, default=200)
     ap.add_argument(
@@ -610,12 +651,10 @@ def main() -> None:
         help="tiny sizes, Flywheel only (Feast skipped), tasks online,pit,mat (CI)",
     )
     args = ap.parse_args()
-    if args.feast_mat_rows is None:
-        args.feast_mat_rows = args.mat_rows
     if args.smoke and not args.worker:
         args.entities, args.calls, args.warmup, args.http_calls = 1000, 50, 10, 20
         args.pit_rows, args.pit_entities = 10_000, 1000
-        args.mat_rows = args.feast_mat_rows = 10_000
+        args.mat_rows = 10_000
         args.stream_events, args.fresh_samples = 1000, 10
         args.only = args.only or "online,pit,mat"
 
@@ -653,7 +692,6 @@ def main() -> None:
         f"--pit-rows={args.pit_rows}",
         f"--pit-entities={args.pit_entities}",
         f"--mat-rows={args.mat_rows}",
-        f"--feast-mat-rows={args.feast_mat_rows}",
         f"--stream-events={args.stream_events}",
         f"--fresh-samples={args.fresh_samples}",
     ]
@@ -694,8 +732,15 @@ def main() -> None:
             run("fw_pit", fw_py, "fw_pit")
             run("feast_pit", feast_py, "feast_pit")
         if "mat" in only:
-            run("fw_mat", fw_py, "fw_materialize", "--online=redis")
-            run("feast_mat", feast_py, "feast_materialize", "--online=redis")
+            _cleanup_redis(["fwbench:"])  # the counts read back must see only this run's keys
+            check_materialized(
+                run("fw_mat", fw_py, "fw_materialize", "--online=redis"), "flywheel", args.mat_rows
+            )
+            check_materialized(
+                run("feast_mat", feast_py, "feast_materialize", "--online=redis"),
+                "feast",
+                args.mat_rows,
+            )
             _cleanup_redis(["fwbench:"])
         if "during" in only:
             run("fw_during", fw_py, "fw_read_during", "--online=redis")
@@ -725,9 +770,15 @@ def main() -> None:
         f"redis server {rv}"
     )
     print_table(results, args)
-    failed = {k: v["error"] for k, v in results.items() if "error" in v and k.startswith("fw_")}
-    if failed:  # a Flywheel run that failed is a failed benchmark, not a "-" in the table
-        raise SystemExit(f"flywheel runs failed: {failed}")
+    # A run that failed or answered wrongly (PIT rows or values, rows in Redis), on either side,
+    # is a failed benchmark, not a "-" in the table; only a peer skipped in --smoke is not.
+    failed = {k: v["error"] for k, v in results.items() if "error" in v and not _skipped(v)}
+    if failed:
+        raise SystemExit(f"benchmark runs failed or answered wrongly: {failed}")
+
+
+def _skipped(result: dict[str, Any]) -> bool:
+    return str(result.get("error", "")).startswith("skipped")
 
 
 def _f(x: Any, unit: str = "") -> str:
@@ -760,6 +811,13 @@ def print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) ->
         r = fw / feast if higher_better else feast / fw
         return f"{r:,.1f}x better" if r >= 1 else f"{1 / r:,.1f}x worse"
 
+    def checked_ratio(task: str, *path: str, higher_better: bool = False) -> str:
+        """The ratio of a task whose answers are checked: none when either side is wrong."""
+        sides = (results.get(f"fw_{task}", {}), results.get(f"feast_{task}", {}))
+        if any("error" in side and not _skipped(side) for side in sides):
+            return "not compared: a side failed"
+        return ratio(get(f"fw_{task}", *path), get(f"feast_{task}", *path), higher_better)
+
     for store in ("sqlite", "redis"):
         for size in (1, 100):
             for q in ("p50_ms", "p99_ms"):
@@ -779,7 +837,7 @@ def print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) ->
             f"PIT join {args.pit_rows:,} x {args.pit_entities:,}, TTL 7d (s)",
             _f(fw),
             _f(fe),
-            ratio(fw, fe),
+            checked_ratio("pit", "seconds"),
         )
     )
     for key, label in (("rows", "PIT rows returned"), ("mismatches", "PIT values != reference")):
@@ -787,11 +845,18 @@ def print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) ->
     fw, fe = get("fw_mat", "rows_per_s"), get("feast_mat", "rows_per_s")
     rows.append(
         (
-            f"materialize -> Redis rows/s "
-            f"(fw {args.mat_rows:,}, feast {args.feast_mat_rows:,} rows)",
+            f"materialize {args.mat_rows:,} rows -> Redis, rows/s",
             _f(fw),
             _f(fe),
-            ratio(fw, fe, True),
+            checked_ratio("mat", "rows_per_s", higher_better=True),
+        )
+    )
+    rows.append(
+        (
+            "  rows counted back in Redis",
+            _f(get("fw_mat", "rows")),
+            _f(get("feast_mat", "rows")),
+            "",
         )
     )
     fw, fe = get("fw_during", "p99_ms"), get("feast_during", "p99_ms")

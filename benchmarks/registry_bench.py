@@ -2,19 +2,22 @@
 
 Run with ``make bench-registry`` (or ``.venv/bin/python benchmarks/registry_bench.py``).
 
-1. ``log_metric`` throughput: the same loop (``for i in range(n): log_metric("loss", v, step=i)``
-   inside a run) for Flywheel and for MLflow, on the same backend (SQLite file; PostgreSQL at
-   127.0.0.1:5432). Points/s counts until every point is stored (Flywheel: until ``flush()``
-   returns; MLflow synchronous: each call; MLflow ``synchronous=False``: until
-   ``flush_async_logging()`` returns). MLflow is installed by this script into
-   ``.bench/mlflow-venv`` and run there, in its own process.
+1. ``log_metric`` cost per point, as a curve over run sizes: the same loop
+   (``for i in range(n): log_metric("loss", v, step=i)`` inside a run) for Flywheel, MLflow
+   (synchronous) and MLflow (``synchronous=False``), at the **same** sizes ``--sizes`` for all
+   three (#17 item 14: a ratio between different sizes compares fixed costs with amortised
+   ones), on the same backend (SQLite file; PostgreSQL at 127.0.0.1:5432). The time runs until
+   every point is stored (Flywheel: until ``flush()`` returns; MLflow synchronous: each call;
+   MLflow ``synchronous=False``: until ``flush_async_logging()`` returns), and each side's stored
+   count is read back (a run that stored another number of points fails the benchmark).
+   MLflow is installed by this script into ``.bench/mlflow-venv`` and run there, in its own
+   process.
 2. Register + load time per flavor (sklearn, pytorch, tensorflow, lightgbm, onnx): registration
    includes saving, the reload check and the ONNX export; load is from the artifact store with
    sha256 verification.
 
-Bounded: Flywheel logs ``FLYWHEEL_BENCH_POINTS`` points (default 200,000); MLflow at most
-``MLFLOW_BENCH_POINTS`` (default 1,000) synchronous and ``MLFLOW_BENCH_ASYNC_POINTS``
-(default 2,000) asynchronous points. Everything runs on 127.0.0.1.
+Bounded by ``--sizes`` (default 100, 1,000 and 5,000 points: MLflow stores ~50 synchronous
+points/s, so 5,000 take it about 100 s per backend). Everything runs on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -37,9 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH_VENV = ROOT / ".bench" / "mlflow-venv"
 MLFLOW_VERSION = "3.17.2"
 POSTGRES = os.environ.get("FLYWHEEL_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-FLYWHEEL_POINTS = int(os.environ.get("FLYWHEEL_BENCH_POINTS", "200000"))
-MLFLOW_POINTS = int(os.environ.get("MLFLOW_BENCH_POINTS", "1000"))
-MLFLOW_ASYNC_POINTS = int(os.environ.get("MLFLOW_BENCH_ASYNC_POINTS", "2000"))
+SIZES = (100, 1_000, 5_000)
+SMOKE_SIZES = (100, 500)
 
 MLFLOW_CHILD = r"""
 import json, sys, time, warnings
@@ -120,6 +122,7 @@ def flywheel_project(root: Path, metadata: str | None) -> Any:
 
 
 def flywheel_rate(project: Any, n: int) -> dict[str, Any]:
+    """Log ``n`` points in a fresh run (after one warm-up point), as ``MLFLOW_CHILD`` does."""
     from flywheel.tracking import Tracker
 
     tracker = Tracker(project)
@@ -129,13 +132,12 @@ def flywheel_rate(project: Any, n: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         for i in range(n):
             run.log_metric("loss", 1.0 / (i + 1), step=i)
-        t_calls = time.perf_counter() - t0
         run.flush()
         seconds = time.perf_counter() - t0
     stored = tracker.get_run(run.id).metrics["loss"].count
     if stored != n:
         raise RuntimeError(f"flywheel stored {stored} of {n} points")
-    return {"points": n, "seconds": seconds, "call_seconds": t_calls}
+    return {"points": n, "seconds": seconds}
 
 
 def _pg_database(name: str, create: bool) -> None:
@@ -148,7 +150,8 @@ def _pg_database(name: str, create: bool) -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def bench_logging(tmp: Path, smoke: bool = False) -> list[dict[str, Any]]:
+def bench_logging(tmp: Path, sizes: tuple[int, ...], smoke: bool = False) -> list[dict[str, Any]]:
+    """One row per (backend, size): seconds per stored point for Flywheel and both MLflow modes."""
     python = None if smoke else ensure_mlflow()
     rows: list[dict[str, Any]] = []
     pg_db = f"bench_{uuid.uuid4().hex[:8]}"
@@ -166,32 +169,27 @@ def bench_logging(tmp: Path, smoke: bool = False) -> list[dict[str, Any]]:
         }
         for backend, (fw_url, ml_url) in backends.items():
             project = flywheel_project(tmp / f"fw-{backend}", fw_url)
-            fw = flywheel_rate(project, FLYWHEEL_POINTS)
-            # Same sizes as the MLflow runs, so each ratio compares like with like (a run of
-            # 1k points pays the fixed costs that 200k points amortise).
-            fw_same = flywheel_rate(project, MLFLOW_POINTS)
-            fw_same_async = flywheel_rate(project, MLFLOW_ASYNC_POINTS)
+            for n in sizes:
+                fw = flywheel_rate(project, n)
+                row: dict[str, Any] = {
+                    "backend": backend,
+                    "points": n,
+                    "flywheel_s": fw["seconds"] / n,
+                    "mlflow_sync_s": None,
+                    "mlflow_async_s": None,
+                    "mlflow_version": "-",
+                }
+                if python is not None:
+                    ml_sync = mlflow_rate(python, ml_url, n, synchronous=True)
+                    ml_async = mlflow_rate(python, ml_url, n, synchronous=False)
+                    row["mlflow_sync_s"] = ml_sync["seconds"] / n
+                    row["mlflow_async_s"] = ml_async["seconds"] / n
+                    row["mlflow_version"] = ml_sync["version"]
+                rows.append(row)
+                print(f"  {backend}, {n:,} points: done", flush=True)
             project.close()
-            print(f"  {backend}: flywheel done", flush=True)
             if python is None:
                 print("  peer mlflow: skipped in --smoke (its venv is not installed in smoke mode)")
-                ml_sync = ml_async = {"points": 0, "seconds": float("nan"), "version": "-"}
-            else:
-                ml_sync = mlflow_rate(python, ml_url, MLFLOW_POINTS, synchronous=True)
-                ml_async = mlflow_rate(python, ml_url, MLFLOW_ASYNC_POINTS, synchronous=False)
-                print(f"  {backend}: mlflow done", flush=True)
-            rows.append(
-                {
-                    "backend": backend,
-                    "flywheel": fw["points"] / fw["seconds"],
-                    "flywheel_same": fw_same["points"] / fw_same["seconds"],
-                    "flywheel_same_async": fw_same_async["points"] / fw_same_async["seconds"],
-                    "flywheel_calls": fw["points"] / fw["call_seconds"],
-                    "mlflow_sync": ml_sync["points"] / ml_sync["seconds"],
-                    "mlflow_async": ml_async["points"] / ml_async["seconds"],
-                    "mlflow_version": ml_sync["version"],
-                }
-            )
     finally:
         _pg_database(pg_db, create=False)
         _pg_database(pg_db + "_mlflow", create=False)
@@ -275,22 +273,51 @@ def _versions() -> str:
     return ", ".join(f"{n} {md.version(n)}" for n in names)
 
 
+def _us(seconds: float | None) -> str:
+    return "skipped (--smoke)" if seconds is None else f"{seconds * 1e6:,.0f}"
+
+
+def _ratio(fw: float, peer: float | None) -> str:
+    return "-" if peer is None else f"{peer / fw:,.0f}x"
+
+
+def print_logging_table(rows: list[dict[str, Any]]) -> None:
+    """The per-point cost curve: the same sizes for every system, a ratio per size."""
+    print(
+        "| backend | points per run | Flywheel (us/point) | MLflow synchronous (us/point) "
+        "| MLflow / Flywheel | MLflow synchronous=False (us/point) | MLflow / Flywheel |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['backend']} | {r['points']:,} | {r['flywheel_s'] * 1e6:,.1f} "
+            f"| {_us(r['mlflow_sync_s'])} | {_ratio(r['flywheel_s'], r['mlflow_sync_s'])} "
+            f"| {_us(r['mlflow_async_s'])} | {_ratio(r['flywheel_s'], r['mlflow_async_s'])} |"
+        )
+
+
 def main() -> None:
     import argparse
 
-    global FLYWHEEL_POINTS, MLFLOW_POINTS, MLFLOW_ASYNC_POINTS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--smoke", action="store_true", help="tiny sizes, MLflow skipped, sklearn flavor only (CI)"
     )
+    parser.add_argument(
+        "--sizes",
+        default=",".join(map(str, SIZES)),
+        help="points per run, comma-separated; every system logs every size",
+    )
     args = parser.parse_args()
-    if args.smoke:
-        FLYWHEEL_POINTS, MLFLOW_POINTS, MLFLOW_ASYNC_POINTS = 2000, 100, 200
+    sizes = SMOKE_SIZES if args.smoke else tuple(int(x) for x in args.sizes.split(",") if x)
+    if not sizes or min(sizes) < 1:
+        parser.error("--sizes: give one or more positive whole numbers, e.g. 100,1000")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="flywheel-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        print("log_metric throughput ...", flush=True)
-        logging_rows = bench_logging(tmp, smoke=args.smoke)
+        print("log_metric cost per point ...", flush=True)
+        logging_rows = bench_logging(tmp, sizes, smoke=args.smoke)
         print("register + load per flavor ...", flush=True)
         flavor_rows = bench_flavors(tmp, only=("sklearn",) if args.smoke else None)
     import flywheel
@@ -298,32 +325,12 @@ def main() -> None:
     print()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}; flywheel {flywheel.__version__}, "
+        f"Python {platform.python_version()}; load average {load_before:.1f} at start, "
+        f"{os.getloadavg()[0]:.1f} at end; flywheel {flywheel.__version__}, "
         f"mlflow {logging_rows[0]['mlflow_version']}; {_versions()}"
     )
-    print(
-        f"points: Flywheel {FLYWHEEL_POINTS:,}; MLflow {MLFLOW_POINTS:,} synchronous, "
-        f"{MLFLOW_ASYNC_POINTS:,} with synchronous=False"
-    )
     print()
-    print(
-        f"| backend | Flywheel points/s at {FLYWHEEL_POINTS:,} | Flywheel at {MLFLOW_POINTS:,} "
-        f"| MLflow at {MLFLOW_POINTS:,} (synchronous) | ratio (same size) "
-        f"| Flywheel at {MLFLOW_ASYNC_POINTS:,} | MLflow at {MLFLOW_ASYNC_POINTS:,} "
-        "(synchronous=False) | ratio (same size) | Flywheel log_metric calls/s |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in logging_rows:
-        if r["mlflow_version"] == "-":
-            ratio_sync = ratio_async = "skipped (--smoke)"
-        else:
-            ratio_sync = f"{r['flywheel_same'] / r['mlflow_sync']:,.0f}x"
-            ratio_async = f"{r['flywheel_same_async'] / r['mlflow_async']:,.1f}x"
-        print(
-            f"| {r['backend']} | {r['flywheel']:,.0f} | {r['flywheel_same']:,.0f} | "
-            f"{r['mlflow_sync']:,.0f} | {ratio_sync} | {r['flywheel_same_async']:,.0f} | "
-            f"{r['mlflow_async']:,.0f} | {ratio_async} | {r['flywheel_calls']:,.0f} |"
-        )
+    print_logging_table(logging_rows)
     print()
     print(
         "| flavor | register (s, incl. reload check + ONNX export) | load + predict (ms) "
