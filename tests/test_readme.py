@@ -28,6 +28,25 @@ def test_readme_is_short_and_points_into_the_docs() -> None:
         assert (ROOT / link).is_file(), f"README links to {link}, which does not exist"
 
 
+def test_no_file_points_at_the_shared_folder_for_documentation() -> None:
+    """The manual is the repository's own (README + docs/): nothing sends a reader to the
+    workplace's shared design notes (the data files there are named only as data)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "*.md", "*.py", "*.yml", "*.yaml", "*.toml", "Makefile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    pattern = re.compile(r"shared/(?:DESIGN|CONVENTIONS|DEVELOPERS|NOTES)\b|shared/[\w./-]*\.md\b")
+    offenders = []
+    for name in listed:
+        path = ROOT / name
+        if path.is_file() and name != "tests/test_readme.py":
+            offenders += [f"{name}: {m.group(0)}" for m in pattern.finditer(path.read_text())]
+    assert not offenders, offenders
+
+
 @pytest.mark.slow
 def test_readme_loop_runs_as_written(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "FLYWHEEL_CONFIG"}
