@@ -155,24 +155,18 @@ class FsspecBackend:
         return f"{self.root}/{validate_key(key)}"
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        parent = str(PurePosixPath(path).parent)
-        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
-        self.fs.makedirs(parent, exist_ok=True)
-        self.fs.pipe_file(tmp, data)
-        try:
-            self.fs.mv(tmp, path)
-        except BaseException:
-            if self.fs.exists(tmp):
-                self.fs.rm(tmp)
-            raise
+        self._write_via_temp(key, lambda tmp: self.fs.pipe_file(tmp, data))
 
     def write_file(self, key: str, source: Path) -> None:
+        self._write_via_temp(key, lambda tmp: self.fs.put_file(str(source), tmp))
+
+    def _write_via_temp(self, key: str, put: Callable[[str], object]) -> None:
+        """``put`` the object at a unique temporary key beside ``key``, then move it there."""
         path = self._path(key)
         parent = str(PurePosixPath(path).parent)
         tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
         self.fs.makedirs(parent, exist_ok=True)
-        self.fs.put_file(str(source), tmp)
+        put(tmp)
         try:
             self.fs.mv(tmp, path)
         except BaseException:
