@@ -120,10 +120,10 @@ class ServingConfig(_Section):
     max_queue_delay_us: int = Field(default=500, ge=0, le=10_000_000)
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = Field(default=512, ge=1)
-    shed_delay_ms: int = Field(default=250, ge=0, le=10_000)
+    shed_delay_ms: int = Field(default=0, ge=0, le=10_000)  # hold a 429 this long
     instances: int = Field(default=1, ge=1, le=64)
     worker_threads: int = Field(default=4, ge=1, le=256)
-    request_timeout_ms: int | None = Field(default=None, ge=1)
+    request_timeout_ms: int | None = Field(default=1000, ge=1)  # deadline of requests with none
     max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     poll_interval_ms: int = Field(default=200, ge=10, le=60_000)
     prefer_onnx: bool = True

@@ -176,16 +176,19 @@ def test_server_batches_sheds_and_times_out(project: Project, source: FakeSource
         assert "queued" in shed.json()["error"]
         assert max(slow.batch_sizes) > 1
 
+        # Nothing queued: admitted (it would start at once), and its deadline passes first.
         timed = httpx.post(url, content=body, headers={"timeout": "1us"})
         assert timed.status_code == 504, timed.text
         assert "deadline" in timed.json()["error"]
         bad = httpx.post(url, content=body, headers={"timeout": "soon"})
         assert bad.status_code == 400
         metrics = httpx.get(f"http://{server}/metrics").text
-        assert (
-            'flywheel_serving_rejected_total{endpoint="slow",model="slow",reason="queue_full",version="1"}'
-            in metrics
-        )
+        for reason in ("queue_full", "deadline"):
+            sample = (
+                f'flywheel_serving_rejected_total{{endpoint="slow",model="slow",reason="{reason}",'
+                'version="1"}'
+            )
+            assert sample in metrics, reason
         assert "flywheel_serving_batch_size_bucket" in metrics
         assert 'flywheel_serving_requests_total{code="429",endpoint="slow"' in metrics
         assert 'flywheel_serving_requests_total{code="200",endpoint="slow"' in metrics

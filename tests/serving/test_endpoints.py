@@ -410,7 +410,9 @@ def test_a_callers_timeout_is_not_a_candidate_error(
                     url, content=BODY, headers={"Timeout": "5ms", "X-Routing-Key": f"u{i}"}
                 )
                 codes[r.status_code] += 1
-        assert codes[504] >= 10, codes  # the candidate's share did time out on the caller's clock
+        # The candidate's share timed out on the caller's clock (504), or, while its abandoned
+        # runs still held it, was shed at once (429); neither counts for or against it.
+        assert codes[504] >= 1 and codes[504] + codes[429] >= 10, codes
 
         srv = server_for(fast_project)
         for i in range(20):

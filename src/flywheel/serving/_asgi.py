@@ -109,8 +109,13 @@ class InferEndpoint:
                             f"Inference-Header-Content-Length {raw_value.decode('latin-1')!r} "
                             "is not an integer"
                         ) from None
-                elif raw_name == b"timeout":
-                    timeout_s = parse_timeout_header(raw_value.decode("latin-1"))
+                elif raw_name in (b"timeout", b"x-request-timeout"):
+                    given = parse_timeout_header(
+                        raw_value.decode("latin-1"),
+                        header=raw_name.decode(),
+                        bare="us" if raw_name == b"timeout" else "s",
+                    )
+                    timeout_s = given if timeout_s is None else min(timeout_s, given)
                 elif raw_name == b"x-routing-key":
                     routing_key = raw_value.decode("latin-1")
                 elif raw_name == b"x-request-id":
@@ -151,8 +156,8 @@ class InferEndpoint:
         except (InvalidInput, PayloadTooLarge) as exc:
             result = InferenceResult(exc.status_code, orjson.dumps({"error": str(exc)}))
         if result.status == 429 and server.config.shed_delay_ms:
-            # Hold the refusal a moment: clients that retry at once then cannot keep the event
-            # loop busy answering 429s while admitted requests wait for it.
+            # Hold the refusal a moment (off by default): clients that ignore Retry-After and
+            # retry at once then cannot keep the event loop busy answering 429s.
             await asyncio.sleep(server.config.shed_delay_ms / 1000)
         headers = [_OCTET if result.header_length is not None else _JSON]
         if result.header_length is not None:
@@ -312,7 +317,15 @@ def _infer_operation(summary: str, params: list[str]) -> dict[str, Any]:
                 "in": "header",
                 "required": False,
                 "description": "The caller's deadline: 250ms, 2s, 500us (bare: microseconds); "
-                "504 once it passes.",
+                "429 at once when the expected wait exceeds it, 504 once it passes.",
+                "schema": {"type": "string", "pattern": r"^[0-9]{1,9}(\.[0-9]{1,6})?(us|ms|s)?$"},
+            },
+            {
+                "name": "X-Request-Timeout",
+                "in": "header",
+                "required": False,
+                "description": "The caller's deadline as `timeout`, a bare number in seconds "
+                "(the smaller of the two applies).",
                 "schema": {"type": "string", "pattern": r"^[0-9]{1,9}(\.[0-9]{1,6})?(us|ms|s)?$"},
             },
             {
@@ -342,7 +355,8 @@ def _infer_operation(summary: str, params: list[str]) -> dict[str, Any]:
                 "content": _ERROR,
             },
             "429": {
-                "description": "The version's queue is full; retry after `Retry-After` seconds.",
+                "description": "The version's queue is full, or the request's expected wait "
+                "exceeds its deadline; retry after `Retry-After` seconds.",
                 "headers": {"Retry-After": {"schema": {"type": "integer"}}},
                 "content": _ERROR,
             },

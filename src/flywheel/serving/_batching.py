@@ -1,11 +1,17 @@
 """Dynamic batching: concurrent requests to one model version coalesced into one runtime call.
 
-The policy follows Triton's dynamic batcher. A request joins a bounded queue (full: ``QueueFull``,
-429). A dispatcher task waits until an instance of the model is free, then until the queue holds
-``max_batch_size`` rows, a preferred batch size, or until the oldest request has waited
-``max_queue_delay_us``; it then takes as many requests as fit, runs one ``predict`` in the worker
-thread pool (so the event loop stays free), and splits the outputs back along the batch dim.
-Requests whose deadline has passed are answered with ``DeadlineExceeded`` (504) without running.
+The policy follows Triton's dynamic batcher. A request joins a bounded FIFO queue: refused at
+once with ``QueueFull`` (429 with ``Retry-After``) when the queue holds ``max_queue_size``
+requests, or when its expected wait (the measured batch time, from dispatch until the result is
+back on the event loop, times the batches ahead of it, over the instances) exceeds what is left
+of its deadline. A dispatcher task waits until an instance of the model is free, then until
+the queue holds ``max_batch_size`` rows, a preferred batch size, or until the oldest request has
+waited ``max_queue_delay_us``; it then takes as many requests as fit, runs one ``predict`` in
+the worker thread pool (so the event loop stays free), and splits the outputs back along the
+batch dim.
+Requests whose deadline has passed are answered with ``DeadlineExceeded`` (504) without running,
+and a result that comes back after the deadline is dropped (504), never answered late. The wait
+that batching adds is at most ``max_queue_delay_us`` plus one batch's compute.
 When a batch fails, its requests are retried one by one so that one bad request fails alone.
 """
 
@@ -87,6 +93,9 @@ class BatchingPolicy:
         return policy
 
 
+_EWMA = 0.2  # weight of the newest batch in the batch-time average
+
+
 class _Pending:
     __slots__ = ("deadline", "enqueued", "future", "inputs", "key", "rows")
 
@@ -124,12 +133,16 @@ class DynamicBatcher:
         self._loop = asyncio.get_running_loop()
         self._free = policy.instances
         self._timer: asyncio.TimerHandle | None = None
-        self._inflight: set[asyncio.Future[Any]] = set()
+        # In-flight batches and when each was dispatched (for the expected-wait estimate).
+        self._inflight: dict[asyncio.Future[Any], float] = {}
         self._closed = False
         self.batches_run = 0
         self._last_arrival = time.monotonic()
         self._mean_gap = 1.0
         self.last_latency_s = 0.0
+        # Mean wall time of a batch, dispatch to result back on the loop (so a busy event loop
+        # counts), exponentially weighted.
+        self.batch_s = 0.0
 
     @property
     def depth(self) -> int:
@@ -149,8 +162,7 @@ class DynamicBatcher:
         """
         if self._closed:
             raise QueueFull(f"model {self.name!r} is shutting down", retry_after=1.0)
-        if len(self._queue) >= self.policy.max_queue_size:
-            self.reject_full()
+        self.admit(rows, deadline)
         future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
         item = _Pending(inputs, rows, deadline, future)
         # Mean gap between arrivals (exponentially weighted), for the adaptive wait.
@@ -176,8 +188,56 @@ class DynamicBatcher:
         """Raise the ``QueueFull`` (429) that a request to a full queue gets."""
         raise QueueFull(
             f"model {self.name!r} has {len(self._queue)} requests queued (the limit); retry later",
-            retry_after=max(1.0, self.last_latency_s * len(self._queue)),
+            retry_after=max(1.0, self.expected_wait_s(1)),
         )
+
+    def _per_batch_s(self) -> float:
+        """The mean batch time, or the age of the oldest batch in flight if that is longer (a
+        model that slowed down is noticed before its batch finishes). 0 before any batch ran."""
+        if not self._inflight:
+            return self.batch_s
+        return max(self.batch_s, time.monotonic() - min(self._inflight.values()))
+
+    def expected_wait_s(self, rows: int) -> float:
+        """Seconds a request of ``rows`` rows queued now would wait before its batch starts.
+
+        0 when an instance is free and it fits in the next batch. Otherwise the batches ahead of
+        it (the queued rows before its own batch, in batches of the policy's largest size, plus
+        one for the batches in flight when no instance is free) times the batch time, over the
+        instances.
+        """
+        policy = self.policy
+        size = max(policy.preferred_batch_sizes, default=policy.max_batch_size)
+        position = self._queued_rows + rows if policy.enabled else len(self._queue) + 1
+        ahead = -(-position // size) - 1 + (1 if self._free <= 0 else 0)
+        if ahead <= 0:
+            return 0.0
+        return ahead * self._per_batch_s() / policy.instances
+
+    def admit(self, rows: int, deadline: float | None) -> None:
+        """Refuse (``QueueFull``, 429 with ``Retry-After``) a request that the queue cannot take
+        now: it is full, or the request would have to wait and could not then be answered before
+        ``deadline`` (``time.monotonic()``): its wait plus one batch (and the batching delay)
+        exceeds what is left. It would only hold a place and time out in the queue. A request
+        that starts at once is always admitted (if its own run outlasts its deadline, it gets
+        the 504 of its deadline)."""
+        if len(self._queue) >= self.policy.max_queue_size:
+            self.reject_full()
+        if deadline is None:
+            return
+        wait = self.expected_wait_s(rows)
+        if wait <= 0.0:
+            return
+        answer = wait + self._per_batch_s() + self.policy.max_queue_delay_us / 1e6
+        left = deadline - time.monotonic()
+        if answer > left:
+            raise QueueFull(
+                f"model {self.name!r}: the expected wait ({answer * 1000:.0f} ms to an answer, "
+                f"{len(self._queue)} requests queued) exceeds the request's deadline "
+                f"({max(left, 0.0) * 1000:.0f} ms left); retry later",
+                retry_after=max(1.0, answer),
+                reason="expected_wait",
+            )
 
     async def close(self) -> None:
         """Stop accepting requests, finish the queued ones, and stop the dispatcher."""
@@ -274,7 +334,7 @@ class DynamicBatcher:
                 self._timer = None
             self._free -= 1
             fut = self._loop.run_in_executor(self._executor, self._execute, batch)
-            self._inflight.add(fut)
+            self._inflight[fut] = time.monotonic()
             fut.add_done_callback(functools.partial(self._finish, batch=batch))
 
     def _on_timer(self) -> None:
@@ -289,27 +349,40 @@ class DynamicBatcher:
                 continue
             self._free -= 1
             fut = self._loop.run_in_executor(self._executor, self._execute, batch)
-            self._inflight.add(fut)
+            self._inflight[fut] = time.monotonic()
             fut.add_done_callback(functools.partial(self._finish, batch=batch))
         self._dispatch()
 
     def _finish(
         self, fut: asyncio.Future[list[Tensors | BaseException]], batch: list[_Pending]
     ) -> None:
-        self._inflight.discard(fut)
+        dispatched = self._inflight.pop(fut, None)
         self._free += 1
+        if dispatched is not None:
+            self._record(time.monotonic() - dispatched)
         try:
             results = fut.result()
         except BaseException as exc:  # the executor itself failed
             results = [InferenceFailed(f"model {self.name!r}: {exc}")] * len(batch)
+        now = time.monotonic()
         for item, result in zip(batch, results, strict=True):
             if item.future.done():
                 continue
-            if isinstance(result, BaseException):
+            if item.deadline is not None and item.deadline <= now:
+                # Computed, but too late: the caller gets the 504 it was promised, not a late 200.
+                item.future.set_exception(
+                    DeadlineExceeded(f"model {self.name!r}: the request's deadline passed")
+                )
+            elif isinstance(result, BaseException):
                 item.future.set_exception(result)
             else:
                 item.future.set_result(result)
         self._dispatch()
+
+    def _record(self, seconds: float) -> None:
+        self.batch_s = (
+            seconds if self.batch_s == 0.0 else self.batch_s + _EWMA * (seconds - self.batch_s)
+        )
 
     # -- worker thread ---------------------------------------------------------------------------
 

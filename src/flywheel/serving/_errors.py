@@ -7,7 +7,7 @@ Hierarchy::
     ├── PayloadTooLarge                            413  the request body is over the size limit
     ├── UnknownModel (+ NotFoundError)             404  no such model, version or endpoint
     ├── EndpointConflict (+ ConflictError)         409  a concurrent change or a rollout in flight
-    ├── QueueFull (+ OverloadedError)              429  the version's bounded queue is full
+    ├── QueueFull (+ OverloadedError)              429  queue full, or a wait past the deadline
     ├── InferenceFailed                            500  the runtime raised while predicting
     ├── ModelUnavailable (+ ServiceUnavailable)    503  the version could not be loaded
     └── DeadlineExceeded                           504  the request's deadline passed
@@ -51,12 +51,17 @@ class EndpointConflict(ServingError, ConflictError):
 
 
 class QueueFull(ServingError, OverloadedError):
-    """The model version's request queue is full; the client should retry later."""
+    """The model version's queue cannot take the request now; the client should retry after
+    ``retry_after`` seconds. ``reason``: ``queue_full`` (``max_queue_size`` requests wait) or
+    ``expected_wait`` (the wait would outlast the request's deadline)."""
 
     status_code = 429
 
-    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+    def __init__(
+        self, message: str, retry_after: float = 1.0, *, reason: str = "queue_full"
+    ) -> None:
         OverloadedError.__init__(self, message, retry_after)
+        self.reason = reason
 
 
 class InferenceFailed(ServingError):

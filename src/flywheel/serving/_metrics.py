@@ -39,7 +39,7 @@ QUEUE_DEPTH = Gauge(
 )
 REJECTED = Counter(
     "flywheel_serving_rejected_total",
-    "Requests refused before running: queue_full (429) or deadline (504).",
+    "Requests refused: queue_full or expected_wait (429), deadline (504).",
     ["endpoint", "model", "version", "reason"],
 )
 SHADOW_REQUESTS = Counter(

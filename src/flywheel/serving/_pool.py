@@ -22,7 +22,7 @@ from flywheel.config import ServingConfig
 from flywheel.serving import _metrics as m
 from flywheel.serving._background import BackgroundTasks
 from flywheel.serving._batching import BatchingPolicy, DynamicBatcher
-from flywheel.serving._errors import ModelUnavailable
+from flywheel.serving._errors import ModelUnavailable, ServingError
 from flywheel.serving._runtime import LoadedRuntime, ModelSource, load_runtime
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ class ServedVersion:
     policy: BatchingPolicy
     allow_nan: bool
     feature_names: list[str] | None
+    slo_s: float | None = None  # the version's deadline for requests that set none
     loaded_at: float = field(default_factory=time.time)
     queue_gauge: Any = None
 
@@ -84,9 +85,23 @@ class ServedVersion:
                 "max_queue_delay_us": self.policy.max_queue_delay_us,
                 "preferred_batch_sizes": list(self.policy.preferred_batch_sizes),
                 "max_queue_size": self.policy.max_queue_size,
+                "slo_ms": None if self.slo_s is None else self.slo_s * 1000,
                 **(extra or {}),
             },
         }
+
+
+def slo_seconds(config: dict[str, Any]) -> float | None:
+    """A version's ``config["slo_ms"]`` in seconds: the deadline of its requests that bring
+    none (None: the server's ``serving.request_timeout_ms`` applies)."""
+    value = config.get("slo_ms")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ServingError(
+            f"config 'slo_ms' must be a positive number of milliseconds, got {value!r}"
+        )
+    return float(value) / 1000
 
 
 class VersionPool:
@@ -215,6 +230,7 @@ class VersionPool:
             policy=policy,
             allow_nan=bool(mv_config.get("allow_nan", False)),
             feature_names=[str(n) for n in names] if isinstance(names, list) else None,
+            slo_s=slo_seconds(mv_config),
         )
         log.info(
             "serving %s/%s with %s on %s (loaded in %.2fs)",

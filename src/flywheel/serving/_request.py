@@ -40,7 +40,7 @@ from flywheel.serving._codec import (
     encode_response,
 )
 from flywheel.serving._endpoints import Endpoint
-from flywheel.serving._errors import InvalidInput
+from flywheel.serving._errors import DeadlineExceeded, InvalidInput, QueueFull
 from flywheel.serving._pool import ServedVersion, VersionPool
 from flywheel.serving._prediction_log import PredictionLogger, PredictionRecord, now_utc
 from flywheel.serving._reconciler import Reconciler
@@ -52,13 +52,20 @@ _TIMEOUT_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)?\s*$")
 SHADOW_TIMEOUT_S = 30.0
 
 
-def parse_timeout_header(value: str) -> float:
-    """A ``timeout`` header in seconds: ``"250ms"``, ``"2s"``, ``"500us"``, bare = microseconds."""
+def parse_timeout_header(value: str, *, header: str = "timeout", bare: str = "us") -> float:
+    """A timeout header in seconds: ``"250ms"``, ``"2s"``, ``"500us"``; a bare number is in
+    ``bare`` units (microseconds for V2's ``timeout``, seconds for ``X-Request-Timeout``)."""
     match = _TIMEOUT_RE.match(value)
     if not match:
-        raise InvalidInput(f"header 'timeout' {value!r} must look like 250ms, 2s or 500us")
-    number, unit = float(match.group(1)), match.group(2) or "us"
+        raise InvalidInput(f"header {header!r} {value!r} must look like 250ms, 2s or 500us")
+    number, unit = float(match.group(1)), match.group(2) or bare
     return number * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
+
+
+def _check_late(deadline: float | None, name: str) -> None:
+    """Raise ``DeadlineExceeded`` if ``deadline`` has passed: an answer is never sent late."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlineExceeded(f"model {name!r}: the request's deadline passed")
 
 
 def _inference_span(served: ServedVersion, endpoint: Endpoint | None, rows: int) -> Any:
@@ -101,6 +108,7 @@ class _Labels:
     latency: Any
     codes: dict[int, Any]
     queue_full: Any
+    expected_wait: Any
     deadline: Any
 
 
@@ -145,11 +153,13 @@ class RequestPath:
         endpoint: Endpoint | None = None
         request: Any = None
         outputs: Tensors = {}
+        arrived = time.monotonic()
+        reason: str | None = None
         try:
             served, endpoint = await self.routes.target(name, version, routing_key)
-            batcher = served.batcher
-            if batcher.depth >= batcher.policy.max_queue_size:
-                batcher.reject_full()  # shed before paying for decoding
+            routed = time.monotonic()
+            # Shed before paying for decoding: a full queue, or a wait beyond the deadline.
+            served.batcher.admit(1, self._deadline(served, arrived, routed, timeout_s))
             request = decode_request(
                 body, header_length, served.signature, model=name, allow_nan=served.allow_nan
             )
@@ -161,9 +171,7 @@ class RequestPath:
             if timeout_s is None and request.timeout_us is not None:
                 timeout_s = request.timeout_us / 1e6
             caller_deadline = timeout_s is not None
-            if timeout_s is None and self.config.request_timeout_ms is not None:
-                timeout_s = self.config.request_timeout_ms / 1000
-            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            deadline = self._deadline(served, arrived, routed, timeout_s)
             served.queue_gauge.set(served.batcher.depth)
             with _inference_span(served, endpoint, request.rows):
                 outputs = await served.batcher.submit(request.inputs, request.rows, deadline)
@@ -175,9 +183,11 @@ class RequestPath:
                 requested=request.outputs,
                 binary_default=request.binary_output,
             )
+            _check_late(deadline, name)
             result = InferenceResult(200, response, hlen)
         except FlywheelError as exc:
             status = exc.status_code
+            reason = exc.reason if isinstance(exc, QueueFull) else None
             if status >= 500:
                 log.warning("inference on %s failed: %s", name, exc)
             retry = getattr(exc, "retry_after", None) if status == 429 else None
@@ -193,9 +203,23 @@ class RequestPath:
         if served is not None:
             self._account(
                 name, endpoint, served, result.status, elapsed, caller_deadline,
-                request, outputs, request_id,
+                request, outputs, request_id, reason,
             )  # fmt: skip
         return result
+
+    def _deadline(
+        self, served: ServedVersion, arrived: float, routed: float, timeout_s: float | None
+    ) -> float | None:
+        """When the request stops wanting its answer (``time.monotonic()``): the caller's timeout
+        from its arrival; else the version's SLO (``config["slo_ms"]``), else
+        ``serving.request_timeout_ms``, from when the version was ready for it (``routed``: a
+        cold load is not held against the server's own deadline)."""
+        if timeout_s is not None:
+            return arrived + timeout_s
+        slo = served.slo_s
+        if slo is None and self.config.request_timeout_ms is not None:
+            slo = self.config.request_timeout_ms / 1000
+        return None if slo is None else routed + slo
 
     async def predict(
         self,
@@ -225,31 +249,32 @@ class RequestPath:
         request: InferenceRequest | None = None
         outputs: Tensors = {}
         status = 500
+        arrived = time.monotonic()
+        reason: str | None = None
         try:
             await self._started()  # endpoints are known before the first target lookup
             served, endpoint = await self.routes.target(
                 name, None if version is None else str(version), routing_key
             )
             batcher = served.batcher
-            if batcher.depth >= batcher.policy.max_queue_size:
-                batcher.reject_full()
+            deadline = self._deadline(served, arrived, time.monotonic(), timeout_s)
+            batcher.admit(1, deadline)
             request = request_from_arrays(
                 inputs, served.signature, model=name, allow_nan=served.allow_nan
             )
             request.id = request_id
             caller_deadline = timeout_s is not None
-            if timeout_s is None and self.config.request_timeout_ms is not None:
-                timeout_s = self.config.request_timeout_ms / 1000
-            deadline = None if timeout_s is None else time.monotonic() + timeout_s
             served.queue_gauge.set(batcher.depth)
             with _inference_span(served, endpoint, request.rows):
                 outputs = await batcher.submit(request.inputs, request.rows, deadline)
+            _check_late(deadline, name)
             status = 200
         except asyncio.CancelledError:
             status = 0  # the caller gave up (predict_blocking's timeout): not the model's fault
             raise
         except FlywheelError as exc:
             status = exc.status_code
+            reason = exc.reason if isinstance(exc, QueueFull) else None
             if status >= 500:
                 log.warning("prediction on %s failed: %s", name, exc)
             raise
@@ -260,7 +285,7 @@ class RequestPath:
             if served is not None and status:
                 self._account(
                     name, endpoint, served, status, time.perf_counter() - start,
-                    caller_deadline, request, outputs, request_id,
+                    caller_deadline, request, outputs, request_id, reason,
                 )  # fmt: skip
         return Prediction(outputs=outputs, model=served.name, version=served.version)
 
@@ -277,12 +302,14 @@ class RequestPath:
         request: Any,
         outputs: Tensors,
         request_id: str | None,
+        reason: str | None = None,
     ) -> None:
         label = endpoint.name if endpoint is not None else name
-        self._observe(label, served, status, elapsed)
-        if endpoint is not None and not (status == 504 and caller_deadline):
+        self._observe(label, served, status, elapsed, reason)
+        if endpoint is not None and status != 429 and not (status == 504 and caller_deadline):
             # A deadline the caller chose passing is the caller giving up, not a candidate
-            # error (the server's own request_timeout_ms passing still counts).
+            # error (the server's own request_timeout_ms passing still counts); a request shed
+            # with 429 never ran, so it says nothing about the version either way.
             self.routes.count_canary(endpoint, served.version, status, elapsed)
         if status == 200 and request is not None:
             self._after_success(label, endpoint, served, request, outputs, elapsed, request_id)
@@ -296,12 +323,20 @@ class RequestPath:
                 latency=m.LATENCY.labels(endpoint, served.name, v),
                 codes={},
                 queue_full=m.REJECTED.labels(endpoint, served.name, v, "queue_full"),
+                expected_wait=m.REJECTED.labels(endpoint, served.name, v, "expected_wait"),
                 deadline=m.REJECTED.labels(endpoint, served.name, v, "deadline"),
             )
             self._labels[key] = labels
         return labels
 
-    def _observe(self, endpoint: str, served: ServedVersion, status: int, elapsed: float) -> None:
+    def _observe(
+        self,
+        endpoint: str,
+        served: ServedVersion,
+        status: int,
+        elapsed: float,
+        reason: str | None = None,
+    ) -> None:
         labels = self._labels_for(endpoint, served)
         counter = labels.codes.get(status)
         if counter is None:
@@ -311,7 +346,7 @@ class RequestPath:
         if status == 200:
             labels.latency.observe(elapsed)
         elif status == 429:
-            labels.queue_full.inc()
+            (labels.expected_wait if reason == "expected_wait" else labels.queue_full).inc()
         elif status == 504:
             labels.deadline.inc()
 

@@ -1,0 +1,176 @@
+"""Admission that knows time: FIFO order, 429 with Retry-After at once when the expected wait
+exceeds the deadline, and never a 200 after the deadline (#14 item 4).
+
+No test here asserts a duration: the waits the estimate sees are lower bounds (a model that
+sleeps 0.1 s takes at least 0.1 s, however loaded the machine), so a slower machine only makes
+the refusals more certain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from flywheel.project import Project
+from flywheel.serving import DeadlineExceeded, QueueFull, ServingError
+from flywheel.serving._batching import BatchingPolicy, DynamicBatcher
+from flywheel.serving._pool import slo_seconds
+from flywheel.serving._request import parse_timeout_header
+from tests.serving.conftest import FakeModel, FakeSource, linear, running_server, serving_app
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(2) as pool:
+        yield pool
+
+
+def _x(value: float = 1.0) -> dict[str, np.ndarray]:
+    return {"input": np.full((1, 4), value, dtype=np.float32)}
+
+
+def test_requests_run_in_arrival_order(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    order: list[float] = []
+
+    def fn(t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        gate.wait(5)
+        order.append(float(t["input"][0, 0]))
+        return linear(1.0)(t)
+
+    async def main() -> None:
+        batcher = DynamicBatcher(FakeModel(fn).predict, BatchingPolicy(1, 0), executor)
+        tasks = []
+        for i in range(8):
+            tasks.append(asyncio.ensure_future(batcher.submit(_x(float(i)), 1)))
+            await asyncio.sleep(0)  # each one reaches the queue before the next is created
+        gate.set()
+        await asyncio.gather(*tasks)
+        await batcher.close()
+
+    asyncio.run(main())
+    assert order == [float(i) for i in range(8)]
+
+
+def test_expected_wait_beyond_the_deadline_is_refused_at_once(
+    executor: ThreadPoolExecutor,
+) -> None:
+    gate = threading.Event()
+    gate.set()
+
+    def fn(t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(0.1)  # every batch takes at least 0.1 s
+        gate.wait(10)
+        return linear(1.0)(t)
+
+    model = FakeModel(fn)
+
+    async def main() -> None:
+        batcher = DynamicBatcher(model.predict, BatchingPolicy(1, 0), executor)
+        await batcher.submit(_x(), 1)  # measures the batch time (>= 0.1 s)
+        assert batcher.batch_s >= 0.1
+        gate.clear()
+        queued = [asyncio.ensure_future(batcher.submit(_x(), 1)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        calls = len(model.batch_sizes)
+        # Three requests ahead (one running): at least 0.3 s before this one starts.
+        assert batcher.expected_wait_s(1) >= 0.3
+        with pytest.raises(QueueFull) as info:
+            await batcher.submit(_x(), 1, deadline=time.monotonic() + 0.2)
+        assert info.value.status_code == 429
+        assert info.value.reason == "expected_wait"
+        assert info.value.retry_after >= 1
+        assert "expected wait" in str(info.value) and "deadline" in str(info.value)
+        assert batcher.depth == 2 and len(model.batch_sizes) == calls  # it never queued
+        # Without a deadline (or with room for the wait) a request is still admitted.
+        roomy = asyncio.ensure_future(batcher.submit(_x(), 1, deadline=time.monotonic() + 60))
+        gate.set()
+        await asyncio.gather(*queued, roomy)
+        await batcher.close()
+
+    asyncio.run(main())
+    assert len(model.batch_sizes) == 5
+
+
+def test_deadline_passing_during_the_run_is_504_never_a_late_answer(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model = FakeModel(linear(1.0), delay=0.3)
+
+    async def main() -> None:
+        batcher = DynamicBatcher(model.predict, BatchingPolicy(1, 0), executor)
+        # Nothing measured yet: admitted, runs, and finishes after its deadline.
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit(_x(), 1, deadline=time.monotonic() + 0.05)
+        await batcher.close()
+
+    asyncio.run(main())
+    assert model.batch_sizes == [1]  # it did run; its result was dropped
+
+
+def test_deadline_sources_parse_and_name_the_field() -> None:
+    assert parse_timeout_header("0.25", header="x-request-timeout", bare="s") == 0.25
+    assert parse_timeout_header("250ms", header="x-request-timeout", bare="s") == 0.25
+    assert parse_timeout_header("250") == pytest.approx(250e-6)
+    with pytest.raises(ServingError, match="x-request-timeout"):
+        parse_timeout_header("soon", header="x-request-timeout", bare="s")
+    assert slo_seconds({"slo_ms": 50}) == 0.05
+    assert slo_seconds({}) is None
+    for bad in (0, -5, "fast", True):
+        with pytest.raises(ServingError, match="slo_ms"):
+            slo_seconds({"slo_ms": bad})
+
+
+@pytest.mark.integration
+def test_overload_gets_429_with_retry_after_and_no_5xx(
+    project: Project, source: FakeSource
+) -> None:
+    """40 concurrent requests to a model whose batches take >= 0.1 s and whose SLO is 250 ms:
+    the queue can hold about two batches' worth in time, so the rest are refused with 429
+    and Retry-After instead of waiting; none is a 5xx and every 200 came within its deadline."""
+    model = source.add(
+        "slow",
+        1,
+        FakeModel(linear(1.0), delay=0.1),
+        config={"max_batch_size": 4, "max_queue_delay_us": 0, "slo_ms": 250},
+        stage="production",
+    )
+    body = orjson.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    )
+    with running_server(serving_app(project, source)) as server:
+        url = f"http://{server}/v2/models/slow/infer"
+        assert httpx.post(url, content=body).status_code == 200  # load, warm, measure
+        meta = httpx.get(f"http://{server}/v2/models/slow").json()
+        assert meta["parameters"]["slo_ms"] == 250
+
+        async def burst(n: int) -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                return await asyncio.gather(*(client.post(url, content=body) for _ in range(n)))
+
+        responses = asyncio.run(burst(40))
+        codes = [r.status_code for r in responses]
+        assert all(c < 500 for c in codes), codes
+        assert set(codes) <= {200, 429}, codes
+        assert codes.count(429) > 0 and codes.count(200) > 0, codes
+        for r in responses:
+            if r.status_code == 429:
+                assert int(r.headers["Retry-After"]) >= 1
+                assert "expected wait" in r.json()["error"]
+        # Refused requests never ran: the model saw only the admitted ones (plus warm-up).
+        assert sum(model.batch_sizes) < 40 + 3
+        # A caller's own X-Request-Timeout (bare seconds) beats the SLO.
+        roomy = httpx.post(url, content=body, headers={"X-Request-Timeout": "30"})
+        assert roomy.status_code == 200
+        bad = httpx.post(url, content=body, headers={"X-Request-Timeout": "later"})
+        assert bad.status_code == 400 and "x-request-timeout" in bad.json()["error"]
+        metrics = httpx.get(f"http://{server}/metrics").text
+        assert 'reason="expected_wait"' in metrics
