@@ -21,6 +21,7 @@ import pytest
 
 from flywheel.project import Project
 from flywheel.serving import DeadlineExceeded, QueueFull, ServingError
+from flywheel.serving._admission import WINDOW_REQUESTS, LoopLoad
 from flywheel.serving._batching import BatchingPolicy, DynamicBatcher
 from flywheel.serving._pool import slo_seconds
 from flywheel.serving._request import parse_timeout_header
@@ -114,6 +115,36 @@ def test_deadline_passing_during_the_run_is_504_never_a_late_answer(
 
     asyncio.run(main())
     assert model.batch_sizes == [1]  # it did run; its result was dropped
+
+
+def test_loop_load_counts_the_loop_cpu_of_requests_in_flight(
+    executor: ThreadPoolExecutor,
+) -> None:
+    load = LoopLoad(window_max_s=3600)
+    assert load.wait_s() == 0.0  # nothing measured yet
+    for _ in range(WINDOW_REQUESTS):
+        load.started()
+        spent = time.thread_time() + 0.0002
+        while time.thread_time() < spent:  # this thread's CPU: at least 0.2 ms per request
+            pass
+        load.finished()
+    assert load.inflight == 0 and load.cost_s >= 0.0002
+    for _ in range(10):
+        load.started()
+    assert load.wait_s() >= 0.002
+
+    async def main() -> None:
+        # A burst admitted in one loop step: the batcher's queue alone looks short, the loop's
+        # work for those ahead does not; a request that would wait for it past its deadline is
+        # refused, one that starts at once on an idle loop is not.
+        batcher = DynamicBatcher(FakeModel(linear(1.0)).predict, BatchingPolicy(8, 0), executor)
+        with pytest.raises(QueueFull) as info:
+            batcher.admit(1, time.monotonic() + 0.01, loop_wait_s=0.5)
+        assert info.value.reason == "expected_wait"
+        batcher.admit(1, time.monotonic() + 0.01, loop_wait_s=0.0)
+        await batcher.close()
+
+    asyncio.run(main())
 
 
 def test_deadline_sources_parse_and_name_the_field() -> None:

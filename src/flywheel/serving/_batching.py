@@ -214,18 +214,19 @@ class DynamicBatcher:
             return 0.0
         return ahead * self._per_batch_s() / policy.instances
 
-    def admit(self, rows: int, deadline: float | None) -> None:
+    def admit(self, rows: int, deadline: float | None, loop_wait_s: float = 0.0) -> None:
         """Refuse (``QueueFull``, 429 with ``Retry-After``) a request that the queue cannot take
         now: it is full, or the request would have to wait and could not then be answered before
         ``deadline`` (``time.monotonic()``): its wait plus one batch (and the batching delay)
         exceeds what is left. It would only hold a place and time out in the queue. A request
         that starts at once is always admitted (if its own run outlasts its deadline, it gets
-        the 504 of its deadline)."""
+        the 504 of its deadline). ``loop_wait_s``: the event loop's work for the requests ahead
+        (``LoopLoad``); the wait is the longer of it and the batches' wait."""
         if len(self._queue) >= self.policy.max_queue_size:
             self.reject_full()
         if deadline is None:
             return
-        wait = self.expected_wait_s(rows)
+        wait = max(self.expected_wait_s(rows), loop_wait_s)
         if wait <= 0.0:
             return
         answer = wait + self._per_batch_s() + self.policy.max_queue_delay_us / 1e6

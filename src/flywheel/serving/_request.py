@@ -28,6 +28,7 @@ from flywheel import telemetry
 from flywheel.config import ServingConfig
 from flywheel.errors import FlywheelError
 from flywheel.serving import _metrics as m
+from flywheel.serving._admission import LoopLoad
 from flywheel.serving._background import BackgroundTasks
 from flywheel.serving._codec import (
     V2_DTYPES,
@@ -134,6 +135,7 @@ class RequestPath:
         self.background = background
         self._started = started
         self._labels: dict[tuple[str, str, int], _Labels] = {}
+        self.loop_load = LoopLoad()
 
     async def infer(
         self,
@@ -155,11 +157,15 @@ class RequestPath:
         outputs: Tensors = {}
         arrived = time.monotonic()
         reason: str | None = None
+        admitted = False
         try:
             served, endpoint = await self.routes.target(name, version, routing_key)
             routed = time.monotonic()
             # Shed before paying for decoding: a full queue, or a wait beyond the deadline.
-            served.batcher.admit(1, self._deadline(served, arrived, routed, timeout_s))
+            first = self._deadline(served, arrived, routed, timeout_s)
+            served.batcher.admit(1, first, self.loop_load.wait_s())
+            self.loop_load.started()
+            admitted = True
             request = decode_request(
                 body, header_length, served.signature, model=name, allow_nan=served.allow_nan
             )
@@ -188,7 +194,7 @@ class RequestPath:
         except FlywheelError as exc:
             status = exc.status_code
             reason = exc.reason if isinstance(exc, QueueFull) else None
-            if status >= 500:
+            if status >= 500 and status != 504:  # a passed deadline is counted, not logged
                 log.warning("inference on %s failed: %s", name, exc)
             retry = getattr(exc, "retry_after", None) if status == 429 else None
             result = InferenceResult(status, error_body(str(exc)), None, retry)
@@ -199,6 +205,9 @@ class RequestPath:
             result = InferenceResult(500, error_body(f"internal error ({type(exc).__name__})"))
             request = None
             outputs = {}
+        finally:
+            if admitted:
+                self.loop_load.finished()
         elapsed = time.perf_counter() - start
         if served is not None:
             self._account(
@@ -251,6 +260,7 @@ class RequestPath:
         status = 500
         arrived = time.monotonic()
         reason: str | None = None
+        admitted = False
         try:
             await self._started()  # endpoints are known before the first target lookup
             served, endpoint = await self.routes.target(
@@ -258,7 +268,9 @@ class RequestPath:
             )
             batcher = served.batcher
             deadline = self._deadline(served, arrived, time.monotonic(), timeout_s)
-            batcher.admit(1, deadline)
+            batcher.admit(1, deadline, self.loop_load.wait_s())
+            self.loop_load.started()
+            admitted = True
             request = request_from_arrays(
                 inputs, served.signature, model=name, allow_nan=served.allow_nan
             )
@@ -275,13 +287,15 @@ class RequestPath:
         except FlywheelError as exc:
             status = exc.status_code
             reason = exc.reason if isinstance(exc, QueueFull) else None
-            if status >= 500:
+            if status >= 500 and status != 504:
                 log.warning("prediction on %s failed: %s", name, exc)
             raise
         except Exception:
             log.exception("unexpected error predicting with %s", name)
             raise
         finally:
+            if admitted:
+                self.loop_load.finished()
             if served is not None and status:
                 self._account(
                     name, endpoint, served, status, time.perf_counter() - start,
