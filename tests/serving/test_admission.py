@@ -21,7 +21,7 @@ import pytest
 
 from flywheel.project import Project
 from flywheel.serving import DeadlineExceeded, QueueFull, ServingError
-from flywheel.serving._admission import WINDOW_REQUESTS, LoopLoad
+from flywheel.serving._admission import WINDOW_MAX_REQUESTS, LoopLoad
 from flywheel.serving._batching import BatchingPolicy, DynamicBatcher
 from flywheel.serving._pool import slo_seconds
 from flywheel.serving._request import parse_timeout_header
@@ -122,16 +122,23 @@ def test_loop_load_counts_the_loop_cpu_of_requests_in_flight(
 ) -> None:
     load = LoopLoad(window_max_s=3600)
     assert load.wait_s() == 0.0  # nothing measured yet
-    for _ in range(WINDOW_REQUESTS):
+    for _ in range(WINDOW_MAX_REQUESTS):
         load.started()
         spent = time.thread_time() + 0.0002
         while time.thread_time() < spent:  # this thread's CPU: at least 0.2 ms per request
             pass
         load.finished()
-    assert load.inflight == 0 and load.cost_s >= 0.0002
+    assert load.inflight == 0 and load.cpu_s >= 0.0002
+    assert load.wall_s == 0.0  # the server emptied after every request: never busy
     for _ in range(10):
         load.started()
     assert load.wait_s() >= 0.002
+    # A window in which the server never emptied measures wall time per answer.
+    for _ in range(WINDOW_MAX_REQUESTS + 1):
+        load.started()
+        time.sleep(0.0005)
+        load.finished()
+    assert load.wall_s >= 0.0005
 
     async def main() -> None:
         # A burst admitted in one loop step: the batcher's queue alone looks short, the loop's

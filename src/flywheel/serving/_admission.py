@@ -2,52 +2,81 @@
 
 One process answers every request on one event loop: decoding, encoding and HTTP all take loop
 time, so when many requests are admitted at once (a burst from hundreds of connections) each
-waits for the loop work of those ahead of it, whatever the model's batch time. ``LoopLoad``
-estimates that wait as the requests admitted and not yet answered times the loop CPU a request
-costs, measured with ``time.thread_time()`` on the loop thread over windows of requests that
-came in quickly (a slow window would also count the idle loop's own work).
+waits for the loop's work on those ahead of it, whatever the model's batch time. ``LoopLoad``
+estimates that wait by Little's law: the requests admitted and not yet answered times the time
+a request costs, which is the longer of
+
+* the wall time per answered request over a window in which the server was never empty (then
+  requests/second is what the process manages now, with whatever shares its CPU), and
+* the loop thread's CPU per answered request (``time.thread_time()``), measured over any window
+  of requests that came in quickly: it is known before the first busy window, so the first
+  burst is already seen.
 """
 
 from __future__ import annotations
 
 import time
 
-WINDOW_REQUESTS = 200  # requests per measurement
-WINDOW_MAX_S = 1.0  # a window slower than this is not measured (background work would dominate)
+WINDOW_MIN_REQUESTS = 20  # answered requests before a window is measured
+WINDOW_S = 0.25  # ... and at least this long (or WINDOW_MAX_REQUESTS requests)
+WINDOW_MAX_REQUESTS = 200
+WINDOW_MAX_S = 1.0  # a slower window is not measured (the idle loop's own work would dominate)
 _EWMA = 0.3
 
 
-class LoopLoad:
-    """Requests in flight on this loop and the loop CPU each costs (see the module docstring).
-    Every method is called on the loop thread."""
+def _ewma(old: float, new: float) -> float:
+    return new if old == 0.0 else old + _EWMA * (new - old)
 
-    __slots__ = ("_count", "_cpu", "_wall", "cost_s", "inflight", "window_max_s")
+
+class LoopLoad:
+    """Requests in flight on this loop and what each costs (see the module docstring). Every
+    method is called on the loop thread."""
+
+    __slots__ = ("_busy", "_count", "_cpu", "_wall", "cpu_s", "inflight", "wall_s", "window_max_s")
 
     def __init__(self, window_max_s: float = WINDOW_MAX_S) -> None:
         self.window_max_s = window_max_s
         self.inflight = 0
-        self.cost_s = 0.0
-        self._count = 0
-        self._cpu = time.thread_time()
-        self._wall = time.monotonic()
+        self.cpu_s = 0.0  # loop CPU per answered request
+        self.wall_s = 0.0  # wall time per answered request while the server was never empty
+        self._reset_window()
+
+    @property
+    def cost_s(self) -> float:
+        """The time one request in flight adds to the wait of those behind it."""
+        return max(self.cpu_s, self.wall_s)
 
     def wait_s(self) -> float:
-        """Loop time the requests in flight still need (0 before the first measurement)."""
+        """Time the requests in flight still need (0 before the first measurement)."""
         return self.inflight * self.cost_s
 
     def started(self) -> None:
+        if self.inflight == 0 and self._count == 0:
+            self._reset_window()  # the window starts with this request, not with the idle time
+            self._busy = True
         self.inflight += 1
 
     def finished(self) -> None:
         self.inflight -= 1
         self._count += 1
-        if self._count < WINDOW_REQUESTS:
+        if self.inflight == 0:
+            self._busy = False  # the server emptied: this window's wall time includes idling
+        if self._count < WINDOW_MIN_REQUESTS:
             return
-        cpu, wall = time.thread_time(), time.monotonic()
-        if wall - self._wall <= self.window_max_s:
-            cost = (cpu - self._cpu) / self._count
-            self.cost_s = cost if self.cost_s == 0.0 else self.cost_s + _EWMA * (cost - self.cost_s)
-        self._count, self._cpu, self._wall = 0, cpu, wall
+        wall = time.monotonic() - self._wall
+        if wall < WINDOW_S and self._count < WINDOW_MAX_REQUESTS:
+            return
+        if wall <= self.window_max_s:
+            self.cpu_s = _ewma(self.cpu_s, (time.thread_time() - self._cpu) / self._count)
+        if self._busy:
+            self.wall_s = _ewma(self.wall_s, wall / self._count)
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        self._count = 0
+        self._cpu = time.thread_time()
+        self._wall = time.monotonic()
+        self._busy = self.inflight > 0
 
 
 __all__ = ["LoopLoad"]
