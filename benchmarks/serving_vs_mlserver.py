@@ -1,20 +1,30 @@
 """Flywheel serving vs Seldon MLServer on the same sklearn model, plus batching and overload.
 
-Run: ``make bench-serving`` (or ``.venv/bin/python benchmarks/serving_vs_mlserver.py [--quick]``).
+Run: ``make bench-serving`` (or ``.venv/bin/python benchmarks/serving_vs_mlserver.py
+[--quick | --smoke] [--no-neighbour]``).
 
 * The same LogisticRegression on 20 float features is served by ``flywheel serve`` (one
   process) and by MLServer 1.7.1 (``mlserver-sklearn``, ``parallel_workers: 0``: its
   multi-process mode crashes with uvloop 0.23, SeldonIO/MLServer#2286), each pinned to CPU 0 with
   ``taskset``. MLServer is installed by this script into ``.bench/mlserver-venv``.
+* Before any load, each server's answers to 16 rows are checked against the model's own
+  ``predict`` (labels equal; Flywheel's probabilities within 1e-4 of ``predict_proba``), and the
+  runtime that served is printed (Flywheel picks onnxruntime when its ONNX export is faster; a
+  second copy registered without an ONNX export gives a like-for-like sklearn-runtime row).
 * One load generator (asyncio over raw HTTP/1.1 keep-alive connections with uvloop; closed loop,
   bounded by a request count and a time limit) runs pinned to CPU 1 and sends the same V2 JSON
-  request (1 row) to both, at concurrency 1, 8 and 64.
+  request (1 row) to both, at concurrency 1, 8 and 64; then at 64 again with a CPU-bound
+  neighbour process (a busy loop pinned to the servers' CPU) running beside the server.
 * A PyTorch MLP (256 -> 2048 -> 2048 -> 10) is served by Flywheel with batching off and on, at
   concurrency 64.
-* Overload: 10x the concurrency (640 connections) against the sklearn model with a 64-request
-  queue; the server must stay up, shed with 429, and keep the admitted requests' p99 bounded.
+* Overload: 256 and 640 concurrent clients against the sklearn model. The clients send a
+  deadline (``X-Request-Timeout``: twice the p99 measured at 64, in this run) and honour
+  ``Retry-After`` (a refused connection waits that long before its next request); each request
+  has a 10 s client timeout. Reported: admitted p99, how fast the 429s came, 5xx and client
+  timeouts. One more run at 256 sends no deadline (the server's default applies).
 
-Every figure printed is measured in this run on 127.0.0.1.
+``--smoke`` (CI): tiny sizes, MLServer skipped (its venv is not installed), a small MLP; every
+step still runs and every answer is still checked. Any wrong answer or dead server exits 1.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import shutil
@@ -31,8 +42,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +54,24 @@ MLSERVER_VENV = BENCH / "mlserver-venv"
 MLSERVER_VERSION = "1.7.1"
 SERVER_CPU, CLIENT_CPU = 0, 1
 FEATURES = 20
+CLIENT_TIMEOUT_S = 10.0
+TIMED_OUT, BROKEN = -2, -1  # statuses the load generator records for client-side failures
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Requests per run and run time limits."""
+
+    n: int
+    limit_s: float
+    passes: tuple[str, ...]  # which servers run each comparison level, in order
+    mlp: tuple[int, int]  # hidden width, depth of the MLP
+    overload_n: int
+
+
+FULL = Sizes(5000, 60.0, ("mlserver", "flywheel", "flywheel", "mlserver"), (2048, 2), 15000)
+QUICK = Sizes(1500, 20.0, ("mlserver", "flywheel", "flywheel", "mlserver"), (2048, 2), 4500)
+SMOKE = Sizes(60, 10.0, ("flywheel",), (32, 1), 900)
 
 
 # -- load generator ------------------------------------------------------------------------------
@@ -49,68 +79,111 @@ FEATURES = 20
 
 @dataclass
 class LoadResult:
-    statuses: list[int]
-    latencies_ms: list[float]
-    seconds: float
+    statuses: list[int] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    retry_after_missing: int = 0
 
     def of(self, status: int) -> list[float]:
         return [lat for s, lat in zip(self.statuses, self.latencies_ms, strict=True) if s == status]
 
+    def count(self, status: int) -> int:
+        return self.statuses.count(status)
+
+    @property
+    def server_errors(self) -> int:
+        return sum(1 for s in self.statuses if s >= 500)
+
     @property
     def throughput(self) -> float:
-        ok = sum(1 for s in self.statuses if s == 200)
-        return ok / self.seconds if self.seconds else 0.0
+        return self.count(200) / self.seconds if self.seconds else 0.0
 
     def pct(self, q: float, status: int = 200) -> float:
         values = self.of(status)
         return float(np.percentile(values, q)) if values else float("nan")
 
 
+def _header(head: bytes, name: bytes) -> bytes | None:
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return value.strip()
+    return None
+
+
 async def _connection(
-    host: str, port: int, request: bytes, deadline: float, budget: list[int], out: LoadResult
+    host: str,
+    port: int,
+    request: bytes,
+    deadline: float,
+    budget: list[int],
+    out: LoadResult,
+    honour_retry_after: bool,
 ) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        out.statuses.append(BROKEN)
+        out.latencies_ms.append(float("nan"))
+        return
     try:
         while budget[0] > 0 and time.perf_counter() < deadline:
             budget[0] -= 1
             start = time.perf_counter()
             writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CLIENT_TIMEOUT_S)
+                length = int(_header(head, b"content-length") or 0)
+                if length:
+                    await asyncio.wait_for(reader.readexactly(length), CLIENT_TIMEOUT_S)
+            except TimeoutError:
+                out.statuses.append(TIMED_OUT)
+                out.latencies_ms.append((time.perf_counter() - start) * 1000)
+                return  # the connection's state is unknown now
             status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            if length:
-                await reader.readexactly(length)
             out.statuses.append(status)
             out.latencies_ms.append((time.perf_counter() - start) * 1000)
+            if status == 429:
+                retry = _header(head, b"retry-after")
+                if retry is None:
+                    out.retry_after_missing += 1
+                elif honour_retry_after:
+                    await asyncio.sleep(min(float(retry), max(0.0, deadline - time.perf_counter())))
     except (ConnectionError, asyncio.IncompleteReadError):
-        out.statuses.append(-1)
+        out.statuses.append(BROKEN)
         out.latencies_ms.append(float("nan"))
     finally:
         writer.close()
 
 
 def drive(
-    port: int, path: str, body: bytes, concurrency: int, requests: int, max_seconds: float
+    port: int,
+    path: str,
+    body: bytes,
+    concurrency: int,
+    requests: int,
+    max_seconds: float,
+    *,
+    headers: dict[str, str] | None = None,
+    honour_retry_after: bool = False,
 ) -> LoadResult:
     """Closed-loop load: ``concurrency`` connections share a budget of ``requests``."""
     import uvloop
 
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     request = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
     async def main() -> LoadResult:
-        out = LoadResult([], [], 0.0)
+        out = LoadResult()
         budget = [requests]
         start = time.perf_counter()
         deadline = start + max_seconds
         await asyncio.gather(
             *(
-                _connection("127.0.0.1", port, request, deadline, budget, out)
+                _connection("127.0.0.1", port, request, deadline, budget, out, honour_retry_after)
                 for _ in range(concurrency)
             )
         )
@@ -147,11 +220,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _pinned(
-    cmd: Sequence[str], cpu: int, env: dict[str, str], log: Path
+def _start(
+    cmd: Sequence[str], cpu: int | None, env: dict[str, str], log: Path
 ) -> subprocess.Popen[bytes]:
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     return subprocess.Popen(
-        ["taskset", "-c", str(cpu), *cmd],
+        [*pin, *cmd],
         env=env,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
@@ -159,14 +233,19 @@ def _pinned(
     )
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _pause(proc: subprocess.Popen[bytes] | None, sig: signal.Signals) -> None:
+    if proc is not None and proc.poll() is None:
+        os.killpg(proc.pid, sig)
 
 
 def ensure_mlserver() -> str:
@@ -203,27 +282,21 @@ def _pkg_version(python: str, package: str) -> str:
     return out.stdout.strip() or "?"
 
 
-# -- the benchmark -------------------------------------------------------------------------------
+# -- the models ----------------------------------------------------------------------------------
 
 
-def _body(features: int, rows: int = 1) -> bytes:
-    x = np.random.default_rng(1).normal(size=(rows, features)).round(4)
-    return json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input",
-                    "shape": [rows, features],
-                    "datatype": "FP32",
-                    "data": x.ravel().tolist(),
-                }
-            ]
-        }
-    ).encode()
+def _rows(rows: int, features: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(rows, features)).round(4).astype(np.float32)
 
 
-def prepare(workdir: Path) -> tuple[Path, Path]:
-    """A Flywheel project with the sklearn model and the MLPs, and an MLServer model folder."""
+def _body(x: np.ndarray) -> bytes:
+    tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32"}
+    return json.dumps({"inputs": [{**tensor, "data": x.ravel().tolist()}]}).encode()
+
+
+def prepare(workdir: Path, sizes: Sizes) -> tuple[Path, Path, Any]:
+    """A Flywheel project with the sklearn model (with and without its ONNX export) and the
+    MLPs, an MLServer model folder, and the fitted model itself (the reference answers)."""
     import joblib
     import torch
     from sklearn.linear_model import LogisticRegression
@@ -239,24 +312,24 @@ def prepare(workdir: Path) -> tuple[Path, Path]:
     proj_dir = workdir / "flywheel"
     proj_dir.mkdir()
     (proj_dir / "flywheel.yaml").write_text(
-        "project: bench\nserving:\n  max_queue_size: 64\n  max_batch_size: 64\n"
-        "  max_queue_delay_us: 200\n",
+        "project: bench\nserving:\n  max_batch_size: 64\n  max_queue_delay_us: 200\n",
         encoding="utf-8",
     )
     project = Project.open(proj_dir)
     project.prepare()
     registry = Registry(project)
-    mv = registry.register_model("clf", model, flavor="sklearn", input_example=x[:4])
-    registry.set_stage("clf", mv.version, "production")
+    for name, onnx in (("clf", True), ("clf_sklearn", False)):
+        mv = registry.register_model(
+            name, model, flavor="sklearn", input_example=x[:4], export_onnx=onnx
+        )
+        registry.set_stage(name, mv.version, "production")
 
+    width, depth = sizes.mlp
     torch.manual_seed(0)
-    mlp = torch.nn.Sequential(
-        torch.nn.Linear(256, 2048),
-        torch.nn.ReLU(),
-        torch.nn.Linear(2048, 2048),
-        torch.nn.ReLU(),
-        torch.nn.Linear(2048, 10),
-    ).eval()
+    layers: list[torch.nn.Module] = [torch.nn.Linear(256, width), torch.nn.ReLU()]
+    for _ in range(depth - 1):
+        layers += [torch.nn.Linear(width, width), torch.nn.ReLU()]
+    mlp = torch.nn.Sequential(*layers, torch.nn.Linear(width, 10)).eval()
     example = rng.normal(size=(4, 256)).astype(np.float32)
     for name, config in (
         ("mlp_unbatched", {"batching": False, "max_queue_size": 512}),
@@ -285,148 +358,356 @@ def prepare(workdir: Path) -> tuple[Path, Path]:
         ),
         encoding="utf-8",
     )
-    return proj_dir, ml_dir
+    return proj_dir, ml_dir, model
+
+
+def check_answers(port: int, model_name: str, reference: Any, server: str) -> str:
+    """POST 16 rows, compare with the model's own ``predict`` (and ``predict_proba`` where the
+    server returns probabilities); raise on any difference. Returns the runtime that served."""
+    import httpx
+
+    x = _rows(16, FEATURES, seed=7)
+    base = f"http://127.0.0.1:{port}/v2/models/{model_name}"
+    r = httpx.post(f"{base}/infer", content=_body(x), timeout=30)
+    if r.status_code != 200:
+        raise SystemExit(f"{server}: answer check got HTTP {r.status_code}: {r.text[:300]}")
+    outputs = {o["name"]: np.asarray(o["data"]) for o in r.json()["outputs"]}
+    labels = outputs.get("predictions", outputs.get("predict"))
+    want = reference.predict(x)
+    if labels is None or labels.astype(np.int64).tolist() != want.tolist():
+        raise SystemExit(f"{server}: wrong labels {labels} (model: {want.tolist()})")
+    if "probabilities" in outputs:
+        probs = outputs["probabilities"].reshape(len(x), -1)
+        if not np.allclose(probs, reference.predict_proba(x), atol=1e-4):
+            raise SystemExit(f"{server}: probabilities differ from predict_proba")
+    meta = httpx.get(base, timeout=10).json()
+    params = meta.get("parameters") or {}
+    return str(params.get("runtime") or meta.get("platform") or "mlserver_sklearn.SKLearnModel")
+
+
+def check_mlp(port: int, name: str, width: int, depth: int) -> None:
+    """The MLP's answer over HTTP equals the same module run here (within 1e-4)."""
+    import httpx
+    import torch
+
+    torch.manual_seed(0)
+    layers: list[torch.nn.Module] = [torch.nn.Linear(256, width), torch.nn.ReLU()]
+    for _ in range(depth - 1):
+        layers += [torch.nn.Linear(width, width), torch.nn.ReLU()]
+    mlp = torch.nn.Sequential(*layers, torch.nn.Linear(width, 10)).eval()
+    x = _rows(4, 256, seed=3)
+    r = httpx.post(f"http://127.0.0.1:{port}/v2/models/{name}/infer", content=_body(x), timeout=60)
+    if r.status_code != 200:
+        raise SystemExit(f"flywheel {name}: HTTP {r.status_code}: {r.text[:300]}")
+    got = np.asarray(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(4, 10)
+    with torch.no_grad():
+        want = mlp(torch.from_numpy(x)).numpy()
+    if not np.allclose(got, want, atol=1e-4):
+        raise SystemExit(f"flywheel {name}: outputs differ from the module's own")
+
+
+# -- the benchmark -------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """What one benchmark run measured (filled in as it goes)."""
+
+    sizes: Sizes
+    pinned: bool
+    peer: bool
+    runtimes: dict[str, str] = field(default_factory=dict)
+    levels: dict[str, dict[int, LoadResult]] = field(default_factory=dict)
+    neighbour: dict[str, LoadResult] = field(default_factory=dict)
+    mlp: dict[str, LoadResult] = field(default_factory=dict)
+    overload: list[tuple[str, LoadResult]] = field(default_factory=list)
+    deadline_ms: float = 0.0
+    alive: bool = True
 
 
 def run_level(
-    port: int, path: str, body: bytes, concurrency: int, n: int, limit: float
+    port: int, path: str, body: bytes, concurrency: int, n: int, limit: float, **kw: Any
 ) -> LoadResult:
-    drive(port, path, body, concurrency, min(200, n), 10)  # warm-up
-    return drive(port, path, body, concurrency, n, limit)
+    drive(port, path, body, concurrency, min(200, n), 10, **kw)  # warm-up
+    return drive(port, path, body, concurrency, n, limit, **kw)
+
+
+class Bench:
+    """The servers of one run and the steps that load them."""
+
+    def __init__(self, run: Run, servers: dict[str, tuple[int, subprocess.Popen[bytes]]]) -> None:
+        self.run = run
+        self.servers = servers
+        self.body = _body(_rows(1, FEATURES))
+
+    def _alone(self, name: str, fn: Any) -> LoadResult:
+        """Run ``fn`` with every other server stopped (they never compete for the CPU)."""
+        others = [proc for other, (_, proc) in self.servers.items() if other != name]
+        for proc in others:
+            _pause(proc, signal.SIGSTOP)
+        try:
+            result: LoadResult = fn()
+        finally:
+            for proc in others:
+                _pause(proc, signal.SIGCONT)
+        if self.servers[name][1].poll() is not None:
+            raise SystemExit(f"{name} died during the benchmark")
+        return result
+
+    def level(self, c: int, names: Sequence[str], model: str = "clf") -> dict[str, LoadResult]:
+        """Each name in ``names`` runs concurrency ``c`` once (in that order, interleaved so that
+        load drifting on a shared machine favours neither); each server's best run is kept."""
+        sizes = self.run.sizes
+        n = sizes.n if c > 1 else max(2, sizes.n // 2)
+        best: dict[str, LoadResult] = {}
+        for name in names:
+            if name not in self.servers:
+                continue
+            port = self.servers[name][0]
+            path = f"/v2/models/{'clf' if name == 'mlserver' else model}/infer"
+            result = self._alone(
+                name, lambda p=port, q=path: run_level(p, q, self.body, c, n, sizes.limit_s)
+            )
+            if name not in best or result.throughput > best[name].throughput:
+                best[name] = result
+        return best
+
+    def comparison(self) -> None:
+        passes = self.run.sizes.passes
+        for c in (1, 8, 64):
+            for name, result in self.level(c, passes).items():
+                self.run.levels.setdefault(name, {})[c] = result
+        sk = self.level(64, ("flywheel",), model="clf_sklearn")["flywheel"]
+        self.run.levels.setdefault("flywheel-sklearn", {})[64] = sk
+
+    def with_neighbour(self, cpu: int | None, env: dict[str, str], log: Path) -> None:
+        busy = [sys.executable, "-c", "while True: pass"]
+        neighbour = _start(busy, cpu, env, log)
+        try:
+            self.run.neighbour = self.level(64, self.run.sizes.passes)
+        finally:
+            _stop(neighbour)
+
+    def mlp(self) -> None:
+        sizes = self.run.sizes
+        port = self.servers["flywheel"][0]
+        body = _body(_rows(1, 256))
+        for key, name, n in (
+            ("off", "mlp_unbatched", sizes.n // 3),
+            ("on", "mlp_batched", sizes.n),
+        ):
+            self.run.mlp[key] = self._alone(
+                "flywheel",
+                lambda q=f"/v2/models/{name}/infer", k=n: run_level(
+                    port, q, body, 64, k, sizes.limit_s
+                ),
+            )
+
+    def overload(self) -> None:
+        sizes = self.run.sizes
+        port = self.servers["flywheel"][0]
+        p99 = self.run.levels["flywheel"][64].pct(99)
+        self.run.deadline_ms = max(20.0, round(2 * p99)) if math.isfinite(p99) else 100.0
+        header = {"X-Request-Timeout": f"{self.run.deadline_ms:.0f}ms"}
+        cases = [
+            (f"256 clients, deadline {self.run.deadline_ms:.0f} ms", 256, header),
+            (f"640 clients, deadline {self.run.deadline_ms:.0f} ms", 640, header),
+            ("256 clients, no deadline sent (server default)", 256, {}),
+        ]
+        for label, c, headers in cases:
+            result = self._alone(
+                "flywheel",
+                lambda k=c, h=headers: drive(
+                    port,
+                    "/v2/models/clf/infer",
+                    self.body,
+                    k,
+                    sizes.overload_n,
+                    sizes.limit_s,
+                    headers=h,
+                    honour_retry_after=True,
+                ),
+            )
+            self.run.overload.append((label, result))
+        self.run.alive = self.servers["flywheel"][1].poll() is None
+
+
+def report(run: Run) -> None:
+    import flywheel
+
+    print()
+    print(f"# Serving benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}")
+    load = os.getloadavg()
+    print(
+        f"machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end; "
+        + (
+            f"servers pinned to CPU {SERVER_CPU}, load generator to CPU {CLIENT_CPU}"
+            if run.pinned
+            else "nothing pinned (taskset or a second CPU missing)"
+        )
+        + f"; Python {platform.python_version()}"
+    )
+    peer = (
+        f"MLServer {_pkg_version(str(MLSERVER_VENV / 'bin' / 'python'), 'mlserver')} "
+        "(parallel_workers 0)"
+        if run.peer
+        else "MLServer skipped (--smoke: its venv is not installed)"
+    )
+    print(
+        f"flywheel {flywheel.__version__} (1 process, uvicorn+uvloop); {peer}; requests per run: "
+        f"{run.sizes.n} (c=1: {max(2, run.sizes.n // 2)}), best of "
+        f"{run.sizes.passes.count('flywheel')} run(s), V2 JSON, 1 row x {FEATURES} FP32"
+    )
+    print(
+        "answers checked against the model's own predict/predict_proba; runtime that served: "
+        + ", ".join(f"{k} = {v}" for k, v in run.runtimes.items())
+    )
+    print()
+    print(
+        "| workload | Flywheel req/s | p50 ms | p99 ms | non-200 "
+        "| MLServer req/s | p50 ms | p99 ms | non-200 | throughput ratio |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ml = run.levels.get("mlserver", {})
+    rows = [(f"sklearn, concurrency {c}", run.levels["flywheel"][c], ml.get(c)) for c in (1, 8, 64)]
+    rows.append(
+        (
+            "sklearn runtime (no ONNX) on both, concurrency 64",
+            run.levels["flywheel-sklearn"][64],
+            ml.get(64),
+        )
+    )
+    if run.neighbour:
+        rows.append(
+            (
+                "concurrency 64, CPU-bound neighbour on the server CPU",
+                run.neighbour["flywheel"],
+                run.neighbour.get("mlserver"),
+            )
+        )
+    for label, f, m in rows:
+        print(f"| {label} | {_cells(f)} | {_cells(m)} | {_ratio(f, m)} |")
+    print()
+    print("| PyTorch MLP, concurrency 64 | req/s | p50 ms | p99 ms | non-200 |")
+    print("|---|---:|---:|---:|---:|")
+    for key, label in (("off", "batching off"), ("on", "batching on (max 64, 2 ms)")):
+        print(f"| {label} | {_cells(run.mlp[key])} |")
+    print()
+    _report_overload(run)
+
+
+def _cells(r: LoadResult | None) -> str:
+    if r is None:
+        return "skipped | - | - | -"
+    bad = len(r.statuses) - r.count(200)
+    return f"{r.throughput:.0f} | {r.pct(50):.2f} | {r.pct(99):.2f} | {bad}"
+
+
+def _ratio(f: LoadResult, m: LoadResult | None) -> str:
+    if m is None or not m.throughput:
+        return "-"
+    return f"{f.throughput / m.throughput:.2f}x"
+
+
+def _report_overload(run: Run) -> None:
+    unloaded = run.levels["flywheel"][64].pct(99)
+    print(
+        "Overload (Flywheel, sklearn; clients honour Retry-After; "
+        f"{CLIENT_TIMEOUT_S:.0f} s client timeout)"
+    )
+    print()
+    print(
+        "| clients | 200 / 429 / 5xx / client timeouts / broken | admitted req/s "
+        "| admitted p50 / p99 ms | admitted p99 / p99 at 64 | 429 p50 / p99 / max ms "
+        "| 429s within 50 ms | 429s without Retry-After |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for label, r in run.overload:
+        shed = r.of(429)
+        fast = sum(1 for lat in shed if lat <= 50.0)
+        share = f"{100 * fast / len(shed):.1f}%" if shed else "-"
+        ratio = r.pct(99) / unloaded if unloaded else float("nan")
+        print(
+            f"| {label} | {r.count(200)} / {r.count(429)} / {r.server_errors} / "
+            f"{r.count(TIMED_OUT)} / {r.count(BROKEN)} | {r.throughput:.0f} | "
+            f"{r.pct(50):.2f} / {r.pct(99):.2f} | {ratio:.2f}x | "
+            f"{r.pct(50, 429):.2f} / {r.pct(99, 429):.2f} / "
+            f"{max(shed) if shed else float('nan'):.2f} | {share} | {r.retry_after_missing} |"
+        )
+    print(f"\nserver still up afterwards: {'yes' if run.alive else 'NO'}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
+    parser.add_argument("--quick", action="store_true", help="fewer requests")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, MLServer skipped, answers checked (CI)"
+    )
+    parser.add_argument(
+        "--no-neighbour", action="store_true", help="skip the run beside a CPU-bound process"
+    )
     args = parser.parse_args(argv)
-    n = 1500 if args.quick else 5000
-    limit = 20.0 if args.quick else 60.0
-    if not shutil.which("taskset"):
-        raise SystemExit("taskset (util-linux) is needed to pin server and client to CPUs")
-    cpus = os.cpu_count() or 1
-    if cpus < 2:
-        raise SystemExit("needs 2 CPUs: one for the server, one for the load generator")
-
-    mlserver = ensure_mlserver()
+    sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
+    pinned = bool(shutil.which("taskset")) and (os.cpu_count() or 1) >= 2
+    if not pinned and not args.smoke:
+        raise SystemExit(
+            "needs taskset and 2 CPUs: one for the servers, one for the load generator"
+        )
+    if args.smoke:
+        print("peer MLServer: skipped in --smoke (its venv is not installed in smoke mode)")
+    mlserver = None if args.smoke else ensure_mlserver()
     workdir = Path(tempfile.mkdtemp(prefix="flywheel-bench-serving-"))
-    proj_dir, ml_dir = prepare(workdir)
-    os.sched_setaffinity(0, {CLIENT_CPU})
-
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-    }
-    fw_port, ml_port = _free_port(), _free_port()
-    ml_env = {**env, "MLSERVER_HTTP_PORT": str(ml_port), "MLSERVER_GRPC_PORT": str(_free_port())}
-    body = _body(FEATURES)
-    path = "/v2/models/clf/infer"
-    rows: list[tuple[str, LoadResult, LoadResult]] = []
-
-    fw = _pinned(
+    proj_dir, ml_dir, model = prepare(workdir, sizes)
+    server_cpu = SERVER_CPU if pinned else None
+    if pinned:
+        os.sched_setaffinity(0, {CLIENT_CPU})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    run = Run(sizes=sizes, pinned=pinned, peer=mlserver is not None)
+    fw_port = _free_port()
+    fw = _start(
         [sys.executable, "-m", "flywheel.cli", "serve", "-c", str(proj_dir / "flywheel.yaml"),
          "--port", str(fw_port)],
-        SERVER_CPU, env, workdir / "flywheel.log",
+        server_cpu, env, workdir / "flywheel.log",
     )  # fmt: skip
-    ml = _pinned([mlserver, "start", str(ml_dir)], SERVER_CPU, ml_env, workdir / "mlserver.log")
+    ml = None
+    servers = {"flywheel": (fw_port, fw)}
+    if mlserver is not None:
+        ml_port = _free_port()
+        ml_env = {
+            **env,
+            "MLSERVER_HTTP_PORT": str(ml_port),
+            "MLSERVER_GRPC_PORT": str(_free_port()),
+        }
+        ml = _start([mlserver, "start", str(ml_dir)], server_cpu, ml_env, workdir / "mlserver.log")
+        servers["mlserver"] = (ml_port, ml)
     try:
-        _wait_http(fw_port, "/v2/health/ready", fw)
-        _wait_http(ml_port, "/v2/health/ready", ml)
-        results: dict[str, dict[int, LoadResult]] = {"flywheel": {}, "mlserver": {}}
-        servers = {"mlserver": (ml_port, ml), "flywheel": (fw_port, fw)}
-        # One server at a time (the other is stopped, so they never compete for CPU 0), and
-        # interleaved: each level runs MLServer, Flywheel, Flywheel, MLServer, keeping each
-        # server's best run, so that load drifting on a shared machine favours neither.
-        for c in (1, 8, 64):
-            for name in ("mlserver", "flywheel", "flywheel", "mlserver"):
-                port, proc = servers[name]
-                other = fw if name == "mlserver" else ml
-                os.killpg(other.pid, signal.SIGSTOP)
-                try:
-                    result = run_level(port, path, body, c, n if c > 1 else n // 2, limit)
-                finally:
-                    os.killpg(other.pid, signal.SIGCONT)
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} died at concurrency {c}")
-                best = results[name].get(c)
-                if best is None or result.throughput > best.throughput:
-                    results[name][c] = result
-        for c in (1, 8, 64):
-            rows.append(
-                (f"sklearn, concurrency {c}", results["flywheel"][c], results["mlserver"][c])
-            )
-
-        os.killpg(ml.pid, signal.SIGSTOP)
-        mlp_body = _body(256)
-        unbatched = run_level(
-            fw_port, "/v2/models/mlp_unbatched/infer", mlp_body, 64, n // 3, limit
+        for port, proc in servers.values():
+            _wait_http(port, "/v2/health/ready", proc)
+        run.runtimes["flywheel clf"] = check_answers(fw_port, "clf", model, "flywheel")
+        run.runtimes["flywheel clf_sklearn"] = check_answers(
+            fw_port, "clf_sklearn", model, "flywheel"
         )
-        batched = run_level(fw_port, "/v2/models/mlp_batched/infer", mlp_body, 64, n, limit)
-        unloaded = results["flywheel"][64]
-        overload = drive(fw_port, path, body, 640, n * 3, limit)
-        alive = fw.poll() is None
-        os.killpg(ml.pid, signal.SIGCONT)
+        if ml is not None:
+            run.runtimes["mlserver"] = check_answers(
+                servers["mlserver"][0], "clf", model, "mlserver"
+            )
+        for name in ("mlp_unbatched", "mlp_batched"):
+            check_mlp(fw_port, name, *sizes.mlp)
+        bench = Bench(run, servers)
+        bench.comparison()
+        if not args.no_neighbour:
+            bench.with_neighbour(server_cpu, env, workdir / "neighbour.log")
+        bench.mlp()
+        bench.overload()
     finally:
         _stop(fw)
         _stop(ml)
-
-    import flywheel
-
-    def fmt(r: LoadResult) -> str:
-        return f"{r.throughput:8.0f} req/s  p50 {r.pct(50):6.2f} ms  p99 {r.pct(99):7.2f} ms"
-
-    errors_fw = sum(1 for r in results["flywheel"].values() for s in r.statuses if s != 200)
-    errors_ml = sum(1 for r in results["mlserver"].values() for s in r.statuses if s != 200)
-    print()
-    print(f"# Serving benchmark, {time.strftime('%Y-%m-%d')}, {platform.node()}")
-    print(
-        f"machine: {cpus} CPUs ({platform.processor() or platform.machine()}), "
-        f"server pinned to CPU {SERVER_CPU}, load generator to CPU {CLIENT_CPU}; "
-        f"Python {platform.python_version()}"
-    )
-    print(
-        f"flywheel {flywheel.__version__} (1 process, uvicorn+uvloop); "
-        f"MLServer {_pkg_version(str(MLSERVER_VENV / 'bin' / 'python'), 'mlserver')} "
-        f"(parallel_workers 0); requests per run: {n} (c=1: {n // 2}), best of 2 runs each, "
-        f"V2 JSON, 1 row x {FEATURES} FP32"
-    )
-    print()
-    print(
-        "| workload | Flywheel req/s | p50 ms | p99 ms "
-        "| MLServer req/s | p50 ms | p99 ms | throughput ratio |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for label, f, m in rows:
-        ratio = f.throughput / m.throughput if m.throughput else float("inf")
-        print(
-            f"| {label} | {f.throughput:.0f} | {f.pct(50):.2f} | {f.pct(99):.2f} | "
-            f"{m.throughput:.0f} | {m.pct(50):.2f} | {m.pct(99):.2f} | {ratio:.2f}x |"
-        )
-    print(f"\nnon-200 answers during the comparison: flywheel {errors_fw}, mlserver {errors_ml}")
-    print()
-    print("| PyTorch MLP 256-2048-2048-10, concurrency 64 | req/s | p50 ms | p99 ms |")
-    print("|---|---:|---:|---:|")
-    for label, r in (("batching off", unbatched), ("batching on (max 64, 2 ms)", batched)):
-        print(f"| {label} | {r.throughput:.0f} | {r.pct(50):.2f} | {r.pct(99):.2f} |")
-    ratio = batched.throughput / unbatched.throughput if unbatched.throughput else float("nan")
-    print(f"batching speed-up: {ratio:.2f}x")
-    print()
-    shed = overload.statuses.count(429)
-    other = len(overload.statuses) - shed - overload.statuses.count(200)
-    print(
-        "| sklearn, 640 connections (10x the 64 level), queue limit 64, "
-        "429s held 250 ms (`shed_delay_ms`) | value |"
-    )
-    print("|---|---:|")
-    print(f"| server still up afterwards | {'yes' if alive else 'NO'} |")
-    print(f"| answered 200 / 429 / other | {overload.statuses.count(200)} / {shed} / {other} |")
-    print(f"| admitted throughput | {overload.throughput:.0f} req/s |")
-    print(f"| admitted p50 / p99 | {overload.pct(50):.2f} / {overload.pct(99):.2f} ms |")
-    print(f"| 429 answer p50 | {overload.pct(50, 429):.2f} ms |")
-    print(f"| p99 at concurrency 64 (no overload) | {unloaded.pct(99):.2f} ms |")
-    print(f"| admitted p99 / p99 at 64 | {overload.pct(99) / unloaded.pct(99):.2f}x |")
+    report(run)
     print(f"\nlogs: {workdir}")
+    if not run.alive:
+        raise SystemExit("flywheel died under overload")
 
 
 if __name__ == "__main__":
