@@ -17,6 +17,7 @@ from tests.ui.conftest import Server, _cancel_job
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 CANARY = "ui-act-canary"
+PAUSE = "ui-act-pause"
 SPLIT = "ui-act-split"
 EXPERIMENT = "ui-act-exp"
 
@@ -27,14 +28,15 @@ def objects(server: Server) -> Iterator[dict[str, str]]:
     http = httpx.Client(
         base_url=server.url, headers={"Authorization": f"Bearer {server.writer_token}"}, timeout=30
     )
-    http.put(
-        f"/serving/endpoints/{CANARY}",
-        json={"model": MODEL, "routes": [{"version": 1, "weight": 100}]},
-    ).raise_for_status()
-    http.post(
-        f"/serving/endpoints/{CANARY}/deploy",
-        json={"version": 2, "canary": [10, 50, 100], "step_requests": 100_000},
-    ).raise_for_status()
+    for name in (CANARY, PAUSE):
+        http.put(
+            f"/serving/endpoints/{name}",
+            json={"model": MODEL, "routes": [{"version": 1, "weight": 100}]},
+        ).raise_for_status()
+        http.post(
+            f"/serving/endpoints/{name}/deploy",
+            json={"version": 2, "canary": [10, 50, 100], "step_requests": 100_000},
+        ).raise_for_status()
     http.put(
         f"/serving/endpoints/{SPLIT}",
         json={
@@ -107,7 +109,7 @@ def test_every_action_is_disabled_and_refused_without_a_writer_token(
     browser: Any, server: Server, objects: dict[str, str]
 ) -> None:
     views = [
-        (f"endpoints#{CANARY}", "#ep-actions button", 4),
+        (f"endpoints#{CANARY}", "#ep-actions button", 5),
         (f"experiments#{EXPERIMENT}", "#exp-actions button", 3),
         (f"training#{objects['job']}", "#job-actions button", 2),
         (f"models#{MODEL}", "#versions button[data-needs-writer]", 7),
@@ -142,6 +144,80 @@ def test_every_action_is_disabled_and_refused_without_a_writer_token(
     assert audit(server, f"endpoint:{CANARY}") == []
     ep = httpx.get(f"{server.url}/serving/endpoints/{CANARY}").json()
     assert ep["canary"]["state"] == "running"  # nothing happened
+
+
+def test_canary_pause_and_resume_ask_for_a_reason_happen_and_are_audited(
+    browser: Any, server: Server, objects: dict[str, str]
+) -> None:
+    target = f"endpoint:{PAUSE}"
+    # The server refuses without a writer token, and nothing changes.
+    body = {
+        "action": "endpoint.canary_pause",
+        "target": target,
+        "reason": "trying without a writer token",
+        "method": "POST",
+        "path": f"/serving/endpoints/{PAUSE}/pause",
+        "body": {"reason": "no"},
+    }
+    assert httpx.post(f"{server.url}/ui/api/actions", json=body).status_code == 401
+    assert httpx.post(f"{server.url}/serving/endpoints/{PAUSE}/pause", json={}).status_code == 401
+    assert httpx.get(f"{server.url}/serving/endpoints/{PAUSE}").json()["canary"]["state"] == (
+        "running"
+    )
+    page = open_with_token(browser, server, f"endpoints#{PAUSE}", server.writer_token)
+    page.wait_for_selector("[data-action='canary-pause']:not([disabled])")
+    assert page.locator("[data-action='canary-pause']").inner_text() == "pause canary"
+    page.click("[data-action='canary-pause']")
+    page.wait_for_selector("#confirm[open]")
+    page.click("#confirm-ok")  # no reason typed: refused in the dialog
+    page.wait_for_selector("#confirm-error:visible")
+    assert httpx.get(f"{server.url}/serving/endpoints/{PAUSE}").json()["canary"]["state"] == (
+        "running"
+    )
+    confirm(page, "hold v2 at 10% over the sale")
+    page.wait_for_selector("#flash.ok:has-text('audit #')")
+    ep = httpx.get(f"{server.url}/serving/endpoints/{PAUSE}").json()
+    assert (ep["canary"]["state"], ep["canary"]["weight"]) == ("paused", 10)
+    assert [(r["version"], r["weight"]) for r in ep["effective_routes"]] == [(1, 90.0), (2, 10.0)]
+    assert ep["events"][-1]["kind"] == "canary_pause"
+    assert ep["events"][-1]["detail"]["reason"] == "hold v2 at 10% over the sale"
+    [entry] = audit(server, target)
+    assert (entry["action"], entry["actor"], entry["status"]) == (
+        "endpoint.canary_pause",
+        "ui",
+        200,
+    )
+    assert entry["reason"] == "hold v2 at 10% over the sale"
+    page.wait_for_selector("#canary:has-text('paused')")
+    # The same button now resumes; abort stays possible, deploy and split are not.
+    page.wait_for_selector("[data-action='canary-pause']:has-text('resume canary'):not([disabled])")
+    assert page.locator("[data-action='canary-abort']").is_enabled()
+    assert "paused" in page.locator("[data-action='endpoint-split']").get_attribute("title")
+    page.click("[data-action='canary-pause']")
+    confirm(page, "sale over, let the gates run")
+    page.wait_for_selector("[data-action='canary-pause']:has-text('pause canary')")
+    ep = httpx.get(f"{server.url}/serving/endpoints/{PAUSE}").json()
+    assert (ep["canary"]["state"], ep["canary"]["step"]) == ("running", 0)
+    assert ep["events"][-1]["kind"] == "canary_resume"
+    entries = audit(server, target)
+    assert [e["action"] for e in entries] == ["endpoint.canary_resume", "endpoint.canary_pause"]
+    assert entries[0]["reason"] == "sale over, let the gates run"
+    assert page.fw_errors == []
+    page.close()
+    # Resuming a running canary is refused by serving, and that refusal is audited too.
+    writer = {"Authorization": f"Bearer {server.writer_token}"}
+    r = httpx.post(
+        f"{server.url}/ui/api/actions",
+        headers=writer,
+        json={
+            **body,
+            "action": "endpoint.canary_resume",
+            "path": f"/serving/endpoints/{PAUSE}/resume",
+            "reason": "resume twice",
+        },
+    )
+    assert r.status_code == 409 and "only a paused canary can be resumed" in r.json()["error"]
+    assert audit(server, target)[0]["status"] == 409
 
 
 def test_canary_abort_asks_for_a_reason_happens_and_is_audited(

@@ -165,7 +165,7 @@
     }
     function actions() {
       const base = `/serving/endpoints/${encodeURIComponent(name)}`, target = `endpoint:${name}`;
-      const c = ep.canary, running = c && c.state === "running";
+      const c = ep.canary, running = c && c.state === "running", paused = c && c.state === "paused", active = running || paused;
       const routes = ep.routes || [];
       const primary = routes.slice().sort((x, y) => y.weight - x.weight)[0]?.version;
       const deploySel = versionSelect("deploy-version", registryVersions, registryVersions.filter((v) => v !== primary).at(-1));
@@ -176,11 +176,18 @@
       box.replaceChildren(
         F.actionButton("abort canary", { title: `Abort the canary of ${name}`, detail: `All traffic goes back to v${c?.baseline}; the reason is recorded on the endpoint too.`,
           action: "endpoint.canary_abort", target, path: `${base}/rollback`, body: () => ({ reason: document.getElementById("confirm-reason").value.trim() }), onDone: describe },
-          { impossible: running ? "" : "no canary is running", id: "canary-abort" }),
+          { impossible: active ? "" : "no canary is running", id: "canary-abort" }),
+        paused
+          ? F.actionButton("resume canary", { title: `Resume the canary of ${name}`, detail: `v${c.candidate} stays at ${c.weight}% and its gates run again from step ${(c.step ?? 0) + 1}: it may advance or roll back on its own.`,
+            action: "endpoint.canary_resume", target, path: `${base}/resume`, body: () => ({ reason: document.getElementById("confirm-reason").value.trim() }), onDone: describe },
+            { id: "canary-pause" })
+          : F.actionButton("pause canary", { title: `Pause the canary of ${name}`, detail: `v${c?.candidate} keeps ${c?.weight}% of the traffic; it will not advance or roll back on its own, and its answers are not counted, until resumed.`,
+            action: "endpoint.canary_pause", target, path: `${base}/pause`, body: () => ({ reason: document.getElementById("confirm-reason").value.trim() }), onDone: describe },
+            { impossible: running ? "" : "no canary is running", id: "canary-pause" }),
         F.actionButton("deploy / roll back…", { title: `Deploy a version of ${ep.model} on ${name}`, detail: "All traffic moves to the chosen version at once (pick the previous one to roll back).",
           fields: el("label", {}, "version ", deploySel), action: "endpoint.deploy", target, path: `${base}/deploy`,
           body: () => ({ version: Number(deploySel.value) }), onDone: describe },
-          { impossible: running ? "a canary is running: abort it first" : registryVersions.length ? "" : "no registered versions", id: "endpoint-deploy" }),
+          { impossible: active ? `a canary is ${c.state}: abort it first` : registryVersions.length ? "" : "no registered versions", id: "endpoint-deploy" }),
         F.actionButton("edit split…", { title: `Edit the traffic split of ${name}`, detail: "Weights are relative; the shadow is kept.", fields: splitFields,
           action: "endpoint.split", target, method: "PUT", path: base, onDone: describe,
           body: () => {
@@ -189,14 +196,13 @@
             if (!next.some((r) => r.weight > 0)) throw new Error("weights: at least one must be above 0");
             return { model: ep.model, routes: next, shadow: ep.shadow ? { version: ep.shadow.version, share: ep.shadow.share } : null };
           } },
-          { impossible: running ? "a canary is running: abort it first" : "", id: "endpoint-split" }),
+          { impossible: active ? `a canary is ${c.state}: abort it first` : "", id: "endpoint-split" }),
         ep.shadow
           ? F.actionButton(`stop shadow v${ep.shadow.version}`, { title: `Stop the shadow (v${ep.shadow.version}) of ${name}`, action: "endpoint.shadow_off", target,
             path: `${base}/shadow`, body: () => ({ version: null }), onDone: describe }, { id: "shadow-toggle" })
           : F.actionButton("start shadow…", { title: `Start a shadow of ${name}`, detail: "Mirrors every request to the version; its answers are compared, never returned", fields: el("label", {}, "version ", shadowSel), action: "endpoint.shadow_on", target,
             path: `${base}/shadow`, body: () => ({ version: Number(shadowSel.value), share: 1.0 }), onDone: describe },
-            { impossible: registryVersions.length ? "" : "no registered versions", id: "shadow-toggle" }),
-        el("span", { class: "muted" }, "Canary pause is not offered: the serving API has no pause (abort, then deploy again)."));
+            { impossible: registryVersions.length ? "" : "no registered versions", id: "shadow-toggle" }));
     }
     async function describe() {
       const r = await F.api(`/serving/endpoints/${encodeURIComponent(name)}`, { shape: "object" });
@@ -214,7 +220,8 @@
         const steps = c.steps || [], at = c.step ?? 0;
         const stepColor = (i) => (c.state === "succeeded" || i < at ? F.color(2) : c.state === "rolled_back" && i === at ? F.color(1) : i === at ? F.color(4) : F.color(7));
         canary.replaceChildren(
-          el("p", {}, pill(c.state, c.state === "rolled_back" ? "bad" : "ok"), ` v${c.candidate} over v${c.baseline}: ${c.weight}% of traffic now`),
+          el("p", {}, pill(c.state, c.state === "rolled_back" ? "bad" : c.state === "paused" ? "" : "ok"), ` v${c.candidate} over v${c.baseline}: ${c.weight}% of traffic now`,
+            c.state === "paused" ? " (paused: held at this share, gates stopped until resumed)" : ""),
           el("div", { class: "split", "data-testid": "canary-steps" }, ...steps.map((st, i) => el("span", { style: `flex:1;background:${stepColor(i)}` }, `${st}%`))),
           el("h3", {}, "Gates (per step)"),
           el("dl", { class: "kv", id: "gates" }, ...[["requests per step", c.step_requests], ["max error rate", c.max_error_rate],
