@@ -84,6 +84,15 @@ def test_online_push_catalog_materialize_over_http(project: Project) -> None:
 
         cat = client.get("/features/catalog").json()["objects"]
         assert {o["name"] for o in cat} >= {"user", "user_stats", "click_aggs", "clicks", "svc"}
+        pages = [
+            client.get("/features/catalog", params={"limit": 2, "offset": o}).json()
+            for o in range(0, len(cat), 2)
+        ]
+        assert [o for p in pages for o in p["objects"]] == cat  # the same entries, in pages
+        assert {len(p["objects"]) for p in pages[:-1]} == {2}
+        assert {p["total"] for p in pages} == {len(cat)}
+        bad = client.get("/features/catalog", params={"offset": -2})
+        assert bad.status_code == 422 and "offset" in bad.json()["error"]
         d = client.get("/features/catalog/user_stats").json()
         assert d["versions"][0]["freshness"]["rows"] == 5
         assert client.get("/features/catalog/nope").status_code == 404

@@ -34,6 +34,12 @@ def test_http_reads_and_writer_only_stage_changes(project: Project, two_versions
     client = TestClient(create_app(project, systems=["registry"]))
     assert client.get("/registry/models").json()[0]["latest_version"] == 2
     assert [v["version"] for v in client.get("/registry/models/m").json()["versions"]] == [1, 2]
+    page = client.get("/registry/models/m", params={"limit": 1, "offset": 1}).json()
+    assert ([v["version"] for v in page["versions"]], page["total"]) == ([2], 2)
+    newest = client.get("/registry/models/m", params={"limit": 1, "newest_first": True}).json()
+    assert [v["version"] for v in newest["versions"]] == [2]
+    bad = client.get("/registry/models/m", params={"limit": 0})
+    assert bad.status_code == 422 and "limit" in bad.json()["error"]
     v1 = client.get("/registry/models/m/versions/1").json()
     assert v1["uri"] == "models:/m/1" and v1["signature"]["inputs"][0]["shape"] == [-1, 3]
     assert client.get("/registry/models/m/versions/9").status_code == 404

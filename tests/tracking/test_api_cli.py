@@ -70,3 +70,29 @@ def test_cli_list_show_compare(project: Project, capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit) as exc:
         main(["runs", "show", "nope", "--config", config])
     assert exc.value.code == 1 and "does not exist" in capsys.readouterr().err
+
+
+def test_runs_page_with_limit_offset_and_a_total(project: Project) -> None:
+    tracker = Tracker(project)
+    ids = []
+    for i in range(5):
+        with tracker.start_run("paged", params={"i": i}) as run:
+            run.log_metric("score", float(i))
+        ids.append(run.id)
+    with tracker.start_run("other"):
+        pass
+    client = TestClient(create_app(project, systems=["tracking"]))
+    by_score = {"experiment": "paged", "order_by": "-score"}
+    first = client.get("/tracking/runs", params={**by_score, "limit": 2})
+    second = client.get("/tracking/runs", params={**by_score, "limit": 2, "offset": 2})
+    last = client.get("/tracking/runs", params={**by_score, "limit": 2, "offset": 4})
+    pages = [[r["id"] for r in page.json()] for page in (first, second, last)]
+    assert pages == [ids[4:2:-1], ids[2:0:-1], ids[:1]]  # every run once, in the order asked
+    assert {p.headers["X-Total-Count"] for p in (first, second, last)} == {"5"}
+    assert client.get("/tracking/runs").headers["X-Total-Count"] == "6"
+    beyond = client.get("/tracking/runs", params={"offset": 100})
+    assert beyond.json() == [] and beyond.headers["X-Total-Count"] == "6"
+    bad = client.get("/tracking/runs", params={"offset": -1})
+    assert bad.status_code == 422 and "offset" in bad.json()["error"]
+    bad = client.get("/tracking/runs", params={"limit": 0})
+    assert bad.status_code == 422 and "limit" in bad.json()["error"]

@@ -50,6 +50,24 @@ def test_submit_list_show_cancel_over_http(project: Project, client: TestClient)
     assert inv["total_cpus"] >= 1 and inv["nodes"][0]["name"] == "local"
 
 
+def test_jobs_page_with_limit_offset_and_a_total(project: Project, client: TestClient) -> None:
+    auth = writer(project)
+    ids = [
+        client.post(
+            "/training/jobs", json={"spec": {**SPEC, "name": f"j{i}"}}, headers=auth
+        ).json()["id"]
+        for i in range(5)
+    ]
+    client.post(f"/training/jobs/{ids[0]}/cancel", headers=auth)
+    pages = [client.get("/training/jobs", params={"limit": 2, "offset": o}) for o in (0, 2, 4)]
+    assert [[j["id"] for j in p.json()] for p in pages] == [ids[4:2:-1], ids[2:0:-1], ids[:1]]
+    assert {p.headers["X-Total-Count"] for p in pages} == {"5"}
+    queued = client.get("/training/jobs", params={"state": "queued", "limit": 1, "offset": 3})
+    assert [j["id"] for j in queued.json()] == [ids[1]] and queued.headers["X-Total-Count"] == "4"
+    bad = client.get("/training/jobs", params={"offset": "x"})
+    assert bad.status_code == 422 and "offset" in bad.json()["error"]
+
+
 def test_bad_specs_are_400_naming_the_key(project: Project, client: TestClient) -> None:
     bad = {**SPEC, "resources": {"procs_per_node": 1, "gpu": 2}}
     r = client.post("/training/jobs", json={"spec": bad}, headers=writer(project))

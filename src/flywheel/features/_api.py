@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -143,9 +143,16 @@ def push(stream: str, body: PushRequest, store: FeatureStore = Depends(feature_s
 
 
 @router.get("/catalog", responses=_RESPONSES, dependencies=[Depends(require_reader)])
-def catalog(store: FeatureStore = Depends(feature_store)) -> Response:
-    """Every definition (all versions) with owner, description, tags and times."""
-    return _json({"objects": [e.to_dict() for e in store.list_definitions()]})
+def catalog(
+    store: FeatureStore = Depends(feature_store),
+    limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> Response:
+    """Every definition (all versions) with owner, description, tags and times.
+    ``limit``/``offset`` page through them; ``total`` is how many there are."""
+    entries = store.list_definitions()
+    page = entries[offset : None if limit is None else offset + limit]
+    return _json({"objects": [e.to_dict() for e in page], "total": len(entries)})
 
 
 @router.get("/catalog/{name}", responses=_RESPONSES, dependencies=[Depends(require_reader)])

@@ -44,10 +44,20 @@ def list_models(project: Project = Depends(current_project)) -> list[dict[str, A
 
 
 @router.get("/models/{name}", dependencies=[Depends(require_reader)], responses=_errors)
-def get_model(name: str, project: Project = Depends(current_project)) -> dict[str, Any]:
-    """A model's versions (oldest first) with their stages."""
+def get_model(
+    name: str,
+    project: Project = Depends(current_project),
+    limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    newest_first: bool = False,
+) -> dict[str, Any]:
+    """A model's versions (oldest first; ``newest_first=true`` reverses) with their stages.
+    ``limit``/``offset`` page through them; ``total`` is how many versions there are."""
     versions = Registry(project).list_versions(name)
-    return {"name": name, "versions": [v.to_dict() for v in versions]}
+    if newest_first:
+        versions.reverse()
+    page = versions[offset : None if limit is None else offset + limit]
+    return {"name": name, "versions": [v.to_dict() for v in page], "total": len(versions)}
 
 
 @router.get(

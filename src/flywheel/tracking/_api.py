@@ -29,15 +29,20 @@ def list_experiments(project: Project = Depends(current_project)) -> list[dict[s
 
 @router.get("/runs")
 def list_runs(
+    response: Response,
     project: Project = Depends(current_project),
     experiment: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     status: Literal["running", "finished", "failed", "killed"] | None = None,
     order_by: Annotated[str | None, Query(max_length=251)] = None,
 ) -> list[dict[str, Any]]:
     """Runs with params, tags and metric summaries (last/min/max/count): newest first, or by a
-    metric's last value (``order_by=val_loss`` ascending, ``order_by=-auc`` descending)."""
-    runs = Tracker(project).list_runs(experiment, limit, status=status, order_by=order_by)
+    metric's last value (``order_by=val_loss`` ascending, ``order_by=-auc`` descending).
+    ``limit``/``offset`` page through them; the ``X-Total-Count`` header has how many match."""
+    tracker = Tracker(project)
+    runs = tracker.list_runs(experiment, limit, status=status, order_by=order_by, offset=offset)
+    response.headers["X-Total-Count"] = str(tracker.count_runs(experiment, status=status))
     return [r.to_dict() for r in runs]
 
 

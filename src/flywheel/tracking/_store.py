@@ -463,16 +463,12 @@ class TrackingStore:
         *,
         status: str | None = None,
         order_by: str | None = None,
+        offset: int = 0,
     ) -> list[RunInfo]:
         """Runs, newest first; or by a metric's last value with ``order_by="key"`` (ascending)
-        or ``"-key"`` (descending; runs without the metric come last)."""
-        if status is not None and status not in RUN_STATUSES:
-            raise TrackingError(f"run status {status!r} is not one of {RUN_STATUSES}")
-        query = sa.select(runs_t)
-        if experiment is not None:
-            query = query.where(runs_t.c.experiment == experiment)
-        if status is not None:
-            query = query.where(runs_t.c.status == status)
+        or ``"-key"`` (descending; runs without the metric come last). ``offset`` skips that
+        many runs of the same order (for pages)."""
+        query = sa.select(runs_t).where(*self._run_filters(experiment, status))
         if order_by:
             key = order_by.removeprefix("-")
             joined = runs_t.outerjoin(
@@ -486,10 +482,28 @@ class TrackingStore:
         else:
             query = query.order_by(runs_t.c.start_time.desc(), runs_t.c.id)
         with self.db.read() as conn:
-            rows = conn.execute(query.limit(limit)).all()
+            rows = conn.execute(query.limit(limit).offset(offset)).all()
         infos = [self._row_to_info(r) for r in rows]
         summaries = self.metric_summaries([i.id for i in infos])
         return [RunInfo(**{**i.__dict__, "metrics": summaries[i.id]}) for i in infos]
+
+    @staticmethod
+    def _run_filters(experiment: str | None, status: str | None) -> list[Any]:
+        if status is not None and status not in RUN_STATUSES:
+            raise TrackingError(f"run status {status!r} is not one of {RUN_STATUSES}")
+        filters: list[Any] = []
+        if experiment is not None:
+            filters.append(runs_t.c.experiment == experiment)
+        if status is not None:
+            filters.append(runs_t.c.status == status)
+        return filters
+
+    def count_runs(self, experiment: str | None = None, *, status: str | None = None) -> int:
+        """How many runs ``list_runs`` would page through with these filters."""
+        query = sa.select(sa.func.count()).select_from(runs_t)
+        query = query.where(*self._run_filters(experiment, status))
+        with self.db.read() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def list_experiments(self) -> list[dict[str, Any]]:
         with self.db.read() as conn:

@@ -121,13 +121,20 @@ class Tracker:
         *,
         status: str | None = None,
         order_by: str | None = None,
+        offset: int = 0,
     ) -> list[RunInfo]:
         """Runs, newest first, optionally of one experiment and/or status.
 
         ``order_by="val_loss"`` sorts by that metric's last value ascending, ``"-auc"``
-        descending (runs without it come last).
+        descending (runs without it come last). ``offset`` skips that many (for pages).
         """
-        return self.store.list_runs(experiment, limit, status=status, order_by=order_by)
+        return self.store.list_runs(
+            experiment, limit, status=status, order_by=order_by, offset=offset
+        )
+
+    def count_runs(self, experiment: str | None = None, *, status: str | None = None) -> int:
+        """How many runs match (the total behind ``list_runs``' pages)."""
+        return self.store.count_runs(experiment, status=status)
 
     def resume_run(self, run_id: str, *, batch_size: int | None = None) -> Run:
         """Reopen a run (after a restart from a checkpoint, say): status ``running`` again, and

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from flywheel.auth import require_reader, require_writer
@@ -35,13 +35,19 @@ class SubmitRequest(BaseModel):
 
 @router.get("/jobs", dependencies=[Depends(require_reader)], responses=_errors)
 def list_jobs(
+    response: Response,
     state: str | None = None,
     team: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     project: Project = Depends(current_project),
 ) -> list[dict[str, Any]]:
-    """Jobs, newest first, optionally only one state or team."""
-    return [j.to_dict() for j in TrainingService(project).list(state, team, limit)]
+    """Jobs, newest first, optionally only one state or team. ``limit``/``offset`` page through
+    them; the ``X-Total-Count`` header has how many match."""
+    service = TrainingService(project)
+    jobs = service.list(state, team, limit, offset)
+    response.headers["X-Total-Count"] = str(service.count(state, team))
+    return [j.to_dict() for j in jobs]
 
 
 @router.get("/jobs/{job_id}", dependencies=[Depends(require_reader)], responses=_errors)

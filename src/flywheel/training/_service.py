@@ -54,18 +54,19 @@ class TrainingService:
         return self.store.get(job_id)
 
     def list(
-        self, state: str | None = None, team: str | None = None, limit: int = 100
+        self,
+        state: str | None = None,
+        team: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
     ) -> list[Job]:
-        states = None
-        if state is not None:
-            try:
-                states = [JobState(state)]
-            except ValueError:
-                from flywheel.training._errors import TrainingError
+        """Jobs, newest first, optionally of one state or team; ``offset`` skips (for pages)."""
+        states = _states(state)
+        return self.store.list(states=states, team=team, limit=limit, offset=offset)
 
-                allowed = ", ".join(s.value for s in JobState)
-                raise TrainingError(f"state {state!r} is not one of: {allowed}") from None
-        return self.store.list(states=states, team=team, limit=limit)
+    def count(self, state: str | None = None, team: str | None = None) -> int:
+        """How many jobs match (the total behind ``list``'s pages)."""
+        return self.store.count(states=_states(state), team=team)
 
     def cancel(self, job_id: str) -> Job:
         return self.store.request_cancel(job_id)
@@ -156,6 +157,19 @@ async def scheduler_service(project: Project) -> AsyncIterator[None]:
     finally:
         stop.set()
         thread.join(timeout=10)
+
+
+
+def _states(state: str | None) -> list[JobState] | None:
+    if state is None:
+        return None
+    try:
+        return [JobState(state)]
+    except ValueError:
+        from flywheel.training._errors import TrainingError
+
+        allowed = ", ".join(s.value for s in JobState)
+        raise TrainingError(f"state {state!r} is not one of: {allowed}") from None
 
 
 __all__ = ["TrainingService", "scheduler_service"]

@@ -163,6 +163,15 @@ class Job:
         }
 
 
+def _job_filters(states: Sequence[JobState] | None, team: str | None) -> list[Any]:
+    filters: list[Any] = []
+    if states is not None:
+        filters.append(jobs_table.c.state.in_([s.value for s in states]))
+    if team is not None:
+        filters.append(jobs_table.c.team == team)
+    return filters
+
+
 def _row_to_job(row: Any) -> Job:
     placement = tuple(Slot.from_dict(s) for s in json.loads(row.placement or "[]"))
     return Job(
@@ -458,17 +467,22 @@ class JobStore:
         team: str | None = None,
         limit: int | None = None,
         newest_first: bool = True,
+        offset: int = 0,
     ) -> list[Job]:
-        query = sa.select(jobs_table)
-        if states is not None:
-            query = query.where(jobs_table.c.state.in_([s.value for s in states]))
-        if team is not None:
-            query = query.where(jobs_table.c.team == team)
+        query = sa.select(jobs_table).where(*_job_filters(states, team))
         query = query.order_by(jobs_table.c.seq.desc() if newest_first else jobs_table.c.seq)
         if limit is not None:
             query = query.limit(limit)
+        if offset:
+            query = query.offset(offset)
         with self.db.read() as conn:
             return [_row_to_job(r) for r in conn.execute(query)]
+
+    def count(self, *, states: Sequence[JobState] | None = None, team: str | None = None) -> int:
+        """How many jobs ``list`` would page through with these filters."""
+        query = sa.select(sa.func.count()).select_from(jobs_table)
+        with self.db.read() as conn:
+            return int(conn.execute(query.where(*_job_filters(states, team))).scalar_one())
 
     def events(self, job_id: str) -> builtins.list[JobEvent]:
         self.get(job_id)
