@@ -67,6 +67,22 @@ def test_cli_list_show_compare(project: Project, capsys: pytest.CaptureFixture[s
     main(["runs", "metric", a, "train/loss", "--config", config])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "step,value,timestamp" and lines[1].startswith("0,1.0,") and len(lines) == 6
+    stamps = [float(line.split(",")[2]) for line in lines[1:]]
+    main(
+        [
+            "runs",
+            "metric",
+            a,
+            "train/loss",
+            "--since",
+            repr((stamps[2] + stamps[3]) / 2),
+            "--config",
+            config,
+        ]
+    )
+    assert [ln.split(",")[0] for ln in capsys.readouterr().out.splitlines()[1:]] == ["3", "4"]
+    main(["runs", "list", "--experiment", "exp", "--json", "--offset", "1", "--config", config])
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [a]  # newest first: b, a
     with pytest.raises(SystemExit) as exc:
         main(["runs", "show", "nope", "--config", config])
     assert exc.value.code == 1 and "does not exist" in capsys.readouterr().err
@@ -96,3 +112,20 @@ def test_runs_page_with_limit_offset_and_a_total(project: Project) -> None:
     assert bad.status_code == 422 and "offset" in bad.json()["error"]
     bad = client.get("/tracking/runs", params={"limit": 0})
     assert bad.status_code == 422 and "limit" in bad.json()["error"]
+
+
+def test_metric_history_in_a_time_range_from_the_stored_timestamps(project: Project) -> None:
+    with Tracker(project).start_run("timed") as run:
+        for step, ts in enumerate((1000.0, 2000.0, 3000.0, 4000.0)):
+            run.log_metric("loss", 1.0 / (step + 1), step=step, timestamp=ts)
+    client = TestClient(create_app(project, systems=["tracking"]))
+    url = f"/tracking/runs/{run.id}/metrics/loss"
+    ranged = client.get(url, params={"since": 2000, "until": 3000}).json()
+    assert ranged["steps"] == [1, 2] and ranged["timestamps"] == [2000.0, 3000.0]
+    assert client.get(url, params={"since": 3500}).json()["steps"] == [3]
+    assert client.get(url, params={"until": 1500}).json()["steps"] == [0]
+    assert client.get(url, params={"since": 2000, "max_points": 2}).json()["steps"] == [1, 3]
+    bad = client.get(url, params={"since": 3000, "until": 2000})
+    assert bad.status_code == 400 and "until" in bad.json()["error"]
+    bad = client.get(url, params={"since": "yesterday"})
+    assert bad.status_code == 422 and "since" in bad.json()["error"]

@@ -80,6 +80,7 @@ def list_jobs(
     state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
     team: Annotated[str | None, typer.Option(help="Only this team's jobs.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many (newest first).")] = 50,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many (for pages).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -88,7 +89,8 @@ def list_jobs(
 
     from flywheel.training import TrainingService
 
-    jobs = TrainingService(open_project(config)).list(state=state, team=team, limit=limit)
+    service = TrainingService(open_project(config))
+    jobs = service.list(state=state, team=team, limit=limit, offset=offset)
     if as_json:
         print(json.dumps([j.to_dict() for j in jobs], indent=2))
         return

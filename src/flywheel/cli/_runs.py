@@ -26,6 +26,7 @@ def list_runs(
         str | None, typer.Option("--experiment", "-e", help="Only this experiment.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many runs.")] = 50,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many (for pages).")] = 0,
     status: Annotated[
         str | None, typer.Option(help="Only runs in this status (running, finished, ...).")
     ] = None,
@@ -40,7 +41,7 @@ def list_runs(
     from flywheel.tracking import Tracker
 
     runs = Tracker(open_project(config)).list_runs(
-        experiment, limit, status=status, order_by=order_by
+        experiment, limit, status=status, order_by=order_by, offset=offset
     )
     if as_json:
         print(json.dumps([r.to_dict() for r in runs], indent=2))
@@ -133,11 +134,18 @@ def compare(
 def metric(
     run_id: Annotated[str, typer.Argument(help="Run id.")],
     key: Annotated[str, typer.Argument(help="Metric key.")],
+    since: Annotated[
+        float | None, typer.Option(min=0, help="Only points logged at or after (Unix seconds).")
+    ] = None,
+    until: Annotated[
+        float | None, typer.Option(min=0, help="Only points logged at or before (Unix seconds).")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Every point of one metric (step, value) as CSV."""
+    """Every point of one metric (step, value) as CSV (optionally of a time range)."""
     from flywheel.tracking import Tracker
 
+    points = Tracker(open_project(config)).metric_history(run_id, key, since=since, until=until)
     print("step,value,timestamp")
-    for p in Tracker(open_project(config)).metric_history(run_id, key):
+    for p in points:
         print(f"{p.step},{p.value!r},{p.timestamp:.6f}")

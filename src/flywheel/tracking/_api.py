@@ -58,9 +58,12 @@ def metric_history(
     key: str,
     project: Project = Depends(current_project),
     max_points: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
+    since: Annotated[float | None, Query(ge=0, le=1e11, description="Unix seconds.")] = None,
+    until: Annotated[float | None, Query(ge=0, le=1e11, description="Unix seconds.")] = None,
 ) -> dict[str, Any]:
-    """The points of one metric of a run, by step (``max_points``: evenly thinned for plots)."""
-    points = Tracker(project).metric_history(run_id, key, max_points)
+    """The points of one metric of a run, by step (``max_points``: evenly thinned for plots;
+    ``since``/``until``: only the points logged in that time range, inclusive)."""
+    points = Tracker(project).metric_history(run_id, key, max_points, since=since, until=until)
     return {
         "run_id": run_id,
         "key": key,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from pathlib import Path
 from typing import Any
@@ -149,12 +150,26 @@ class Tracker:
         return self.store.list_experiments()
 
     def metric_history(
-        self, run_id: str, key: str, max_points: int | None = None
+        self,
+        run_id: str,
+        key: str,
+        max_points: int | None = None,
+        *,
+        since: float | None = None,
+        until: float | None = None,
     ) -> list[MetricPoint]:
         """Every point of ``key`` in ``run_id``, by step; with ``max_points``, at most that many
-        evenly spaced points (the first and the last always included), for plotting."""
+        evenly spaced points (the first and the last always included), for plotting.
+        ``since``/``until`` (Unix seconds, inclusive) keep only the points logged in that time
+        range (before thinning); ``until`` before ``since`` is a ``TrackingError``."""
+        if since is not None and until is not None and until < since:
+            raise TrackingError(f"until: {until} is before since: {since}")
         self.store.run_exists(run_id)
         points = self.store.metric_history(run_id, key)
+        if since is not None or until is not None:
+            lo = -math.inf if since is None else since
+            hi = math.inf if until is None else until
+            points = [p for p in points if lo <= p.timestamp <= hi]
         if max_points is None or len(points) <= max_points:
             return points
         if max_points < 2:
