@@ -190,10 +190,22 @@
   F.pages.runs = async () => {
     const expSel = document.getElementById("experiment"), search = document.getElementById("search");
     const rangeSel = document.getElementById("metric-range");
+    const fromIn = document.getElementById("metric-from"), untilIn = document.getElementById("metric-until");
+    // since/until (Unix seconds) for the metric history: a preset (last hour, ...) or from/until.
+    function metricRange() {
+      const secs = (input) => (input.value ? new Date(input.value).getTime() / 1000 : null);
+      const since = rangeSel.value ? Date.now() / 1000 - Number(rangeSel.value) : secs(fromIn), until = secs(untilIn);
+      if (since !== null && until !== null && until < since) return { error: "range: until is before from" };
+      const q = new URLSearchParams();
+      if (since !== null) q.set("since", String(Math.floor(since)));
+      if (until !== null) q.set("until", String(Math.ceil(until)));
+      return { query: q.size ? `?${q}` : "" };
+    }
     const er = await F.api("/tracking/experiments", { shape: "array" });
     if (er.ok) expSel.append(...er.data.map((e) => el("option", { value: e.name }, `${e.name} (${e.runs})`)));
     else F.flash(`experiments: ${er.error}`, false);
-    let runs = [], orderBy = null;
+    let runs = [], orderBy = null, total = 0;
+    const seen = new Map();  // every run loaded so far, by id (the ticked ones may be on other pages)
     const selected = new Set(compareFromHash());
     const shareHash = () => {
       const h = selected.size ? `#compare=${[...selected].map(encodeURIComponent).join(",")}` : " ";
@@ -214,16 +226,21 @@
       { key: "params", label: "params", value: (r) => Object.entries(r.params || {}).map(([k, v]) => `${k}=${v}`).join(" ") },
     ];
     let metricCols = [];
+    // The server pages (limit/offset, X-Total-Count) and sorts by a metric; the search box
+    // filters the page shown.
     const table = F.dataTable(document.getElementById("runs-table"), { id: "runs", columns: base, onSort: (key, desc) => {
       orderBy = `${desc ? "-" : ""}${key.slice(2)}`; load(false);
-    } });
+    }, onPage: () => load(false) });
     async function load(reset = true) {
-      const q = new URLSearchParams({ limit: "1000" });
+      if (reset) table.state.page = 0;
+      const q = new URLSearchParams(table.query());
       if (expSel.value) q.set("experiment", expSel.value);
       if (orderBy && !reset) q.set("order_by", orderBy);
       const r = await F.api(`/tracking/runs?${q}`, { shape: "array" });
       if (!r.ok) { table.error(r, "runs"); return; }
       runs = r.data;
+      total = r.total ?? runs.length;
+      for (const x of runs) seen.set(x.id, x);
       if (selected.size === 0 && runs.length && reset) runs.slice(0, 2).forEach((x) => selected.add(x.id));
       // Every metric is a column the user may show (the chooser); all are shown until hidden.
       const keys = [...new Set(runs.flatMap((x) => Object.keys(x.metrics || {})))].sort();
@@ -240,7 +257,7 @@
     function render() {
       const q = search.value.trim().toLowerCase();
       table.set(runs.filter((r) => !q || [r.name, r.id, r.status, r.user, ...Object.entries({ ...r.params, ...r.tags }).map(([k, v]) => `${k}=${v}`)]
-        .join(" ").toLowerCase().includes(q)));
+        .join(" ").toLowerCase().includes(q)), total);
     }
     let generation = 0;  // a newer call wins: an older one stops at its next await
     async function charts() {
@@ -251,17 +268,25 @@
       const cr = await F.api(`/tracking/compare?${ids.map((i) => `run_ids=${encodeURIComponent(i)}`).join("&")}`);
       if (gen !== generation) return;
       renderCompare(cr, ids);
-      const keys = [...new Set(runs.filter((r) => selected.has(r.id)).flatMap((r) => Object.keys(r.metrics || {})))].sort();
-      const from = rangeSel.value ? Date.now() / 1000 - Number(rangeSel.value) : -Infinity;
+      // Ticked runs may be on another page (or only in a shared URL): fetch those once.
+      for (const id of ids) {
+        if (seen.has(id)) continue;
+        const one = await F.api(`/tracking/runs/${encodeURIComponent(id)}`, { shape: "object" });
+        if (one.ok) seen.set(id, one.data);
+      }
+      if (gen !== generation) return;
+      const keys = [...new Set(ids.filter((id) => seen.has(id)).flatMap((id) => Object.keys(seen.get(id).metrics || {})))].sort();
+      // The server keeps every point with its time: it answers only those in the range.
+      const range = metricRange();
+      if (range.error) { F.flash(range.error, false); return; }
       const cards = [];
       for (const key of keys) {
         const parts = await Promise.all(ids.map(async (id) => {
-          const r = runs.find((x) => x.id === id);
+          const r = seen.get(id);
           if (!r?.metrics?.[key]) return { steps: [], values: [] };
-          const h = await F.api(`/tracking/runs/${id}/metrics/${encodeURIComponent(key)}`, { shape: "object" });
+          const h = await F.api(`/tracking/runs/${id}/metrics/${encodeURIComponent(key)}${range.query}`, { shape: "object" });
           if (!h.ok) return { steps: [], values: [] };
-          const keep = h.data.steps.map((_, i) => (h.data.timestamps?.[i] ?? Infinity) >= from);
-          return { steps: h.data.steps.filter((_, i) => keep[i]), values: h.data.values.filter((_, i) => keep[i]) };
+          return { steps: h.data.steps, values: h.data.values };
         }));
         if (gen !== generation) return;
         cards.push([key, parts]);
@@ -273,13 +298,13 @@
         const card = el("div", {}, el("h3", {}, key), el("div", { class: "chart", "data-testid": xs.length ? "chart" : "none", id: `chart-${key.replace(/[^a-zA-Z0-9_-]/g, "_")}` }));
         box.append(card);
         if (!xs.length) { empty(card.lastChild, "No points in this range."); continue; }
-        F.xyChart(card.lastChild, xs, ids.map((id, i) => ({ label: runs.find((x) => x.id === id)?.name || id, values: ys[i] })), { title: `${key} by step` });
+        F.xyChart(card.lastChild, xs, ids.map((id, i) => ({ label: seen.get(id)?.name || id, values: ys[i] })), { title: `${key} by step` });
       }
       if (!cards.length) empty(box, "The ticked runs have no metrics.");
     }
     function renderCompare(cr, ids) {
       const node = document.getElementById("compare");
-      const sel = ids.map((id) => runs.find((r) => r.id === id)).filter(Boolean);
+      const sel = ids.map((id) => seen.get(id)).filter(Boolean);
       const params = [...new Set(sel.flatMap((r) => Object.keys(r.params || {})))].sort();
       const metrics = [...new Set(sel.flatMap((r) => Object.keys(r.metrics || {})))].sort();
       const row = (label, vals) => el("tr", {}, el("th", { scope: "row" }, label), ...vals.map((v) => el("td", {}, v)));
@@ -295,7 +320,9 @@
     }
     expSel.addEventListener("change", () => { selected.clear(); orderBy = null; history.replaceState(null, "", location.pathname); load(); });
     search.addEventListener("input", render);
-    rangeSel.addEventListener("change", charts);
+    rangeSel.addEventListener("change", () => { fromIn.value = ""; untilIn.value = ""; charts(); });
+    fromIn.addEventListener("change", () => { rangeSel.value = ""; charts(); });
+    untilIn.addEventListener("change", charts);
     window.addEventListener("hashchange", () => {
       const ids = compareFromHash();
       if (ids.join() === [...selected].join()) return;
@@ -397,6 +424,7 @@
       if (!r.ok) { F.showError(box, r, `model ${name}`); F.resetPanels(["version-metrics", "lineage", "audit", "serving-note"], "–"); return; }
       const versions = r.data.versions || [];
       const serving = await servingNow(name);
+      if (name !== shown) return;  // the subject changed while this answer was on its way
       const metricKeys = [...new Set(versions.flatMap((v) => Object.keys(v.metrics || {})))].sort();
       const mBase = `/registry/models/${encodeURIComponent(name)}`;
       const stageAction = (v, stage) => F.actionButton(`→ ${stage}`, { title: `${name} v${v.version} → ${stage}`, action: "model.stage", target: `model:${name}`,
@@ -450,10 +478,12 @@
         });
       } else empty(chart, "No version metrics.");
       const audit = await F.load(document.querySelector("#audit tbody"), `/registry/audit?name=${encodeURIComponent(name)}`, "array", "audit");
+      if (name !== shown) return;
       if (audit) fillTable(document.querySelector("#audit tbody"), audit.slice().reverse().map((a) => [`#${a.id}`, when(a.at), a.action || "set", a.stage,
         a.from_version === null ? "–" : `v${a.from_version}`, a.to_version === null ? "–" : `v${a.to_version}`, a.actor || "–", a.reason || ""]));
       if (versions.length) {
         const lr = await F.api(`/registry/models/${encodeURIComponent(name)}/versions/${versions.at(-1).version}/lineage`, { shape: "object" });
+        if (name !== shown) return;
         if (lr.ok) await drawLineage(document.getElementById("lineage"), lr.data);
         else F.showError(document.getElementById("lineage"), lr, "lineage");
       }

@@ -47,7 +47,8 @@ const Flywheel = (() => {
     const bad = (what) => ({ ok: false, status: r.status, data, error: `unexpected answer from ${url.split("?")[0]}: expected ${what}` });
     if (shape === "array" && !Array.isArray(data)) return bad("a list");
     if (shape === "object" && (data === null || typeof data !== "object" || Array.isArray(data))) return bad("an object");
-    return { ok: true, status: r.status, data, error: null };
+    const total = r.headers.get("X-Total-Count");  // list APIs that page say how many match
+    return { ok: true, status: r.status, data, error: null, total: total === null ? null : Number(total) };
   }
   // The previous helper's contract ({status, body}), kept for callers that read both.
   async function getJSON(url) {
@@ -667,10 +668,12 @@ const Flywheel = (() => {
   // dataTable(host, {id, columns: [{key, label, value(row), render(row)?, hidden?, fixed?}],
   //   pageSize, onSort(key, desc)?}) -> {set(rows), columns(), state}. The chosen columns persist
   // per table (localStorage). Columns with `server: true` are sorted by the server: onSort(key,
-  // desc) fetches again and calls set() with its answer.
-  function dataTable(host, { id, columns, pageSize = 25, onSort = null, caption = "" }) {
+  // desc) fetches again and calls set() with its answer. With onPage(page) the server pages too:
+  // set(rows, total) gets one page of rows and the server's total, and previous/next call
+  // onPage(page), which fetches that page (offset page × pageSize) and calls set() again.
+  function dataTable(host, { id, columns, pageSize = 25, onSort = null, onPage = null, caption = "" }) {
     const saved = JSON.parse(localStorage.getItem(`fw-cols-${id}`) || "null");
-    const state = { sort: null, desc: false, page: 0, rows: [], shown: new Set(
+    const state = { sort: null, desc: false, page: 0, rows: [], total: 0, pageSize, shown: new Set(
       saved || columns.filter((c) => !c.hidden).map((c) => c.key)) };
     const table = el("table", { id });
     if (caption) table.append(el("caption", { class: "muted" }, caption));
@@ -720,9 +723,9 @@ const Flywheel = (() => {
         });
         return el("th", { scope: "col", "aria-sort": state.sort === c.key ? (state.desc ? "descending" : "ascending") : "none" }, b);
       })));
-      const rows = sorted(), pages = Math.max(1, Math.ceil(rows.length / pageSize));
-      state.page = Math.min(state.page, pages - 1);
-      const slice = rows.slice(state.page * pageSize, (state.page + 1) * pageSize);
+      const rows = sorted(), count = onPage ? state.total : rows.length, pages = Math.max(1, Math.ceil(count / pageSize));
+      if (!onPage) state.page = Math.min(state.page, pages - 1);
+      const slice = onPage ? rows : rows.slice(state.page * pageSize, (state.page + 1) * pageSize);
       tbody.replaceChildren(...slice.map((r) => {
         const tr = el("tr", r.fwAttrs || {});
         for (const c of vis) {
@@ -734,14 +737,17 @@ const Flywheel = (() => {
       if (!slice.length) tbody.replaceChildren(el("tr", {}, el("td", { colspan: vis.length, class: "muted" }, "Nothing to show.")));
       const prev = el("button", { type: "button", "data-page": "prev" }, "← previous"), next = el("button", { type: "button", "data-page": "next" }, "next →");
       prev.disabled = state.page === 0; next.disabled = state.page >= pages - 1;
-      prev.addEventListener("click", () => { state.page--; draw(); });
-      next.addEventListener("click", () => { state.page++; draw(); });
-      pager.replaceChildren(prev, el("span", { class: "muted" }, `page ${state.page + 1} of ${pages} · ${rows.length} rows`), next);
-      pager.hidden = rows.length <= pageSize;
+      const go = (page) => { state.page = page; if (onPage) onPage(page); else draw(); };
+      prev.addEventListener("click", () => go(state.page - 1));
+      next.addEventListener("click", () => go(state.page + 1));
+      pager.replaceChildren(prev, el("span", { class: "muted", "data-testid": "page-info" }, `page ${state.page + 1} of ${pages} · ${count} rows`), next);
+      pager.hidden = count <= pageSize && state.page === 0;
     }
     setColumns(columns);
     return {
-      set(rows) { state.rows = rows; draw(); },
+      set(rows, total = null) { state.rows = rows; state.total = total ?? rows.length; draw(); },
+      // The offset and limit of the page shown (server paging).
+      query() { return { offset: String(state.page * pageSize), limit: String(pageSize) }; },
       setColumns(next) { setColumns(next); draw(); },
       error(res, what) { showError(tbody, res, what); pager.hidden = true; },
       state, table, tbody,

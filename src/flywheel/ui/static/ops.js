@@ -23,16 +23,21 @@
       { key: "preemptions", label: "preemptions", value: (j) => j.preemptions, hidden: true },
       { key: "placement", label: "placement", hidden: true, value: (j) => (j.placement || []).map((p) => `${p.node}${p.gpus?.length ? ` gpu ${p.gpus.join(",")}` : ""}`).join(" ") },
       { key: "submitted", label: "submitted", value: (j) => j.submitted_at || "", render: (j) => when(j.submitted_at) },
-    ] });
+    ], onPage: () => loadJobs() });
+    // One page of jobs from the server (limit/offset; X-Total-Count says how many match).
     async function loadJobs() {
-      const q = stateSel.value ? `?state=${encodeURIComponent(stateSel.value)}&limit=1000` : "?limit=1000";
-      const r = await F.api(`/training/jobs${q}`, { shape: "array" });
+      const q = new URLSearchParams(jobsTable.query());
+      if (stateSel.value) q.set("state", stateSel.value);
+      const r = await F.api(`/training/jobs?${q}`, { shape: "array" });
       if (!r.ok) { jobsTable.error(r, "jobs"); document.getElementById("job-counts").textContent = ""; return; }
       jobs = r.data;
-      jobsTable.set(jobs);
+      const total = r.total ?? jobs.length;
+      if (!jobs.length && total && jobsTable.state.page > 0) { jobsTable.state.page = Math.ceil(total / jobsTable.state.pageSize) - 1; await loadJobs(); return; }
+      jobsTable.set(jobs, total);
       const counts = {};
       for (const j of jobs) counts[j.state] = (counts[j.state] || 0) + 1;
-      document.getElementById("job-counts").textContent = Object.entries(counts).map(([st, n]) => `${n} ${st}`).join(" · ");
+      document.getElementById("job-counts").textContent = `${total} ${stateSel.value || ""} job${total === 1 ? "" : "s"}`.replace("  ", " ") +
+        (jobs.length ? ` · on this page: ${Object.entries(counts).map(([st, n]) => `${n} ${st}`).join(", ")}` : "");
     }
     const usage = F.lineChart(document.getElementById("chart-usage"), [{ label: "CPUs used", stroke: F.color(0) }, { label: "GPUs used", stroke: F.color(2) }, { label: "queued jobs", stroke: F.color(1) }]);
     async function inventory() {
@@ -118,7 +123,7 @@
         }, { now: false });
       }
     }
-    stateSel.addEventListener("change", loadJobs);
+    stateSel.addEventListener("change", () => { jobsTable.state.page = 0; loadJobs(); });
     window.addEventListener("hashchange", show);
     await Promise.all([loadJobs(), inventory()]);
     await show();
