@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -40,6 +41,7 @@ SYSTEM_GROUPS: dict[str, str] = {
     "experiments": "flywheel.cli._experiments",
     "recs": "flywheel.cli._recs",
     "traces": "flywheel.cli._traces",
+    "ui": "flywheel.cli._ui",
 }
 for _name, _module in SYSTEM_GROUPS.items():
     app.add_typer(importlib.import_module(_module).app, name=_name)
@@ -148,6 +150,28 @@ def tokens_list(config: ConfigOption = None) -> None:
             f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "",
         )
     console.print(table)
+
+
+@tokens_app.command("whoami")
+def tokens_whoami(
+    token: Annotated[
+        str | None, typer.Argument(help="The token (default: $FLYWHEEL_TOKEN).", show_default=False)
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """The name and role of a token (as ``GET /ui/api/whoami`` answers for it)."""
+    import os
+
+    from flywheel.auth import TokenStore
+    from flywheel.errors import AuthError
+
+    secret = token or os.environ.get("FLYWHEEL_TOKEN", "")
+    if not secret:
+        raise AuthError("token: give one, or set FLYWHEEL_TOKEN")
+    principal = TokenStore(open_project(config).db).verify(secret)
+    if principal is None:
+        raise AuthError("token: unknown or revoked")
+    print(json.dumps({"name": principal.name, "role": principal.role.name}))
 
 
 @tokens_app.command("revoke")

@@ -6,6 +6,7 @@ npm registry at build time (``make`` copies it into ``static/vendor/``) and serv
 itself, so no request leaves the server's host.
 """
 
+from flywheel.ui._actions import action_log
 from flywheel.ui._pages import DETAIL_PAGES, PAGES, router
 
-__all__ = ["DETAIL_PAGES", "PAGES", "router"]
+__all__ = ["DETAIL_PAGES", "PAGES", "action_log", "router"]

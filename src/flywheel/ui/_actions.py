@@ -131,6 +131,14 @@ def list_actions(
     project: Project = Depends(current_project),
 ) -> list[dict[str, Any]]:
     """Dashboard actions, newest first (optionally those on one target)."""
+    return action_log(project, target=target, limit=limit)
+
+
+def action_log(
+    project: Project, *, target: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """The audit log of dashboard actions, newest first (optionally those on one ``target``,
+    e.g. ``endpoint:shop``): who, when, what, why, the request and the answer's status."""
     query = sa.select(_actions).order_by(_actions.c.id.desc()).limit(limit)
     if target is not None:
         query = query.where(_actions.c.target == target)
