@@ -159,7 +159,6 @@ async def scheduler_service(project: Project) -> AsyncIterator[None]:
         thread.join(timeout=10)
 
 
-
 def _states(state: str | None) -> list[JobState] | None:
     if state is None:
         return None
