@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,8 @@ def test_cli_submit_list_show_logs_cancel(project: Project, tmp_path: Path) -> N
     r = runner.invoke(cli, ["jobs", "list", "--json", "-c", cfg])
     assert f'"id": "{job.id}"' in r.output and '"state": "queued"' in r.output
     assert runner.invoke(cli, ["jobs", "list", "-c", cfg]).exit_code == 0
+    r = runner.invoke(cli, ["jobs", "list", "--json", "--offset", "1", "-c", cfg])
+    assert r.exit_code == 0 and json.loads(r.output) == []  # one job: page 2 is empty
     r = runner.invoke(cli, ["jobs", "show", job.id, "-c", cfg])
     assert "history:" in r.output and "submitted" in r.output
     r = runner.invoke(cli, ["jobs", "logs", job.id, "-c", cfg])
