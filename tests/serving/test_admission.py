@@ -121,34 +121,44 @@ def test_loop_load_counts_the_loop_cpu_of_requests_in_flight(
     executor: ThreadPoolExecutor,
 ) -> None:
     load = LoopLoad(window_max_s=3600)
-    assert load.wait_s() == 0.0  # nothing measured yet
+    assert load.wait_s() == 0.0  # nothing in flight
     for _ in range(WINDOW_MAX_REQUESTS):
-        load.started()
+        token = load.started()
         spent = time.thread_time() + 0.0002
         while time.thread_time() < spent:  # this thread's CPU: at least 0.2 ms per request
             pass
-        load.finished()
+        load.finished(token)
     assert load.inflight == 0 and load.cpu_s >= 0.0002
     assert load.wall_s == 0.0  # the server emptied after every request: never busy
-    for _ in range(10):
-        load.started()
+    held = [load.started() for _ in range(10)]
     assert load.wait_s() >= 0.002
     # A window in which the server never emptied measures wall time per answer.
     for _ in range(WINDOW_MAX_REQUESTS + 1):
-        load.started()
+        token = load.started()
         time.sleep(0.0005)
-        load.finished()
+        load.finished(token)
     assert load.wall_s >= 0.0005
+    # The oldest request in flight has waited this long: a newcomer would wait about as long.
+    time.sleep(0.05)
+    assert load.wait_s() >= 0.05
+    for token in held:
+        load.finished(token)
+    assert load.wait_s() == 0.0
 
     async def main() -> None:
         # A burst admitted in one loop step: the batcher's queue alone looks short, the loop's
         # work for those ahead does not; a request that would wait for it past its deadline is
         # refused, one that starts at once on an idle loop is not.
         batcher = DynamicBatcher(FakeModel(linear(1.0)).predict, BatchingPolicy(8, 0), executor)
+        batcher.admit(1, time.monotonic() + 0.01)
+        tokens = [batcher.load.started() for _ in range(3)]
+        time.sleep(0.05)  # the oldest of them has been in flight 50 ms
         with pytest.raises(QueueFull) as info:
-            batcher.admit(1, time.monotonic() + 0.01, loop_wait_s=0.5)
+            batcher.admit(1, time.monotonic() + 0.01)
         assert info.value.reason == "expected_wait"
-        batcher.admit(1, time.monotonic() + 0.01, loop_wait_s=0.0)
+        for token in tokens:
+            batcher.load.finished(token)
+        batcher.admit(1, time.monotonic() + 0.01)
         await batcher.close()
 
     asyncio.run(main())

@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from flywheel.serving._admission import LoopLoad
 from flywheel.serving._errors import DeadlineExceeded, InferenceFailed, QueueFull, ServingError
 from flywheel.serving._types import Tensors
 
@@ -143,6 +144,7 @@ class DynamicBatcher:
         # Mean wall time of a batch, dispatch to result back on the loop (so a busy event loop
         # counts), exponentially weighted.
         self.batch_s = 0.0
+        self.load = LoopLoad()
 
     @property
     def depth(self) -> int:
@@ -162,7 +164,7 @@ class DynamicBatcher:
         """
         if self._closed:
             raise QueueFull(f"model {self.name!r} is shutting down", retry_after=1.0)
-        self.admit(rows, deadline)
+        self.admit(rows, deadline, loop=False)  # a caller that keeps ``load`` admitted it
         future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
         item = _Pending(inputs, rows, deadline, future)
         # Mean gap between arrivals (exponentially weighted), for the adaptive wait.
@@ -214,19 +216,22 @@ class DynamicBatcher:
             return 0.0
         return ahead * self._per_batch_s() / policy.instances
 
-    def admit(self, rows: int, deadline: float | None, loop_wait_s: float = 0.0) -> None:
+    def admit(self, rows: int, deadline: float | None, *, loop: bool = True) -> None:
         """Refuse (``QueueFull``, 429 with ``Retry-After``) a request that the queue cannot take
         now: it is full, or the request would have to wait and could not then be answered before
         ``deadline`` (``time.monotonic()``): its wait plus one batch (and the batching delay)
         exceeds what is left. It would only hold a place and time out in the queue. A request
         that starts at once is always admitted (if its own run outlasts its deadline, it gets
-        the 504 of its deadline). ``loop_wait_s``: the event loop's work for the requests ahead
-        (``LoopLoad``); the wait is the longer of it and the batches' wait."""
+        the 504 of its deadline). With ``loop``, the wait is the longer of the batches' and
+        that of the requests in flight on the event loop (``self.load``, which callers that
+        decode and encode on the loop keep: ``started``/``finished``)."""
         if len(self._queue) >= self.policy.max_queue_size:
             self.reject_full()
         if deadline is None:
             return
-        wait = max(self.expected_wait_s(rows), loop_wait_s)
+        wait = self.expected_wait_s(rows)
+        if loop:
+            wait = max(wait, self.load.wait_s())
         if wait <= 0.0:
             return
         answer = wait + self._per_batch_s() + self.policy.max_queue_delay_us / 1e6

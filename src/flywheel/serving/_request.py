@@ -135,7 +135,6 @@ class RequestPath:
         self.background = background
         self._started = started
         self._labels: dict[tuple[str, str, int], _Labels] = {}
-        self.loop_load = LoopLoad()
 
     async def infer(
         self,
@@ -157,15 +156,16 @@ class RequestPath:
         outputs: Tensors = {}
         arrived = time.monotonic()
         reason: str | None = None
-        admitted = False
+        load: LoopLoad | None = None  # the admitted request's version's load, once admitted
+        token = 0
         try:
             served, endpoint = await self.routes.target(name, version, routing_key)
             routed = time.monotonic()
             # Shed before paying for decoding: a full queue, or a wait beyond the deadline.
             first = self._deadline(served, arrived, routed, timeout_s)
-            served.batcher.admit(1, first, self.loop_load.wait_s())
-            self.loop_load.started()
-            admitted = True
+            served.batcher.admit(1, first)
+            load = served.batcher.load
+            token = load.started()
             request = decode_request(
                 body, header_length, served.signature, model=name, allow_nan=served.allow_nan
             )
@@ -206,8 +206,8 @@ class RequestPath:
             request = None
             outputs = {}
         finally:
-            if admitted:
-                self.loop_load.finished()
+            if load is not None:
+                load.finished(token)
         elapsed = time.perf_counter() - start
         if served is not None:
             self._account(
@@ -260,7 +260,8 @@ class RequestPath:
         status = 500
         arrived = time.monotonic()
         reason: str | None = None
-        admitted = False
+        load: LoopLoad | None = None  # the admitted request's version's load, once admitted
+        token = 0
         try:
             await self._started()  # endpoints are known before the first target lookup
             served, endpoint = await self.routes.target(
@@ -268,9 +269,9 @@ class RequestPath:
             )
             batcher = served.batcher
             deadline = self._deadline(served, arrived, time.monotonic(), timeout_s)
-            batcher.admit(1, deadline, self.loop_load.wait_s())
-            self.loop_load.started()
-            admitted = True
+            batcher.admit(1, deadline)
+            load = batcher.load
+            token = load.started()
             request = request_from_arrays(
                 inputs, served.signature, model=name, allow_nan=served.allow_nan
             )
@@ -294,8 +295,8 @@ class RequestPath:
             log.exception("unexpected error predicting with %s", name)
             raise
         finally:
-            if admitted:
-                self.loop_load.finished()
+            if load is not None:
+                load.finished(token)
             if served is not None and status:
                 self._account(
                     name, endpoint, served, status, time.perf_counter() - start,
