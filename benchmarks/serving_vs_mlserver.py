@@ -83,6 +83,7 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
     retry_after_missing: int = 0
+    samples: dict[int, str] = field(default_factory=dict)  # one error body per non-200 status
 
     def of(self, status: int) -> list[float]:
         return [lat for s, lat in zip(self.statuses, self.latencies_ms, strict=True) if s == status]
@@ -134,13 +135,16 @@ async def _connection(
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CLIENT_TIMEOUT_S)
                 length = int(_header(head, b"content-length") or 0)
+                payload = b""
                 if length:
-                    await asyncio.wait_for(reader.readexactly(length), CLIENT_TIMEOUT_S)
+                    payload = await asyncio.wait_for(reader.readexactly(length), CLIENT_TIMEOUT_S)
             except TimeoutError:
                 out.statuses.append(TIMED_OUT)
                 out.latencies_ms.append((time.perf_counter() - start) * 1000)
                 return  # the connection's state is unknown now
             status = int(head[9:12])
+            if status != 200 and status not in out.samples:
+                out.samples[status] = payload[:200].decode("utf-8", "replace")
             out.statuses.append(status)
             out.latencies_ms.append((time.perf_counter() - start) * 1000)
             if status == 429:
@@ -636,6 +640,10 @@ def _report_overload(run: Run) -> None:
             f"{max(shed) if shed else float('nan'):.2f} | {share} | {r.retry_after_missing} |"
         )
     print(f"\nserver still up afterwards: {'yes' if run.alive else 'NO'}")
+    for label, r in run.overload:
+        for status, body in sorted(r.samples.items()):
+            if status >= 500:
+                print(f"{label}: a {status} said {body}")
 
 
 def main(argv: list[str] | None = None) -> None:
