@@ -67,6 +67,11 @@ def test_create_assign_log_report_stop(cli: object, tmp_path: Path) -> None:
     history = json.loads(out)
     assert code == 0 and len(history["points"]) == 4, err
     assert history["points"][-1]["units"] == 3
+    last = history["points"][-1]["time"]
+    code, out, err = run(
+        "experiments", "history", "checkout-button", "--json", "--since", str(last + 1)
+    )
+    assert code == 0 and json.loads(out)["points"] == [], err  # nothing after the last event
     code, out, _ = run("experiments", "history", "checkout-button", "--buckets", "3")
     assert "conversion (proportion of purchase)" in out and "p (seq.)" in out
     code, _, err = run("experiments", "history", "checkout-button", "--metric", "nope")

@@ -203,10 +203,38 @@ def test_history_over_http(project: Project) -> None:
         assert {"diff", "ci_low", "ci_high", "p_value", "sequential_p_value"} <= set(
             body["points"][-1]["comparisons"][0]
         )
+        # A time range spreads the points over it; each is still the analysis as of its time.
+        full = body["points"]
+        t3, t7 = full[3]["time"], full[7]["time"]
+        ranged = client.get(
+            "/experiments/checkout/history",
+            params={"buckets": 4, "since": t3, "until": t7},
+            headers=headers,
+        ).json()["points"]
+        assert [p["time"] for p in ranged] == pytest.approx([p["time"] for p in full[4:8]])
+        assert [(p["units"], p["means"]) for p in ranged] == [
+            (p["units"], p["means"]) for p in full[4:8]
+        ]
+        early = client.get(
+            "/experiments/checkout/history",
+            params={"until": full[0]["time"] - 10**6},
+            headers=headers,
+        )
+        assert early.status_code == 200 and early.json()["points"] == []  # nothing then
+        bad = client.get(
+            "/experiments/checkout/history", params={"since": t7, "until": t3}, headers=headers
+        )
+        assert bad.status_code == 400 and "until" in bad.json()["error"]
         r = client.get("/experiments/checkout/history?metric=ctr&buckets=3", headers=headers)
         assert r.json()["metric"]["kind"] == "ratio"
         bandit = client.get("/experiments/arms/history", headers=headers).json()
         assert bandit["allocation"]["points"][0]["probabilities"] == [0.5, 0.5]
+        first = bandit["allocation"]["points"][0]["time"]
+        for since, kept in ((first, 1), (first + 1, 0)):
+            later = client.get(
+                "/experiments/arms/history", params={"since": since}, headers=headers
+            )
+            assert len(later.json()["allocation"]["points"]) == kept
         bad = client.get("/experiments/checkout/history?metric=nope", headers=headers)
         assert bad.status_code == 400 and "metric" in bad.json()["error"]
         assert client.get("/experiments/ghost/history", headers=headers).status_code == 404

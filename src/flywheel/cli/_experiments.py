@@ -342,12 +342,14 @@ def history(
         str | None, typer.Option(help="Metric to follow (default: the primary metric).")
     ] = None,
     buckets: Annotated[int, typer.Option(min=1, max=500, help="Points over time.")] = 20,
+    since: Annotated[float | None, typer.Option(min=0, help="From this time (Unix s).")] = None,
+    until: Annotated[float | None, typer.Option(min=0, help="To this time (Unix s).")] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """A metric's difference, p-value and always-valid p-value over time; a bandit's allocation."""
     with _client(config) as ex:
-        result = ex.history(name, metric=metric, buckets=buckets)
+        result = ex.history(name, metric=metric, buckets=buckets, since=since, until=until)
     if as_json:
         _print_json(result.to_dict())
         return

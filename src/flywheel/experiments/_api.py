@@ -197,12 +197,17 @@ def history(
     name: str,
     metric: str | None = Query(default=None, description="A metric name (default: the primary)."),
     buckets: int = Query(default=50, ge=1, le=500, description="Points over the experiment."),
+    since: float | None = Query(default=None, ge=0, le=1e11, description="Unix seconds."),
+    until: float | None = Query(default=None, ge=0, le=1e11, description="Unix seconds."),
     client: Experiments = Depends(_client),
     _: Principal = Depends(require_reader),
 ) -> dict[str, Any]:
     """The metric's comparison over time (units, means, difference with CI, p-value and
-    always-valid p-value per point); for a bandit, its arm probabilities at every update."""
-    return cast(dict[str, Any], client.history(name, metric=metric, buckets=buckets).to_dict())
+    always-valid p-value per point); for a bandit, its arm probabilities at every update.
+    ``since``/``until`` spread the points over that time range only (each is still the
+    analysis of everything known at its time)."""
+    history = client.history(name, metric=metric, buckets=buckets, since=since, until=until)
+    return cast(dict[str, Any], history.to_dict())
 
 
 @router.get("/{name}/bandit", responses=_errors)

@@ -730,7 +730,9 @@ class Experiments:
             self.store, info, pre_period_days=pre_period_days, bandit_state=state, policy=policy
         )
 
-    def history(self, name: str, *, metric: str | None = None, buckets: int = 50) -> Any:
+    def history(
+        self, name: str, *, metric: str | None = None, buckets: int = 50, **span: Any
+    ) -> Any:
         """How experiment ``name`` evolved (a ``History``; ``.to_dict()`` for JSON).
 
         A/B tests: ``metric`` (default: the primary) at ``buckets`` evenly spaced times from the
@@ -738,11 +740,12 @@ class Experiments:
         and the events logged up to then: units per variant, means, and per treatment the
         difference with its confidence interval, the fixed-horizon p-value and the always-valid
         (sequential) p-value. Bandits: the arm probabilities recorded at every state update.
+        ``since=``/``until=`` (Unix seconds) narrow the time range.
         """
         from flywheel.experiments._history import build_history
 
         self.flush()
-        return build_history(self.store, self.get(name), metric=metric, buckets=buckets)
+        return build_history(self.store, self.get(name), metric=metric, buckets=buckets, **span)
 
     def evaluate(self, name: str, target: str | Callable[..., Any]) -> Any:
         """Offline evaluation of a ``target`` policy on the logged decisions of ``name``.

@@ -12,11 +12,16 @@ differ from the report's ``sequential_p_value``, whose looks are at every 1% of 
 
 Bandits: the arm probabilities recorded at each state update (``experiment_bandit_history``; see
 ``Experiments._record_allocation``), with the pulls per arm at that version.
+
+``since``/``until`` (Unix seconds) narrow the span the points are spread over (A/B) or the updates
+kept (bandits); an A/B point is still the analysis of everything known at its time, so a
+narrow range only puts more points where it is. No data in the range: no points.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -131,11 +136,21 @@ def _pick_metric(info: ExperimentInfo, name: str | None) -> Metric | None:
 
 
 def build_history(
-    store: ExperimentStore, info: ExperimentInfo, *, metric: str | None, buckets: int
+    store: ExperimentStore,
+    info: ExperimentInfo,
+    *,
+    metric: str | None,
+    buckets: int,
+    since: float | None = None,
+    until: float | None = None,
 ) -> History:
     """The ``History`` of ``info`` (see the module docstring)."""
     if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= MAX_BUCKETS:
         raise InvalidExperiment("buckets", f"must be an integer in 1..{MAX_BUCKETS}", info.name)
+    if since is not None and until is not None and until < since:
+        raise InvalidExperiment("until", f"{until} is before since ({since})", info.name)
+    lo = -math.inf if since is None else float(since)
+    hi = math.inf if until is None else float(until)
     spec = info.spec
     chosen_metric = _pick_metric(info, metric)
     history = History(
@@ -160,6 +175,7 @@ def build_history(
                     "pulls": json.loads(r.pulls),
                 }
                 for r in rows
+                if lo <= float(r.ts) <= hi
             ],
         }
         return history  # adaptive allocation: per-arm comparisons are not tests
@@ -173,12 +189,16 @@ def build_history(
         else f"{chosen_metric.event}/{chosen_metric.denominator}",
         "direction": chosen_metric.direction,
     }
-    history.points = _metric_points(store, info, chosen_metric, buckets)
+    history.points = _metric_points(store, info, chosen_metric, buckets, (lo, hi))
     return history
 
 
 def _metric_points(
-    store: ExperimentStore, info: ExperimentInfo, m: Metric, buckets: int
+    store: ExperimentStore,
+    info: ExperimentInfo,
+    m: Metric,
+    buckets: int,
+    span: tuple[float, float] = (-math.inf, math.inf),
 ) -> list[dict[str, Any]]:
     spec = info.spec
     events = [m.event] + ([m.denominator] if m.denominator else [])
@@ -194,6 +214,9 @@ def _metric_points(
     n = len(chosen)
     start = float(first_ts[0])
     end = max(float(first_ts[-1]), max((float(r.ts) for r in event_rows), default=start))
+    start, end = max(start, span[0]), min(end, span[1])  # the range asked for, within the data
+    if end < start:
+        return []
     ends = start + (end - start) * np.arange(1, buckets + 1) / buckets if end > start else [end]
     # Running per-unit totals of the numerator and denominator events.
     num_sum, num_count = np.zeros(n), np.zeros(n)
