@@ -11,6 +11,7 @@ import pytest
 
 from flywheel.project import Project
 from flywheel.tracking import Tracker
+from tests.ui._seed import AB_TEST
 from tests.ui.conftest import Server
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -109,5 +110,19 @@ def test_metric_chart_range_is_asked_of_the_server(
         page.dispatch_event("#metric-until", "change")
     assert old.value.json()["steps"] == [0, 1, 2]
     assert page.locator("#metric-range").input_value() == ""
+    assert page.fw_errors == []
+    page.close()
+
+
+def test_experiment_history_range_is_asked_of_the_server(browser: Any, server: Server) -> None:
+    page = _page(browser, f"{server.url}/ui/experiments#{AB_TEST}")
+    page.wait_for_selector("#chart-seq[data-testid=chart] canvas")
+    with page.expect_response(lambda r: "/history?" in r.url and "since=" in r.url) as answer:
+        page.select_option("#history-range", "3600")  # last hour
+    since = float(parse_qs(urlparse(answer.value.url).query)["since"][0])
+    assert abs(since - (time.time() - 3600)) < 600
+    points = answer.value.json()["points"]
+    assert len(points) == 60 and points[0]["time"] >= since  # spread over the range asked
+    page.wait_for_selector("#chart-seq[data-testid=chart] canvas")
     assert page.fw_errors == []
     page.close()

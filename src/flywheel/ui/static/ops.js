@@ -445,12 +445,12 @@
     // always-valid p-value (solid), the fixed-horizon p-value (dashed), and each difference.
     const rangeSel = document.getElementById("history-range");
     async function history() {
-      const r = await F.api(`${base}/history?buckets=60`, { shape: "object" });
+      // The server keeps the whole life and spreads the 60 points over the range asked (since).
+      const since = rangeSel && rangeSel.value ? Math.floor(Date.now() / 1000 - Number(rangeSel.value)) : null;
+      const r = await F.api(`${base}/history?buckets=60${since === null ? "" : `&since=${since}`}`, { shape: "object" });
       const seqBox = document.getElementById("chart-seq"), diffBox = document.getElementById("chart-diff");
       if (!r.ok) { for (const box of [seqBox, diffBox]) { box.removeAttribute("data-testid"); F.showError(box, r, "history"); } return; }
-      // The server keeps the whole life; the range picker shows its last part (points end there).
-      const from = rangeSel && rangeSel.value ? Date.now() / 1000 - Number(rangeSel.value) : -Infinity;
-      const points = (r.data.points || []).filter((p) => p.time >= from);
+      const points = r.data.points || [];
       const treatments = points.length ? points[points.length - 1].comparisons.map((c) => c.variant) : [];
       if (!treatments.length) {
         for (const box of [seqBox, diffBox]) { box.removeAttribute("data-testid"); empty(box, "No exposures in this range."); }
