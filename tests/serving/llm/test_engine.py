@@ -372,7 +372,7 @@ def test_engine_on_cuda_matches_cpu(tiny_model_dir: Path, engine: LLMEngine) -> 
     gpu = LLMEngine(tiny_model_dir, device="cuda", block_size=4, num_blocks=64)
     try:
         assert gpu.device == "cuda:0"
-        assert gpu.decoder.k_cache[0].is_cuda
+        assert gpu.decoder.kv_cache[0].is_cuda
         prompt = chat(engine, "What is a canary?")
         on_gpu = gpu.generate_blocking([(prompt, GREEDY)])[0]
         on_cpu = engine.generate_blocking([(prompt, GREEDY)])[0]

@@ -224,13 +224,8 @@ class LLMEngine:
         ``finish_reason``. Raises before the first event: ``PromptTooLong``,
         ``EngineOverloaded``, ``EngineStopped``, ``ValueError`` (bad token ids). Raises
         ``EngineFailed`` mid-stream if a step fails. Closing the iterator aborts the request."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[list[TokenEvent] | BaseException] = asyncio.Queue()
-
-        def sink(item: list[TokenEvent] | BaseException) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
+        sink = _QueueSink(asyncio.get_running_loop(), asyncio.Queue())
+        queue = sink.queue
         request = self._submit(prompt_token_ids, params, constraint, request_id, sink)
         finished = False
         try:
@@ -670,11 +665,7 @@ class LLMEngine:
         with self._cv:
             self._counters["generation_tokens"] += generated
         self._publish()  # a caller that reads stats() after its final event sees it gone
-        by_sink: dict[int, tuple[Sink, list[TokenEvent]]] = {}
-        for request, event in outbox:
-            by_sink.setdefault(id(request), (request.sink, []))[1].append(event)
-        for sink, events in by_sink.values():
-            sink(events)
+        _deliver(outbox)
 
     def _advance(
         self,
@@ -759,6 +750,47 @@ class LLMEngine:
         with self._model_lock:
             pooled = self.decoder.embed(token_ids_batch)
         return pooled.cpu().numpy().astype(np.float32)
+
+
+class _QueueSink:
+    """The sink of an ``async`` caller: events go into its queue on its event loop."""
+
+    __slots__ = ("loop", "queue")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        queue: asyncio.Queue[list[TokenEvent] | BaseException],
+    ) -> None:
+        self.loop = loop
+        self.queue = queue
+
+    def __call__(self, item: list[TokenEvent] | BaseException) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+def _deliver(outbox: list[tuple[_Request, TokenEvent]]) -> None:
+    """Hand a step's events to their requests' sinks: one call per request, and one wake-up
+    per event loop for all its async callers (not one per request)."""
+    by_request: dict[int, tuple[Sink, list[TokenEvent]]] = {}
+    for request, event in outbox:
+        by_request.setdefault(id(request), (request.sink, []))[1].append(event)
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], list[TokenEvent]]]]
+    by_loop = {}
+    for sink, events in by_request.values():
+        if isinstance(sink, _QueueSink):
+            by_loop.setdefault(sink.loop, []).append((sink.queue, events))
+        else:
+            sink(events)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+            loop.call_soon_threadsafe(_put_all, items)
+
+
+def _put_all(items: list[tuple[asyncio.Queue[Any], list[TokenEvent]]]) -> None:
+    for queue, events in items:
+        queue.put_nowait(events)
 
 
 def _eos_ids(hf: Any, tokenizer: Any) -> tuple[int, ...]:
