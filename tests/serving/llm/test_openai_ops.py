@@ -25,6 +25,13 @@ from flywheel.serving import deploy
 from flywheel.serving._endpoints import EndpointStore
 from flywheel.serving._prediction_log import PREDICTIONS_FOLDER
 from flywheel.serving.llm import llm_service_for
+from flywheel.telemetry import (
+    TraceStore,
+    TracingSettings,
+    build_query,
+    configure_tracing,
+    disable_tracing,
+)
 from tests.conftest import make_project
 from tests.serving.llm.openai_server import fast, llm_server, register_tiny
 
@@ -270,3 +277,92 @@ def test_prompt_logging_with_redaction(ops: Any) -> None:
     assert row["pred_completion"] == reply.choices[0].message.content
     # a version without log_prompts writes nothing for /v1
     assert not list((root / "endpoint=tiny").glob("*.parquet"))
+
+
+def test_chat_requests_are_genai_server_spans_in_the_trace_store(ops: Any) -> None:
+    """Each /v1 chat completion (streamed or not, failed or not) is one `chat {model}` SERVER
+    span with the GenAI attributes, a child of the caller's traceparent, read back from the
+    trace store."""
+    project, url = ops
+    store = TraceStore(project.db)
+    caller_trace, caller_span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    tracing = configure_tracing(TracingSettings(exporter="store", synchronous=True), project.db)
+    try:
+        client = _client(url)
+        reply = client.chat.completions.create(
+            model="tiny",
+            messages=QUESTION,
+            max_tokens=8,
+            temperature=0,
+            extra_headers={"traceparent": f"00-{caller_trace}-{caller_span}-01"},
+        )
+        chunks = list(
+            client.chat.completions.create(
+                model="tiny@production",
+                messages=QUESTION,
+                max_tokens=5,
+                seed=7,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="tiny", messages=QUESTION, tool_choice="required")
+        assert tracing is not None
+        streamed = _wait_for_span(store, tracing, "chat tiny@production", "gen_ai.request.seed=7")
+        failed = _wait_for_span(store, tracing, "chat tiny", "http.response.status_code=400")
+    finally:
+        disable_tracing()
+    _summary, spans = store.get_trace(caller_trace)
+    (chat,) = spans
+    assert (chat.name, chat.kind, chat.parent_span_id) == ("chat tiny", 2, caller_span)
+    assert chat.start_ns < chat.end_ns
+    usage = reply.usage
+    assert usage is not None
+    assert chat.attributes == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "flywheel",
+        "gen_ai.request.model": "tiny",
+        "gen_ai.request.max_tokens": 8,
+        "gen_ai.request.temperature": 0.0,
+        "gen_ai.request.top_p": 1.0,
+        "gen_ai.output.type": "text",
+        "gen_ai.response.model": "tiny-v1",
+        "gen_ai.response.id": reply.id,
+        "gen_ai.response.finish_reasons": [reply.choices[0].finish_reason],
+        "gen_ai.usage.input_tokens": usage.prompt_tokens,
+        "gen_ai.usage.output_tokens": usage.completion_tokens,
+        "flywheel.model": "tiny",
+        "flywheel.model.version": 1,
+        "flywheel.llm.stream": False,
+        "flywheel.llm.cached_input_tokens": 0
+        if usage.prompt_tokens_details is None
+        else usage.prompt_tokens_details.cached_tokens,
+        "flywheel.llm.time_to_first_token_s": chat.attributes["flywheel.llm.time_to_first_token_s"],
+        "http.response.status_code": 200,
+    }
+    assert 0 < chat.attributes["flywheel.llm.time_to_first_token_s"] <= chat.duration_ns / 1e9
+    stream_usage = chunks[-1].usage
+    assert stream_usage is not None
+    assert streamed.parent_span_id is None and streamed.trace_id != caller_trace
+    assert streamed.attributes["flywheel.llm.stream"] is True
+    assert streamed.attributes["gen_ai.request.seed"] == 7
+    assert streamed.attributes["gen_ai.usage.output_tokens"] == stream_usage.completion_tokens
+    assert streamed.attributes["gen_ai.response.id"] == chunks[0].id
+    assert failed.attributes["http.response.status_code"] == 400
+    assert failed.attributes["error.type"] == "invalid_value"  # the OpenAI error code
+    assert "gen_ai.usage.output_tokens" not in failed.attributes
+    assert failed.status_code != 2  # a 4xx is the caller's error, not the server span's
+
+
+def _wait_for_span(store: TraceStore, tracing: Any, name: str, *attr: str) -> Any:
+    """The stored span named ``name`` (with the ``attr`` keys): a streamed answer's span is
+    written when the server closes the stream, just after the client read its last chunk."""
+    for _ in range(100):
+        tracing.flush()
+        found = store.search(build_query(name=name, attr=list(attr)))
+        if found:
+            _summary, spans = store.get_trace(found[0].trace_id)
+            return next(s for s in spans if s.name == name)
+        time.sleep(0.05)
+    raise AssertionError(f"no span {name!r} with {attr} was stored")
