@@ -72,7 +72,7 @@ REFERENCE_ROWS = {
 # (4 decimals, plus float summation order); iALS moves by about ±0.005 between runs
 # (BASELINES.md's notes), so twice that.
 TOLERANCE = {"iALS f=64": 0.01}
-HEADLINE = "ranked (LightGBM)"
+HEADLINE = "served pipeline"  # GET /recommendations' Pipeline, replayed at the cut-off
 EXACT_TOLERANCE = 0.0005
 TARGET = 1.05  # the full pipeline must beat the best baseline by >= 5 % relative
 
@@ -207,7 +207,7 @@ def main() -> int:
     print()
     print("| pipeline | view | R@20 target (baseline) | R@20 | N@20 target (baseline) | N@20 |")
     print("|---|---|---|---|---|---|")
-    for name in ("ranked (LightGBM)", "hybrid"):
+    for name in (HEADLINE, "ranked (LightGBM)", "hybrid"):
         try:
             row = report.row(name)
         except KeyError:
@@ -247,8 +247,9 @@ def main() -> int:
     )
     print()
     print(
-        f"Headline row: {HEADLINE!r}, the offline LambdaRank pipeline. It is NOT yet the "
-        "pipeline GET /recommendations serves (issue #13 is open on that)."
+        f"Headline row: {HEADLINE!r}, the Pipeline GET /recommendations runs, deployed as of "
+        "each cut-off (ingest, blend tuned on the month before and registered) and replayed on "
+        "the test users; no two-tower or ranker is registered in the replay."
     )
     print()
     print(rolling.format_table(HEADLINE))

@@ -344,10 +344,11 @@ def training_datasets(
     from flywheel.recsys import (
         RankerConfig,
         TwoTowerConfig,
+        load_items,
+        load_purchases,
         write_ranker_dataset,
         write_two_tower_dataset,
     )
-    from flywheel.recsys._ingest import load_items, load_purchases
 
     with steps.step(
         "datasets", "training datasets: two-tower examples, ranker (point-in-time)"
@@ -458,7 +459,7 @@ def deploy_models(project: Any, preset: Preset, versions: dict[str, str], steps:
 
 def start_experiment(project: Any, steps: Steps) -> list[str]:
     from flywheel.experiments import Experiments
-    from flywheel.recsys._online import STRATEGIES
+    from flywheel.recsys import STRATEGIES
 
     with steps.step("experiment", f"A/B experiment {EXPERIMENT}: strategies as variants") as bar:
         variants = [(n, w) for n, w in WANTED_VARIANTS if n in STRATEGIES]

@@ -17,7 +17,13 @@ import pandas as pd
 import pytest
 
 from flywheel.project import Project
-from flywheel.recsys import OnlineRecommender, RecsysSettings, clean_transactions, ingest
+from flywheel.recsys import (
+    OnlineRecommender,
+    RecsysSettings,
+    clean_transactions,
+    ingest,
+    train_pipeline,
+)
 from tests.conftest import make_project
 
 GOLDEN = Path(__file__).parent / "golden" / "recommend.json"
@@ -42,6 +48,8 @@ REQUESTS: list[dict[str, Any]] = [
 def shop(tmp_path_factory: pytest.TempPathFactory, tiny_raw: pd.DataFrame) -> Iterator[Project]:
     proj = make_project(Path(tmp_path_factory.mktemp("golden")) / "proj", recsys=CONFIG)
     ingest(proj, clean_transactions(tiny_raw))
+    # The served blend: weights tuned on the shop's last month and registered (recs-pipeline).
+    train_pipeline(proj, RecsysSettings(**CONFIG))  # type: ignore[arg-type]
     yield proj
     proj.close()
 
@@ -71,6 +79,7 @@ def _pages(shop: Project) -> list[dict[str, Any]]:
                         "reasons": [i["reasons"] for i in r.items],
                         "fallbacks": r.fallbacks,
                         "strategy": r.strategy,
+                        "model_versions": r.model_versions,
                     }
                 )
     finally:

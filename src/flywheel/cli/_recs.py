@@ -70,9 +70,8 @@ def _evaluate_rolling(
         print(f"- {line}")
 
 
-# The offline twin of the served "ranked" strategy (issue #13: served and offline are still two
-# code paths; this row is the offline LambdaRank pipeline, not GET /recommendations).
-ROLLING_HEADLINE = "ranked (LightGBM)"
+# The pipeline GET /recommendations serves, replayed at each cut-off (flywheel.recsys._replay).
+ROLLING_HEADLINE = "served pipeline"
 
 
 @app.command("evaluate")
@@ -283,6 +282,28 @@ def serve_command(
         workers=workers,
         log_level=log_level,
     )
+
+
+@app.command("tune")
+def tune_command(config: ConfigOption = None) -> None:
+    """Choose the served pipeline's blend weights on the last month of the ingested purchases
+    and register them as `recs-pipeline` (every recommender process serves the newest version
+    within a few seconds)."""
+    from flywheel.recsys import RecsysError, train_pipeline
+
+    project = open_project(config)
+    try:
+        params = train_pipeline(project, progress=console.print)
+    except RecsysError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        project.close()
+    for view, weights in params.weights.items():
+        shown = ", ".join(f"{n} {w:g}" for n, w in weights.items() if w > 0)
+        console.print(f"{view}: {shown}")
+    ndcg = params.provenance.get("validation_ndcg_at_20", {})
+    console.print(f"registered {params.version}; validation NDCG@20 {ndcg}")
 
 
 @app.command("recommend")

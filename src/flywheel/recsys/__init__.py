@@ -21,8 +21,12 @@ Public API (everything else is private):
 * ``evaluate_offline`` — the whole OR-T1 table (``EvaluationReport``), as
   ``flywheel recs evaluate`` prints it;
 * online — ``feature_definitions`` / ``ingest`` (``IngestReport``) put the data into the feature
-  store; ``OnlineRecommender`` (``RecsysSettings``, ``OnlineState``, ``Event``,
-  ``Recommendation``) answers ``GET /recommendations/{user_id}`` and records ``POST /events``;
+  store; ``Pipeline`` (features -> sources -> blend -> ranker -> re-rank; ``PipelineRequest``,
+  ``read_features``, ``UserContext``) is the served pipeline, its blend weights chosen by
+  ``tune_pipeline`` and registered / read with ``register_pipeline`` / ``load_pipeline``
+  (``PipelineParams``); ``OnlineRecommender`` (``RecsysSettings``, ``OnlineState``, ``Event``,
+  ``Recommendation``) runs it for ``GET /recommendations/{user_id}`` and records
+  ``POST /events``;
 * ranking — ``RankerConfig``, ``write_ranker_dataset`` (point-in-time training dataset in the
   feature store), ``ranker_job_spec`` (the scheduled LightGBM LambdaRank job), ``fit_ranker``,
   ``ranker_features`` (``RANKER_FEATURES``, one function for training and serving, over a
@@ -33,8 +37,9 @@ Errors: ``RecsysError`` (root) > ``DataUnavailableError``, ``DataFormatError``,
 ``EmptySplitError``, ``RankerUnavailable``.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from flywheel._plugins import lazy_exports
 from flywheel.recsys._baselines import (
     EASE,
     IALS,
@@ -81,6 +86,8 @@ from flywheel.recsys._errors import (
     RecsysError,
 )
 from flywheel.recsys._evaluate import EvaluationReport, EvaluationRow, evaluate_offline
+from flywheel.recsys._explore import EXPLORE_ARMS
+from flywheel.recsys._history import HistoryIndex, UserHistory
 from flywheel.recsys._index import ItemIndex
 from flywheel.recsys._ingest import (
     EVENT_STREAM,
@@ -104,13 +111,15 @@ from flywheel.recsys._metrics import (
     top_k,
     view_truth,
 )
-from flywheel.recsys._online import (
-    EXPLORE_ARMS,
+from flywheel.recsys._online import Event, OnlineRecommender, Recommendation
+from flywheel.recsys._params import PipelineParams, load_pipeline, register_pipeline
+from flywheel.recsys._pipeline import (
     STRATEGIES,
-    Event,
-    OnlineRecommender,
-    Recommendation,
+    Pipeline,
+    PipelineRequest,
     RecsysSettings,
+    UserContext,
+    read_features,
 )
 from flywheel.recsys._protocol import (
     OR_T1_TRAIN_END,
@@ -123,10 +132,7 @@ from flywheel.recsys._protocol import (
 from flywheel.recsys._ranker import (
     RANKER_FEATURES,
     RANKER_GENERATORS,
-    HistoryIndex,
-    RankerClient,
     RankerConfig,
-    UserHistory,
     ranker_features,
     ranker_job_spec,
     ranker_matrix,
@@ -135,15 +141,18 @@ from flywheel.recsys._ranker import (
     read_user_features,
     write_ranker_dataset,
 )
+from flywheel.recsys._ranker_client import RankerClient
 from flywheel.recsys._ranker_train import FittedRanker, fit_ranker
 from flywheel.recsys._rerank import ExplorationLedger, for_sale, mmr, place_exploration
 from flywheel.recsys._rolling import ROLLING_CUTOFFS, RollingReport, evaluate_rolling
 from flywheel.recsys._state import NewItem, OnlineState
 from flywheel.recsys._synthetic import SyntheticConfig, generate_transactions
 from flywheel.recsys._text import TEXT_METHODS, ContentEncoder, TextEmbedder, embed_texts
+from flywheel.recsys._tune import train_pipeline, tune_pipeline
 
 if TYPE_CHECKING:
-    from flywheel.recsys._two_tower import TwoTower, TwoTowerConfig, TwoTowerRetriever
+    from flywheel.recsys._two_tower import TwoTower, TwoTowerConfig
+    from flywheel.recsys._two_tower_serve import TwoTowerRetriever
     from flywheel.recsys._two_tower_train import two_tower_job_spec, write_two_tower_dataset
 
 # The two-tower names need torch: imported on first use (PEP 562), so that importing
@@ -151,21 +160,13 @@ if TYPE_CHECKING:
 _LAZY = {
     "TwoTower": "flywheel.recsys._two_tower",
     "TwoTowerConfig": "flywheel.recsys._two_tower",
-    "TwoTowerRetriever": "flywheel.recsys._two_tower",
+    "TwoTowerRetriever": "flywheel.recsys._two_tower_serve",
     "two_tower_job_spec": "flywheel.recsys._two_tower_train",
     "write_two_tower_dataset": "flywheel.recsys._two_tower_train",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'flywheel.recsys' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [
@@ -209,6 +210,9 @@ __all__ = [
     "NewItem",
     "OnlineRecommender",
     "OnlineState",
+    "Pipeline",
+    "PipelineParams",
+    "PipelineRequest",
     "Popularity",
     "RankerClient",
     "RankerConfig",
@@ -227,6 +231,7 @@ __all__ = [
     "TwoTower",
     "TwoTowerConfig",
     "TwoTowerRetriever",
+    "UserContext",
     "UserHistory",
     "ViewMetrics",
     "blend",
@@ -250,6 +255,7 @@ __all__ = [
     "hit_at_k",
     "ingest",
     "load_items",
+    "load_pipeline",
     "load_purchases",
     "load_transactions",
     "metrics_from_rankings",
@@ -263,13 +269,17 @@ __all__ = [
     "ranker_job_spec",
     "ranker_matrix",
     "ranker_missing_values",
+    "read_features",
     "read_item_features",
     "read_online_retail",
     "read_user_features",
     "recall_at_k",
+    "register_pipeline",
     "resolve_data_source",
     "top_k",
+    "train_pipeline",
     "tune_blend_weights",
+    "tune_pipeline",
     "two_tower_job_spec",
     "validation_split",
     "view_truth",

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flywheel.auth import Principal, require_reader, require_writer
 from flywheel.project import Project
-from flywheel.recsys._online import Event, OnlineRecommender, RecsysSettings
+from flywheel.recsys._online import Event, OnlineRecommender
+from flywheel.recsys._pipeline import settings_for
 from flywheel.recsys._state import NewItem
 
 log = logging.getLogger(__name__)
@@ -90,27 +91,6 @@ _errors: dict[int | str, dict[str, Any]] = {
     400: {"description": "Bad input; the message names the field."},
     404: {"description": "Nothing ingested yet (run `flywheel recs ingest`)."},
 }
-
-
-def settings_for(project: Project) -> RecsysSettings:
-    """``RecsysSettings`` from the ``recsys:`` section of the project's config."""
-    cfg = getattr(project.config, "recsys", None)
-    if cfg is None:
-        return RecsysSettings()
-    return RecsysSettings(
-        deadline_ms=cfg.deadline_ms,
-        feature_budget=cfg.feature_budget,
-        experiment=cfg.experiment,
-        strategy=cfg.strategy,
-        explore_experiment=cfg.explore_experiment,
-        explore_slots=tuple(cfg.explore_slots),
-        diversity=cfg.diversity,
-        blocked_items=tuple(cfg.blocked_items),
-        content_method=cfg.content_method,
-        two_tower_model=cfg.two_tower_model,
-        ranker_endpoint=cfg.ranker_endpoint,
-        ranker_budget=cfg.ranker_budget,
-    )
 
 
 class _Body(BaseModel):

@@ -22,7 +22,7 @@ candidate" (a generator may have no candidates at all for some users). Higher is
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -57,8 +57,14 @@ class RequestContext:
     """What a source may read to answer one request online (rows of the fitted catalogue)."""
 
     user_row: int | None = None  # the user's train row (None: unknown user)
-    recent_rows: tuple[int, ...] = ()  # the session's items, most recent first
-    anchor_row: int | None = None  # the item being viewed (product surface)
+    recent_rows: tuple[int, ...] = ()  # the session's train items, most recent first
+    anchor_row: int | None = None  # the item being viewed, when it is a train item
+    anchor_catalog_row: int | None = None  # the item viewed on the product surface (any row)
+    anchor_item: str | None = None  # its id
+    recent_items: tuple[str, ...] = ()  # the session's items (new ones too), most recent first
+    history_items: tuple[str, ...] = ()  # the user's ingested purchases, most recent first
+    category_counts: Mapping[str, float] = field(default_factory=dict)  # recent activity
+    context_category: str | None = None  # the category the request names
 
 
 @runtime_checkable

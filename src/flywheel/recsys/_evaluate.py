@@ -163,7 +163,7 @@ class EvaluationReport:
                     f"- candidate pool recall ({view}, top {POOL_PER_GENERATOR} per generator): "
                     + parts
                 )
-        for name in ("hybrid", RANKED_ROW):
+        for name in ("served pipeline", "hybrid", RANKED_ROW):
             try:
                 row = self.row(name)
             except KeyError:
@@ -290,6 +290,7 @@ def evaluate_offline(
     ials: bool = True,
     ranker: bool = True,
     two_tower: bool = False,
+    served: bool = True,
     progress: Progress | None = None,
 ) -> EvaluationReport:
     """Run the whole OR-T1 comparison on cleaned lines (``clean_transactions`` output).
@@ -299,6 +300,10 @@ def evaluate_offline(
 
     ``ranker`` adds the ranked pipeline (``ranked (LightGBM)``): the generators' union re-ranked
     by the LambdaRank model, trained and early-stopped on cut-offs before ``train_end`` only.
+
+    ``served`` adds the headline row, ``served pipeline``: the ``Pipeline`` that
+    ``GET /recommendations`` runs, deployed as of ``train_end`` and replayed on the test users
+    (``evaluate_served``).
     """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -328,6 +333,9 @@ def evaluate_offline(
         stats=split.stats,
         text_method=" + ".join(e.method_used for e in embedders),
     )
+
+    if served:
+        report.rows.append(_served_row(lines, split, text_method, say))
 
     # 1-2. Each generator alone, parameters chosen per view on validation.
     chosen: dict[str, dict[View, dict[str, Any]]] = {}
@@ -418,6 +426,25 @@ def evaluate_offline(
         _run_baselines(report, split, val, ials, say)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _served_row(
+    lines: pd.DataFrame, split: Split, text_method: TextMethod, say: Progress
+) -> EvaluationRow:
+    """The served pipeline, replayed (``flywheel.recsys._replay``)."""
+    from flywheel.recsys._replay import SERVED_ROW, evaluate_served, replay_settings
+
+    method = "minilm" if text_method == "auto" else text_method
+    out = evaluate_served(lines, split, settings=replay_settings(method), progress=say)
+    return EvaluationRow(
+        SERVED_ROW,
+        "served",
+        dict(out.metrics),
+        {v: {"weights": out.params["weights"][v]} for v in VIEWS},
+        out.seconds,
+        note="GET /recommendations' Pipeline replayed at the cut-off (blend tuned on the "
+        "month before it; no two-tower or ranker registered)",
+    )
 
 
 def _pool_recall(union: CandidateUnion, split: Split, view: View) -> dict[str, float]:

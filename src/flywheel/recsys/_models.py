@@ -58,7 +58,7 @@ class ModelHandles:
         self._lock = threading.Lock()
         if ranker_endpoint:
             try:
-                from flywheel.recsys._ranker import RankerClient
+                from flywheel.recsys._ranker_client import RankerClient
             except ImportError:  # the ranker module is not part of this build
                 log.warning("recsys: no ranker module; ranking uses the retrieval order")
             else:
@@ -73,7 +73,7 @@ class ModelHandles:
             version = newest_version(self.project, self.two_tower_model)
             if version is None or version == self.retriever_version:
                 return False
-            from flywheel.recsys._two_tower import TwoTowerRetriever
+            from flywheel.recsys._two_tower_serve import TwoTowerRetriever
 
             retriever = TwoTowerRetriever.load(self.project, self.two_tower_model, version)
             with state.lock:

@@ -1,33 +1,19 @@
 """The online request path: ``OnlineRecommender.recommend``, ``record_events`` and ``add_items``.
 
-A request runs in stages, each timed (``latency_ms``) against a deadline budget (default 50 ms):
+A request runs the served ``Pipeline`` (``flywheel.recsys._pipeline``: features -> sources ->
+blend -> ranker -> re-rank, the object the offline evaluator replays) inside what only a live
+process has, each stage timed (``latency_ms``) against a deadline budget (default 50 ms):
 
 1. **experiment** — the strategy comes from the A/B test or bandit named by ``experiment``
    (variants named after ``STRATEGIES``), else ``strategy`` (default ``ranked``);
-2. **features** — the user's RFM, last-N items / categories and per-category activity, read
-   from the feature store (``get_online_features``) in a worker thread that gets at most
-   ``feature_budget`` of the deadline. Slow or failing → defaults (no history), counted as the
-   ``features_timeout`` / ``features_error`` fallback;
-3. **candidates** — named generators: ``two-tower`` (user tower over the purchase history and
-   recent items, FAISS search over the item tower's embeddings, new items included),
-   ``repeat``, ``co-occurrence`` (bought with their purchases), ``session`` (bought with the
-   items of their recent events), ``content`` (text embeddings close to what they look at now;
-   new items included), ``category`` (trending in the categories they browse or the one in the
-   request's context), ``similar`` (product surface) and ``trending``. A generator that is
-   missing or fails is skipped (``generators_missing``; ``index_missing`` when the two-tower has
-   no loaded index); no candidates at all, or the budget already spent, → ``popularity``
-   (``deadline``). Filters apply here: not-for-sale codes, ``blocked_items``, the anchor item,
-   and with ``new_only`` what the user already bought;
-4. **ranking** — a blend of the generators' max-normalised scores, boosted by the share of the
-   item's category in the user's recent activity; for the ``ranked`` strategy the top
-   ``RANK_TOP`` are then scored by the LightGBM ranker served by ``flywheel.serving`` within
-   ``ranker_budget`` of the deadline (unavailable, failing or late → the blended order,
-   ``ranker_unavailable``);
-5. **rerank** — MMR diversity over content embeddings and categories (``diversity``), then
-   ``explore_slots`` filled by the source that the ``explore_experiment`` bandit chooses
-   (``new-items``: the newest catalogue items closest to the user's taste; ``category-trending``;
-   ``content``: the long tail closest to the user's taste). Clicks and purchases of explored
-   items are its rewards (``ExplorationLedger``).
+2. **features** — the pipeline's feature read in a worker thread that gets at most
+   ``feature_budget`` of the deadline (slow or failing: defaults, the ``features_timeout`` /
+   ``features_error`` fallback), merged with the events this process saw;
+3. **candidates, blend, rank, re-rank** — the pipeline, with the blend weights registered as
+   ``recs-pipeline`` (``tune_pipeline``; equal weights until one is registered);
+4. **exploration** — ``explore_slots`` filled by the source that the ``explore_experiment``
+   bandit chooses (``_explore``); clicks and purchases of explored items are its rewards
+   (``ExplorationLedger``).
 
 ``record_events`` validates a batch, pushes it to the feature store's ``recs_events`` stream
 (all or nothing) and applies it to the in-memory state (recent items per user, co-occurrence of
@@ -48,8 +34,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -57,17 +43,23 @@ import numpy as np
 from opentelemetry.trace import SpanKind
 
 from flywheel import telemetry
-from flywheel.recsys._candidates import CoOccurrence, RequestContext, sparse_top
 from flywheel.recsys._errors import RecsysError
-from flywheel.recsys._ingest import (
-    EVENT_STREAM,
-    EVENT_TYPES,
-    RECENT_VIEW,
-    USER_CATEGORY_VIEW,
-    USER_VIEW,
-)
+from flywheel.recsys._explore import Explorer
+from flywheel.recsys._ingest import EVENT_STREAM, EVENT_TYPES
 from flywheel.recsys._models import ModelHandles
-from flywheel.recsys._rerank import ExplorationLedger, for_sale, mmr, place_exploration
+from flywheel.recsys._params import PipelineParams, load_pipeline
+from flywheel.recsys._pipeline import (
+    STRATEGIES,
+    Pipeline,
+    PipelineRequest,
+    RecsysSettings,
+    Stages,
+    UserContext,
+    merge_session,
+    read_features,
+)
+from flywheel.recsys._rerank import ExplorationLedger, for_sale, place_exploration
+from flywheel.recsys._sources import SERVED_SOURCES
 from flywheel.recsys._state import NewItem, OnlineState
 
 if TYPE_CHECKING:
@@ -78,8 +70,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SURFACES = ("home", "product")
-STRATEGIES = ("ranked", "hybrid", "content", "popularity", "session")
-EXPLORE_ARMS = ("new-items", "category-trending", "content")
 CATALOG_STREAM = "recs_catalog"
 FALLBACK_REASONS = (
     "features_timeout",
@@ -90,20 +80,6 @@ FALLBACK_REASONS = (
     "deadline",
     "experiment_error",
 )
-WEIGHTS: dict[str, float] = {
-    "similar": 1.5,
-    "session": 1.2,
-    "repeat": 1.0,
-    "co-occurrence": 1.0,
-    "two-tower": 0.8,
-    "content": 0.5,
-    "category": 0.6,
-    "trending": 0.3,
-    "popularity": 0.2,
-}
-RANK_TOP = 200  # candidates sent to the ranker
-RANKER_RETRY_S = 2.0  # after a ranker failure, skip it this long
-NEW_ITEM_WINDOW_S = 7 * 86_400.0  # how long an added item counts as "new" for exploration
 _MAX_SESSIONS = 100_000
 
 
@@ -133,43 +109,6 @@ def recsys_metrics() -> dict[str, Any]:
             ["strategy"],
         ),
     }
-
-
-@dataclass(frozen=True)
-class RecsysSettings:
-    """Knobs of the request path (``recsys:`` in ``flywheel.yaml``; see ``RecsysConfig``)."""
-
-    deadline_ms: float = 50.0
-    feature_budget: float = 0.5  # share of the deadline the feature read may take
-    experiment: str | None = None
-    strategy: str = "ranked"
-    per_generator: int = 100
-    trending_half_life_days: float = 14.0
-    explore_experiment: str | None = "recs-explore"
-    explore_slots: tuple[int, ...] = (4, 11)
-    diversity: float = 0.15
-    blocked_items: tuple[str, ...] = ()
-    content_method: str = "auto"
-    two_tower_model: str | None = "recs-two-tower"
-    ranker_endpoint: str | None = "recs-ranker"
-    ranker_budget: float = 0.35
-    background_interval_s: float = 1.0  # catalogue follow, reward flush
-    model_refresh_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise RecsysError(f"strategy: {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
-
-
-@dataclass
-class UserContext:
-    """What the features stage learned about a user (defaults when the read fell back)."""
-
-    recent_items: list[str] = field(default_factory=list)  # most recent first
-    recent_categories: list[str] = field(default_factory=list)
-    category_counts: dict[str, float] = field(default_factory=dict)
-    rfm: dict[str, Any] = field(default_factory=dict)
-    known: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,9 +150,6 @@ class Recommendation:
         }
 
 
-Gens = dict[str, tuple[np.ndarray, np.ndarray]]
-
-
 class OnlineRecommender:
     """Recommendations for one project, from the feature store, in-memory generators and the
     registered two-tower and ranker.
@@ -252,6 +188,9 @@ class OnlineRecommender:
             ranker_endpoint=self.settings.ranker_endpoint,
         )
         self.models.refresh(self.state)
+        self.pipeline = Pipeline(
+            self.state, self._load_params(), self.settings, models=self.models, store=self.store
+        )
         self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="recsys-feat")
         self._sessions: OrderedDict[int, deque[tuple[str, str]]] = OrderedDict()
         self._session_lock = threading.Lock()
@@ -261,9 +200,8 @@ class OnlineRecommender:
         self.ledger = ExplorationLedger(self._log_rewards)
         self.replica = uuid.uuid4().hex[:12]
         self._catalog_ready = False
-        self._explore_checked: str | None = None
+        self.explorer = Explorer(self.state, self.settings, self._experiments_client)
         self._pending_baskets: list[list[int]] = []
-        self._ranker_retry_at = 0.0
         self._bought: OrderedDict[tuple[int, str], bool] = OrderedDict()  # purchases seen here
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -300,6 +238,20 @@ class OnlineRecommender:
         if self._own_store:
             self.store.close()
 
+    def _load_params(self) -> PipelineParams:
+        """The registered blend (``recs-pipeline``), else equal weights (untuned)."""
+        name = self.settings.pipeline_model
+        if name:
+            try:
+                params = load_pipeline(self.project, name)
+            except Exception as exc:  # keep serving with what we have
+                log.warning("recsys: could not load %s: %s", name, exc)
+                params = None
+            if params is not None:
+                return params
+        current = getattr(self, "pipeline", None)
+        return current.params if current is not None else PipelineParams.untuned(SERVED_SOURCES)
+
     # -- background ---------------------------------------------------------------------------
 
     def _background(self) -> None:
@@ -312,6 +264,7 @@ class OnlineRecommender:
                     log.warning("recsys background %s failed: %s", task.__name__, exc)
             if time.monotonic() >= next_refresh:
                 self.models.refresh(self.state)
+                self.pipeline.params = self._load_params()
                 next_refresh = time.monotonic() + self.settings.model_refresh_s
 
     def _experiments_client(self) -> Experiments:
@@ -328,35 +281,8 @@ class OnlineRecommender:
     # -- features ---------------------------------------------------------------------------
 
     def read_features(self, user_id: int) -> UserContext:
-        """The user's features from the online store (one read per entity set)."""
-        fs = self.store
-        ctx = UserContext()
-        user = fs.get_online_features(
-            [
-                f"{USER_VIEW}:recency_days",
-                f"{USER_VIEW}:frequency",
-                f"{USER_VIEW}:monetary",
-                f"{RECENT_VIEW}:last_items",
-                f"{RECENT_VIEW}:last_categories",
-            ],
-            {"user_id": [user_id]},
-        ).to_dict(include_entities=False)
-        for key in ("recency_days", "frequency", "monetary"):
-            if user[key][0] is not None:
-                ctx.rfm[key] = user[key][0]
-        ctx.known = bool(ctx.rfm)
-        ctx.recent_items = [str(i) for i in (user["last_items"][0] or [])]
-        ctx.recent_categories = [str(c) for c in (user["last_categories"][0] or [])]
-        cats = sorted(set(ctx.recent_categories))
-        if cats:
-            per_cat = fs.get_online_features(
-                [f"{USER_CATEGORY_VIEW}:events_1d"],
-                {"user_id": [user_id] * len(cats), "category": cats},
-            ).to_dict(include_entities=False)
-            ctx.category_counts = {
-                c: float(n or 0) for c, n in zip(cats, per_cat["events_1d"], strict=True)
-            }
-        return ctx
+        """The user's features from the online store (the pipeline's read)."""
+        return read_features(self.store, user_id)
 
     def _features(
         self, user_id: int, budget_s: float, fallbacks: list[str]
@@ -374,426 +300,13 @@ class OnlineRecommender:
         # Merge what this process saw but the stream processor may not have applied yet.
         with self._session_lock:
             session = list(self._sessions.get(user_id, ()))
-        # Most recent first, like the stream view's last_n: this process's events, then the rest.
-        seen_items = list(dict.fromkeys([i for i, _ in reversed(session)] + ctx.recent_items))
-        counts = dict(ctx.category_counts)
-        local: dict[str, float] = {}
-        for _item, cat in session:
-            local[cat] = local.get(cat, 0.0) + 1.0
-        for cat, n in local.items():
-            counts[cat] = max(counts.get(cat, 0.0), n)
-        for cat in ctx.recent_categories:
-            counts.setdefault(cat, 1.0)
-        ctx.recent_items = seen_items
-        ctx.category_counts = counts
-        return ctx, counts
+        ctx = merge_session(ctx, session)
+        return ctx, ctx.category_counts
 
-    # -- candidates -------------------------------------------------------------------------
-
-    def _generators(
-        self,
-        ctx: UserContext,
-        user_id: int,
-        surface: str,
-        anchor: str | None,
-        context_category: str | None,
-        strategy: str,
-        fallbacks: list[str],
-    ) -> Gens:
-        """Each generator's top ``per_generator`` (rows, scores), computed on sparse rows only
-        (no per-request pass over the whole catalogue)."""
-        st = self.state
-        n = self.settings.per_generator
-        out: Gens = {}
-        row = st.user_index.get(user_id)
-        n_train = st.n_train
-        recent_rows = [
-            st.item_index[i]
-            for i in ctx.recent_items
-            if i in st.item_index and st.item_index[i] < n_train
-        ]
-        anchor_row = st.item_index.get(anchor) if anchor is not None else None
-        request = RequestContext(
-            user_row=row,
-            recent_rows=tuple(recent_rows),
-            anchor_row=anchor_row if anchor_row is not None and anchor_row < n_train else None,
-        )
-        missing = False
-        # Events swap in a new co-occurrence object (copy on write); read one snapshot.
-        repeat, cooc = st.repeat, st.cooc
-        trend = st.trending.scores  # read without a copy: a racing += is harmless here
-
-        def source(name: str, fn: Callable[[], tuple[np.ndarray, np.ndarray] | None]) -> None:
-            attrs: dict[str, Any] = {"flywheel.source": name}
-            with telemetry.span("recs.source", **attrs) as sp:
-                got = fn()
-                if got is not None and len(got[0]):
-                    out[name] = got
-                sp.set_attribute("flywheel.returned", 0 if got is None else len(got[0]))
-
-        if strategy in ("ranked", "hybrid", "session"):
-            if strategy != "session" and row is not None:
-                if repeat is None:
-                    missing = True
-                else:
-                    source("repeat", lambda: repeat.top_n(request, n))
-                if cooc is None:
-                    missing = True
-                else:
-                    source("co-occurrence", lambda: cooc.top_n(request, n))
-            if recent_rows:
-                if cooc is None:
-                    missing = True
-                else:
-                    source("session", lambda: cooc.session_top_n(request, n))
-        if strategy in ("ranked", "hybrid"):
-            source("two-tower", lambda: self._two_tower(ctx, user_id, n, fallbacks))
-        if strategy in ("ranked", "hybrid", "content"):
-            profile_items = ([anchor] if anchor else []) + ctx.recent_items + st.history(user_id)
-            source("content", lambda: self._content(profile_items, n))
-        if strategy != "popularity":
-            counts = dict(ctx.category_counts)
-            if context_category:
-                counts[context_category] = counts.get(context_category, 0.0) + max(
-                    1.0, sum(counts.values())
-                )
-            source("category", lambda: self._category(counts, trend, n))
-            if surface == "product" and anchor_row is not None:
-                if cooc is None:
-                    missing = True
-                source("similar", lambda: self._similar(anchor_row, cooc, n))
-        source("trending", lambda: st.trending_top(n))
-        if missing:
-            fallbacks.append("generators_missing")
-        return out
-
-    def _category(
-        self, counts: Mapping[str, float], trend: np.ndarray, n: int
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        """Trending items of the user's (and the page's) categories, by the category's share."""
-        st = self.state
-        total = sum(counts.values()) or 1.0
-        parts_rows, parts_scores = [], []
-        for cat, count in counts.items():
-            rows = st.category_rows.get(cat)
-            if rows is not None and len(rows):
-                rows = rows[rows < len(trend)]  # items added after `trend` was read
-                t = trend[rows]
-                parts_rows.append(rows)
-                parts_scores.append((count / total) * (1.0 + t / (t.max() or 1.0)))
-        if not parts_rows:
-            return None
-        return sparse_top(np.concatenate(parts_rows), np.concatenate(parts_scores), n)
-
-    def _similar(
-        self, a: int, cooc: CoOccurrence | None, n: int
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        """Items like the viewed one: bought with it (normalised ``S`` row), plus its category."""
-        st = self.state
-        same = st.category_rows.get(str(st.categories[a]), np.empty(0, dtype=np.int64))
-        scores: dict[int, float] = dict.fromkeys(same.tolist(), 0.2)
-        if cooc is not None and a < st.n_train:
-            sim_row = cooc.similarity()[a]
-            top = float(sim_row.data.max()) if sim_row.nnz else 1.0
-            for j, v in zip(sim_row.indices.tolist(), sim_row.data.tolist(), strict=True):
-                scores[j] = scores.get(j, 0.0) + v / top
-        scores.pop(a, None)
-        if not scores:
-            return None
-        return sparse_top(
-            np.fromiter(scores.keys(), dtype=np.int64, count=len(scores)),
-            np.fromiter(scores.values(), dtype=np.float64, count=len(scores)),
-            n,
-        )
-
-    def _two_tower(
-        self, ctx: UserContext, user_id: int, n: int, fallbacks: list[str]
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        retriever = self.models.retriever
-        if retriever is None:
-            if self.settings.two_tower_model:
-                fallbacks.append("index_missing")
-            return None
-        history = list(dict.fromkeys(ctx.recent_items + self.state.history(user_id)))
-        vec = retriever.embed_users([history])
-        ids, scores = retriever.search(vec, n)[0]
-        index = self.state.item_index
-        pairs = [(index[i], float(s)) for i, s in zip(ids, scores, strict=False) if i in index]
-        if not pairs:
-            return None
-        rows = np.asarray([p[0] for p in pairs], dtype=np.int64)
-        # Inner products of unit vectors: shift to (0, 2] so that every hit counts as positive.
-        values = np.asarray([p[1] for p in pairs], dtype=np.float64) + 1.0 + 1e-6
-        return rows, values
-
-    def _content(
-        self, profile_items: Sequence[str], n: int
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        st = self.state
-        index = st.content_index
-        if index is None:
-            return None
-        profile = st.content_profile(list(dict.fromkeys(profile_items))[:20])
-        if profile is None:
-            return None
-        ids, scores = index.search(profile[None, :].astype(np.float32), n)
-        rows = [st.item_index[i] for i in ids[0] if i in st.item_index]
-        if not rows:
-            return None
-        values = np.clip(np.asarray(scores[0][: len(rows)], dtype=np.float64), 1e-6, None)
-        return np.asarray(rows, dtype=np.int64), values
-
-    def _history_content(self, user_id: int, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Content candidates as ``ContentSimilarity`` defines them offline: cosine to the
-        user's purchase profile weighted by 0.5 ** (age / 60 days)."""
-        st = self.state
-        row = st.user_index.get(user_id)
-        if row is None or st.repeat is None or st.content_index is None:
-            return None
-        w = st.repeat.user_weights(row)
-        if not w.nnz:
-            return None
-        profile = np.asarray(w.data, dtype=np.float32) @ st.content[w.indices]
-        norm = float(np.linalg.norm(profile))
-        if norm == 0:
-            return None
-        ids, scores = st.content_index.search((profile / norm)[None, :].astype(np.float32), n)
-        pairs = [(st.item_index[i], float(v)) for i, v in zip(ids[0], scores[0], strict=False)]
-        rows = np.asarray([r for r, _ in pairs], dtype=np.int64)
-        return rows, np.asarray([v for _, v in pairs], dtype=np.float64)
-
-    def _popularity(self, n: int) -> Gens:
-        return {"popularity": self.state.popularity_top(n)}
-
-    # -- ranking ----------------------------------------------------------------------------
-
-    def _blend(
-        self, gens: Mapping[str, tuple[np.ndarray, np.ndarray]], counts: Mapping[str, float]
-    ) -> tuple[dict[int, float], dict[int, list[str]]]:
-        st = self.state
-        score: dict[int, float] = {}
-        reasons: dict[int, list[str]] = {}
-        for name, (rows, values) in gens.items():
-            if not len(rows):
-                continue
-            top = float(values[0]) or 1.0
-            w = WEIGHTS.get(name, 0.5)
-            for r, v in zip(rows.tolist(), values.tolist(), strict=True):
-                score[r] = score.get(r, 0.0) + w * v / top
-                reasons.setdefault(r, []).append(name)
-        total = sum(counts.values())
-        if total > 0:
-            for r in score:
-                share = counts.get(str(st.categories[r]), 0.0) / total
-                score[r] *= 1.0 + 0.5 * share
-        return score, reasons
-
-    def _excluded(self, user_id: int, anchor: str | None, new_only: bool) -> set[int]:
-        st = self.state
-        out = {st.item_index[i] for i in self.settings.blocked_items if i in st.item_index}
-        if anchor is not None and anchor in st.item_index:
-            out.add(st.item_index[anchor])
-        if new_only:
-            out.update(st.purchased_rows(user_id).tolist())
-            with self._session_lock:
-                out.update(
-                    st.item_index[i]
-                    for i, _ in self._sessions.get(user_id, ())
-                    if i in st.item_index and self._bought.get((user_id, i))
-                )
-        return out
-
-    def _ranked(
-        self,
-        rows: list[int],
-        gens: Gens,
-        ctx: UserContext,
-        user_id: int,
-        budget_s: float,
-        fallbacks: list[str],
-        versions: dict[str, str],
-    ) -> list[int]:
-        """``rows`` (blended order) re-ordered by the served ranker, or unchanged on fallback."""
-        started = time.perf_counter()
-        ranker = self.models.ranker
-        if not rows or not self.settings.ranker_endpoint:  # no ranker configured: blend order
-            return rows
-        if ranker is None or time.monotonic() < self._ranker_retry_at:
-            fallbacks.append("ranker_unavailable")
-            return rows
-        try:
-            from flywheel.recsys._ranker import (
-                RANKER_GENERATORS,
-                RankerConfig,
-                ranker_features,
-                read_item_features,
-            )
-
-            st = self.state
-            depth = RankerConfig.per_generator  # the candidates' depth the ranker trained on
-            cands = {
-                g: (gens[g][0][:depth], gens[g][1][:depth]) for g in RANKER_GENERATORS if g in gens
-            }
-            # The ranker's content feature has its training definition: the time-decayed purchase
-            # profile (the retrieval generator above also follows the session and the anchor).
-            cands.pop("content", None)
-            history_content = self._history_content(user_id, depth)
-            if history_content is not None:
-                cands["content"] = history_content
-            features = ranker_features(
-                ctx.rfm,
-                cands,
-                rows,
-                items=read_item_features(self.store, [st.item_ids[r] for r in rows]),
-                history=st.history_index().history(st.user_index.get(user_id)),
-                categories=st.categories,
-            )
-            left = budget_s - (time.perf_counter() - started)
-            scores, version = ranker.score(features, user_id=user_id, timeout_s=max(left, 0.001))
-        except Exception as exc:
-            log.debug("ranker fallback: %s", exc)
-            fallbacks.append("ranker_unavailable")
-            # A circuit breaker: do not pay for features while nothing is served; try again
-            # after RANKER_RETRY_S (a promoted version is picked up within that time). A late
-            # answer is only this request's fallback: the next one may be in time.
-            from flywheel.serving import DeadlineExceeded
-
-            if not isinstance(exc.__cause__, DeadlineExceeded):
-                self._ranker_retry_at = time.monotonic() + RANKER_RETRY_S
-            return rows
-        versions["ranker"] = version
-        order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-        return [rows[i] for i in order.tolist()]
-
-    # -- re-ranking -------------------------------------------------------------------------------
-
-    def _diversify(self, rows: list[int], k: int) -> list[int]:
-        """The top ``k`` of ``rows`` (best first) re-picked by MMR; relevance decays with the
-        position like a DCG discount, so diversity mostly reshuffles the lower positions."""
-        lam = 1.0 - self.settings.diversity
-        if lam >= 1.0 or len(rows) <= 1:
-            return rows[:k]
-        pool = rows[: max(3 * k, 60)]
-        rel = (1.0 / np.log2(np.arange(len(pool)) + 2.0)).tolist()
-        st = self.state
-        picked = mmr(
-            rel,
-            [str(st.categories[r]) for r in pool],
-            k,
-            lam,
-            st.content[np.asarray(pool)],
-        )
-        return [pool[i] for i in picked]
-
-    def _explore(
-        self,
-        user_id: int,
-        ctx: UserContext,
-        surface: str,
-        anchor: str | None,
-        context_category: str | None,
-        taken: set[int],
-        slots: int,
-        fallbacks: list[str],
-    ) -> tuple[str | None, str | None, list[int]]:
-        """(arm, decision id, rows) of the exploration items, chosen by the bandit."""
-        name = self.settings.explore_experiment
-        if not name or slots <= 0:
-            return None, None, []
-        try:
-            exps = self._experiments_client()
-            self._ensure_explore_experiment(exps, name)
-            assignment = exps.assign(name, str(user_id), {"surface": surface})
-        except Exception as exc:
-            log.debug("exploration off: %s", exc)
-            fallbacks.append("experiment_error")
-            return None, None, []
-        if not assignment.in_experiment:
-            return None, None, []
-        arm = assignment.variant
-        profile_items = (
-            ([anchor] if anchor else []) + ctx.recent_items + self.state.history(user_id)
-        )
-        rows = self._explore_rows(arm, profile_items, ctx, context_category, taken, slots)
-        return arm, assignment.decision_id, rows
-
-    def _explore_rows(
-        self,
-        arm: str,
-        profile_items: list[str],
-        ctx: UserContext,
-        context_category: str | None,
-        taken: set[int],
-        slots: int,
-    ) -> list[int]:
-        st = self.state
-        profile = st.content_profile(list(dict.fromkeys(profile_items))[:20])
-        if arm == "new-items":
-            now = time.time()
-            with st.lock:
-                added = [r for r, at in st.new_items if now - at <= NEW_ITEM_WINDOW_S]
-            added = [r for r in reversed(added) if r not in taken]  # newest first
-            # then the catalogue's newest arrivals (by first sale in the ingested data)
-            arrivals = [int(r) for r in st.newest_rows[:200].tolist() if int(r) not in taken]
-            picked: list[int] = []
-            for group in (added, arrivals):
-                if profile is not None and group:
-                    sims = st.content[np.asarray(group)] @ profile
-                    group = [group[i] for i in np.argsort(-sims, kind="stable").tolist()]
-                picked += group[: slots - len(picked)]
-                if len(picked) >= slots:
-                    break
-            return picked
-        if arm == "category-trending":
-            cats = [context_category] if context_category else []
-            cats += sorted(ctx.category_counts, key=lambda c: -ctx.category_counts[c])
-            trend = st.trending.scores
-            for cat in cats:
-                rows = st.category_rows.get(cat)
-                if rows is None or not len(rows):
-                    continue
-                rows = rows[rows < len(trend)]  # items added after `trend` was read
-                order = rows[np.argsort(-trend[rows], kind="stable")]
-                # past the head of the category: the head is on the page already
-                pick = [int(r) for r in order[5:].tolist() if int(r) not in taken]
-                if pick:
-                    return pick[:slots]
-            # no category in context: rising items, just below the head of trending
-            head = st.trending_top(20 + 100)[0]
-            rising = [int(r) for r in head[20:].tolist() if int(r) not in taken]
-            return rising[:slots]
-        if arm == "content" and profile is not None and st.content_index is not None:
-            ids, _ = st.content_index.search(profile[None, :].astype(np.float32), 100)
-            near = [st.item_index[i] for i in ids[0] if i in st.item_index]
-            # the long tail of the user's taste: skip the nearest 20, which retrieval covers
-            return [r for r in near[20:] if r not in taken][:slots]
-        return []
-
-    def _ensure_explore_experiment(self, exps: Experiments, name: str) -> None:
-        if self._explore_checked == name:
-            return
-        from flywheel.experiments import ExperimentExists, ExperimentNotFound
-
-        try:
-            exps.get(name)
-        except ExperimentNotFound:
-            with contextlib.suppress(ExperimentExists):
-                exps.create(
-                    {
-                        "name": name,
-                        "description": "Which source fills the recommender's exploration slots.",
-                        "bandit": {
-                            "policy": "thompson",
-                            "arms": list(EXPLORE_ARMS),
-                            "min_exploration": 0.05,
-                            "reward_event": "explore_reward",
-                        },
-                        "tags": {"system": "recsys"},
-                    }
-                )
-        self._explore_checked = name
-
-    # -- the request --------------------------------------------------------------------------
+    def _bought_here(self, user_id: int) -> list[str]:
+        """Items this process saw the user buy (not yet in the ingested purchases)."""
+        with self._session_lock:
+            return [i for i, _ in self._sessions.get(user_id, ()) if self._bought.get((user_id, i))]
 
     def _variant(self, user_id: int, surface: str, fallbacks: list[str]) -> str | None:
         name = self.settings.experiment
@@ -861,135 +374,78 @@ class OnlineRecommender:
             raise RecsysError("item_id: the product surface needs the item being viewed")
         if k < 1 or k > 500:
             raise RecsysError(f"k: must be within 1..500 (got {k})")
-        m = recsys_metrics()
         budget = (self.settings.deadline_ms if deadline_ms is None else deadline_ms) / 1000.0
         t0 = time.perf_counter()
         fallbacks: list[str] = []
         latency: dict[str, float] = {}
         versions: dict[str, str] = {}
-
-        def lap(stage: str, since: float) -> float:
-            now = time.perf_counter()
-            latency[stage] = round((now - since) * 1000.0, 3)
-            m["stage"].labels(stage).observe(now - since)
-            return now
-
+        req = PipelineRequest(
+            user_id, k, surface=surface, item_id=item_id, category=category, new_only=new_only
+        )
         with contextlib.ExitStack() as stage_span:
-
-            def begin(name: str) -> None:  # one span per stage: close the last, open the next
-                stage_span.close()
-                stage_span.enter_context(telemetry.span(f"recs.{name}"))
-
+            clock = _Clock(t0, latency, stage_span)
             return self._stages(
-                user_id,
-                k,
-                surface,
-                item_id,
-                category,
-                new_only,
-                budget,
-                preview,
-                t0,
-                fallbacks,
-                latency,
-                versions,
-                lap,
-                begin,
+                user_id, k, req, budget, preview, t0, fallbacks, latency, versions, clock
             )
 
     def _stages(
         self,
         user_id: int,
         k: int,
-        surface: str,
-        item_id: str | None,
-        category: str | None,
-        new_only: bool,
+        request: PipelineRequest,
         budget: float,
         preview: bool,
         t0: float,
         fallbacks: list[str],
         latency: dict[str, float],
         versions: dict[str, str],
-        lap: Callable[[str, float], float],
-        begin: Callable[[str], None],
+        clock: _Clock,
     ) -> Recommendation:
         m = recsys_metrics()
-        begin("experiment")
-        variant = None if preview else self._variant(user_id, surface, fallbacks)
+        clock.begin("experiment")
+        variant = None if preview else self._variant(user_id, request.surface, fallbacks)
         strategy = variant if variant in STRATEGIES else self.settings.strategy
-        t = lap("experiment", t0)
-        begin("features")
-        ctx, counts = self._features(user_id, budget * self.settings.feature_budget, fallbacks)
-        t = lap("features", t)
-        st = self.state
-        exclude = self._excluded(user_id, item_id, new_only)
-        n = max(self.settings.per_generator, k)
-        spent = time.perf_counter() - t0 >= budget
-        begin("candidates")
-        if spent:
-            fallbacks.append("deadline")
-            gens = self._popularity(n + len(exclude))
-        else:
-            try:
-                gens = self._generators(
-                    ctx, user_id, surface, item_id, category, strategy, fallbacks
-                )
-            except Exception:  # a generator broke: popularity keeps the page full
-                log.exception("recsys generators failed")
-                fallbacks.append("generators_missing")
-                gens = {}
-            if sum(len(r) for r, _ in gens.values()) == 0:
-                gens = self._popularity(n + len(exclude))
-        t = lap("candidates", t)
-        begin("blend")
-        score, reasons = self._blend(gens, counts)
-        names = st.item_ids
-        ordered = [
-            r
-            for r in sorted(score, key=lambda r: (-score[r], r))
-            if r not in exclude and for_sale(names[r])
-        ]
-        begin("rank")
-        if strategy == "ranked" and not spent:
-            left = budget - (time.perf_counter() - t0)
-            head = self._ranked(
-                ordered[:RANK_TOP],
-                gens,
-                ctx,
-                user_id,
-                min(left, budget * self.settings.ranker_budget),
-                fallbacks,
-                versions,
-            )
-            ordered = head + ordered[RANK_TOP:]
-        t = lap("ranking", t)
-        begin("rerank")
+        request = PipelineRequest(**{**request.__dict__, "strategy": strategy})
+        clock.lap("experiment")
+        clock.begin("features")
+        ctx, _ = self._features(user_id, budget * self.settings.feature_budget, fallbacks)
+        clock.lap("features")
         slots = [s for s in self.settings.explore_slots if s < k]
-        if spent or preview:
+        # No bandit configured, a preview or no time left: no slots (the page is the pipeline's).
+        if not self.settings.explore_experiment or preview or time.perf_counter() - t0 >= budget:
             slots = []
-        page = self._diversify(ordered, k - len(slots)) if not spent else ordered[:k]
+        pipe = self.pipeline
+        result = pipe.run(
+            request,
+            ctx,
+            reserve=len(slots),
+            deadline=t0 + budget,
+            fallbacks=fallbacks,
+            versions=versions,
+            stages=clock,
+            bought_here=self._bought_here(user_id) if request.new_only else (),
+            ranker_budget_s=budget * self.settings.ranker_budget,
+        )
+        if result.spent:
+            slots = []
         arm: str | None = None
         decision: str | None = None
         explore: list[int] = []
+        names = self.state.item_ids
         if slots:
-            arm, decision, explore = self._explore(
-                user_id, ctx, surface, item_id, category, exclude | set(page), len(slots), fallbacks
+            arm, decision, explore = self.explorer.choose(
+                user_id,
+                ctx,
+                request.surface,
+                request.item_id,
+                request.category,
+                result.exclude | set(result.page),
+                len(slots),
+                fallbacks,
             )
             explore = [r for r in explore if for_sale(names[r])]
-        if len(page) + len(explore) < k:  # top up from the rest of the order, then popularity
-            have = set(page) | set(explore)
-            page += [r for r in ordered if r not in have][: k - len(page) - len(explore)]
-        if len(page) + len(explore) < k:
-            have = set(page) | set(explore) | exclude
-            more = self._popularity(n + k + len(have))["popularity"][0].tolist()
-            for r in more:
-                if r not in have and for_sale(names[r]):
-                    page.append(r)
-                    reasons.setdefault(r, ["popularity"])
-                    score.setdefault(r, 0.0)
-                    if len(page) + len(explore) >= k:
-                        break
+        page = pipe.fill(result, k, explore)
+        score, reasons = result.score, result.reasons
         for r in explore:
             reasons[r] = [f"explore:{arm}"]
             score.setdefault(r, 0.0)
@@ -1001,14 +457,17 @@ class OnlineRecommender:
                 decision,
                 [names[r] for r in explore],
             )
-        lap("rerank", t)
+        clock.lap("rerank")
         retriever_version = self.models.retriever_version
-        if "two-tower" in gens and retriever_version is not None:
+        if "two-tower" in result.sources and retriever_version is not None:
             versions["two_tower"] = f"{self.settings.two_tower_model}/{retriever_version}"
+        if pipe.params.version:
+            versions["pipeline"] = pipe.params.version
         latency["total"] = round((time.perf_counter() - t0) * 1000.0, 3)
         for reason in dict.fromkeys(fallbacks):
             m["fallbacks"].labels(reason).inc()
         m["requests"].labels(strategy).inc()
+        st = self.state
         items = [
             {
                 "item_id": names[r],
@@ -1020,7 +479,7 @@ class OnlineRecommender:
         ]
         return Recommendation(
             user_id=user_id,
-            surface=surface,
+            surface=request.surface,
             items=items,
             variant=variant,
             strategy=strategy,
@@ -1224,3 +683,22 @@ class OnlineRecommender:
         self._add_to_indexes(items)
         log_.ack(CATALOG_STREAM, group, [eid for eid, _ in events])
         return len(items)
+
+
+class _Clock(Stages):
+    """Times each stage (``latency_ms`` and the stage histogram) and opens one span per stage."""
+
+    def __init__(self, t0: float, latency: dict[str, float], spans: contextlib.ExitStack) -> None:
+        self.last = t0
+        self.latency = latency
+        self.spans = spans
+
+    def begin(self, name: str) -> None:  # one span per stage: close the last, open the next
+        self.spans.close()
+        self.spans.enter_context(telemetry.span(f"recs.{name}"))
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.latency[stage] = round((now - self.last) * 1000.0, 3)
+        recsys_metrics()["stage"].labels(stage).observe(now - self.last)
+        self.last = now

@@ -38,12 +38,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flywheel.recsys._errors import RankerUnavailable, RecsysError
+from flywheel.recsys._errors import RecsysError
+from flywheel.recsys._history import HistoryIndex, UserHistory
 from flywheel.recsys._ingest import ITEM_VIEW, POPULARITY_VIEW, USER_VIEW
 
 if TYPE_CHECKING:
@@ -100,111 +101,11 @@ RANKER_FEATURES: tuple[str, ...] = (*PAIR_COLUMNS, *USER_COLUMNS, *ITEM_COLUMNS,
 
 MISSING = -1.0
 RANK_MISSING = 1000.0
-RECENT_ITEMS = 20
 DEFAULT_MODEL = "recs-ranker"
 
 Retrieved = Mapping[str, tuple[np.ndarray, np.ndarray]]
 """Generator name -> (item rows, scores), best first."""
 Progress = Callable[[str], None]
-
-
-# -- the user's purchase history ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class UserHistory:
-    """One user's purchases before "now", in the item-row space of a ``TrainData``.
-
-    ``rows``: distinct items bought; ``invoices``: invoices holding each; ``days_since``: days
-    from the last purchase of each to now; ``recent``: the latest ``RECENT_ITEMS`` distinct items,
-    most recent first; ``median_price``: median catalogue price of ``rows`` (NaN: none);
-    ``category_share`` / ``recent_category_share``: each category's share of the invoices of
-    ``rows`` / of the items in ``recent``.
-    """
-
-    rows: np.ndarray
-    invoices: np.ndarray
-    days_since: np.ndarray
-    recent: np.ndarray
-    median_price: float
-    category_share: dict[str, float] = field(default_factory=dict)
-    recent_category_share: dict[str, float] = field(default_factory=dict)
-
-    @classmethod
-    def empty(cls) -> UserHistory:
-        none = np.empty(0, dtype=np.int64)
-        return cls(none, np.empty(0), np.empty(0), none, float("nan"))
-
-
-class HistoryIndex:
-    """Per-user purchase histories of a ``TrainData``, indexed once for fast lookups.
-
-    ``categories`` and ``prices`` are the catalogue's category and price per item row
-    (``load_items``, which is what the feature store's ``recs_item_metadata`` holds); they may
-    be longer than the train items, never shorter. Build one per ``TrainData`` (online: one per
-    ``OnlineState``) and reuse it.
-    """
-
-    def __init__(
-        self,
-        train: TrainData,
-        categories: Sequence[str] | np.ndarray,
-        prices: Sequence[float] | np.ndarray,
-    ) -> None:
-        import scipy.sparse as sp
-
-        if len(categories) < train.n_items or len(prices) < train.n_items:
-            raise RecsysError("ranker: categories and prices must cover every train item")
-        self.train = train
-        self.categories = np.asarray(categories, dtype=object)
-        self.prices = np.asarray(prices, dtype=np.float64)
-        ev = train.events
-        pairs = ev.groupby(["user", "item"], sort=True)["age_days"].agg(["min", "size"])
-        users = pairs.index.get_level_values(0).to_numpy()
-        items = pairs.index.get_level_values(1).to_numpy()
-        shape = (train.n_users, train.n_items)
-        # +1 keeps a zero age from vanishing as an implicit zero of the sparse matrix.
-        self._age = sp.csr_matrix((pairs["min"].to_numpy() + 1.0, (users, items)), shape=shape)
-        self._count = sp.csr_matrix(
-            (pairs["size"].to_numpy().astype(np.float64), (users, items)), shape=shape
-        )
-        self._user_index = {int(u): r for r, u in enumerate(train.users)}
-
-    def user_row(self, user_id: int) -> int | None:
-        return self._user_index.get(int(user_id))
-
-    def history(self, user_row: int | None, *, extra_days: float = 0.0) -> UserHistory:
-        """The history of the user at ``user_row`` (``None``: a user with no purchases).
-
-        ``extra_days`` is added to every age (time elapsed since the end of ``train``)."""
-        if user_row is None:
-            return UserHistory.empty()
-        lo, hi = self._age.indptr[user_row], self._age.indptr[user_row + 1]
-        rows = self._age.indices[lo:hi].astype(np.int64)
-        if not len(rows):
-            return UserHistory.empty()
-        ages = self._age.data[lo:hi] - 1.0 + extra_days
-        counts = self._count.data[lo:hi]
-        recent = rows[np.lexsort((rows, ages))][:RECENT_ITEMS]
-        price = self.prices[rows]
-        price = price[np.isfinite(price)]
-        return UserHistory(
-            rows=rows,
-            invoices=counts,
-            days_since=ages,
-            recent=recent,
-            median_price=float(np.median(price)) if len(price) else float("nan"),
-            category_share=_shares(self.categories[rows], counts),
-            recent_category_share=_shares(self.categories[recent], np.ones(len(recent))),
-        )
-
-
-def _shares(categories: np.ndarray, weights: np.ndarray) -> dict[str, float]:
-    total = float(np.sum(weights))
-    per: dict[str, float] = {}
-    for c, w in zip(categories.tolist(), np.asarray(weights).tolist(), strict=True):
-        per[str(c)] = per.get(str(c), 0.0) + float(w)
-    return {c: w / total for c, w in per.items()} if total > 0 else {}
 
 
 # -- features -------------------------------------------------------------------------------
@@ -796,56 +697,6 @@ def ranker_job_spec(
     )
 
 
-# -- serving --------------------------------------------------------------------------------
-
-
-@dataclass
-class RankerClient:
-    """Scores feature rows with the ranker served in this process by ``flywheel.serving``.
-
-    ``endpoint`` is a serving endpoint or a model name (then its ``production`` version).
-    ``score`` raises ``RankerUnavailable`` when nothing is served under that name, the model
-    fails, or the answer does not come within ``timeout_s``.
-    """
-
-    project: Project
-    endpoint: str = DEFAULT_MODEL
-    _server: Any = field(default=None, repr=False)
-
-    @property
-    def server(self) -> Any:
-        if self._server is None:
-            from flywheel.serving import server_for
-
-            self._server = server_for(self.project)
-        return self._server
-
-    def score(
-        self, features: np.ndarray, *, user_id: int, timeout_s: float
-    ) -> tuple[np.ndarray, str]:
-        """(scores per row, "model/version") for ``features`` (rows, len(RANKER_FEATURES))."""
-        x = np.ascontiguousarray(features, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != len(RANKER_FEATURES):
-            raise RecsysError(
-                f"ranker: features must be (rows, {len(RANKER_FEATURES)}), got {x.shape}"
-            )
-        try:
-            pred = self.server.predict_blocking(
-                self.endpoint,
-                {"features": x},
-                routing_key=str(user_id),
-                timeout_s=timeout_s,
-            )
-        except Exception as exc:
-            raise RankerUnavailable(
-                f"ranker {self.endpoint!r} unavailable: {type(exc).__name__}: {exc}"
-            ) from exc
-        scores = next(iter(pred.outputs.values()), None)
-        if scores is None or len(scores) != len(x):
-            raise RankerUnavailable(f"ranker {self.endpoint!r} returned no score per row")
-        return np.asarray(scores, dtype=np.float64).reshape(-1), f"{pred.model}/{pred.version}"
-
-
 __all__ = [
     "DEFAULT_MODEL",
     "ITEM_COLUMNS",
@@ -857,7 +708,6 @@ __all__ = [
     "USER_FEATURE_REFS",
     "FittedGenerators",
     "HistoryIndex",
-    "RankerClient",
     "RankerConfig",
     "UserHistory",
     "build_ranker_frame",

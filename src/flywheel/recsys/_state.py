@@ -33,9 +33,9 @@ from flywheel.recsys._text import ContentEncoder, TextMethod, embed_texts
 if TYPE_CHECKING:
     from flywheel.project import Project
     from flywheel.recsys._candidates import CoOccurrence, Popularity, RepeatPurchase
+    from flywheel.recsys._history import HistoryIndex
     from flywheel.recsys._index import ItemIndex
     from flywheel.recsys._protocol import TrainData
-    from flywheel.recsys._ranker import HistoryIndex
 
 HISTORY_LEN = 20  # purchases kept per user for the two-tower's user tower
 
@@ -165,7 +165,7 @@ class OnlineState:
     def history_index(self) -> HistoryIndex:
         """Per-user purchase histories for the ranker's features (built on first use)."""
         if self._history_index is None:
-            from flywheel.recsys._ranker import HistoryIndex
+            from flywheel.recsys._history import HistoryIndex
 
             self._history_index = HistoryIndex(
                 self.train, self.categories[: self.n_train], np.asarray(self.prices[: self.n_train])

@@ -47,22 +47,26 @@ from flywheel.recsys._two_tower import (
     CONFIG_KEY,
     FORMAT,
     Examples,
-    ItemContent,
-    ItemEncoding,
-    TextFeaturizer,
     TwoTowerConfig,
     TwoTowerModel,
-    TwoTowerRetriever,
     batch_loss,
     build_examples,
-    catalogue_frame,
-    fit_encoding,
     history_matrix,
     item_embeddings,
-    item_embeddings_npz,
     log_q_of,
     recall_at_k,
     train_in_process,
+)
+from flywheel.recsys._two_tower_features import (
+    ItemContent,
+    ItemEncoding,
+    TextFeaturizer,
+    fit_encoding,
+)
+from flywheel.recsys._two_tower_serve import (
+    TwoTowerRetriever,
+    catalogue_frame,
+    item_embeddings_npz,
 )
 
 if TYPE_CHECKING:
