@@ -12,6 +12,7 @@ def test_offline_table_on_a_small_synthetic_shop(tiny_lines: pd.DataFrame) -> No
     steps: list[str] = []
     report = evaluate_offline(tiny_lines, text_method="tfidf", progress=steps.append)
     names = [r.name for r in report.rows]
+    assert names[0] == "served pipeline"  # GET /recommendations' Pipeline, replayed
     for expected in (
         "repeat",
         "co-occurrence",
@@ -45,6 +46,10 @@ def test_offline_table_on_a_small_synthetic_shop(tiny_lines: pd.DataFrame) -> No
     assert table.splitlines()[0].startswith("| model | kind | R@20 all")
     assert len(table.splitlines()) == 2 + len(report.rows)
     assert "hybrid vs best baseline on new-only" in report.format_notes()
+    assert "served pipeline vs best baseline on all" in report.format_notes()
+    served = report.row("served pipeline")
+    assert served.kind == "served" and served.params["all"]["weights"]
+    assert served.metrics["all"].ndcg > pop["all"].ndcg
     json.dumps(report.to_dict())
     assert any("EASE" in s for s in steps)
 
@@ -82,6 +87,7 @@ def test_rolling_origin_retunes_before_each_cutoff(tiny_lines: pd.DataFrame) -> 
         assert got == pytest.approx(
             sum(r.row("hybrid").metrics[view].recall for r in rolling.reports) / 2
         )
+    assert rolling.names()[0] == "served pipeline"
     table = rolling.format_table("hybrid")
     assert table.splitlines()[2].startswith("| **hybrid** | hybrid | all |")
     assert any("target" in line for line in rolling.verdict("hybrid"))

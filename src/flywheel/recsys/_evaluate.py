@@ -434,8 +434,7 @@ def _served_row(
     """The served pipeline, replayed (``flywheel.recsys._replay``)."""
     from flywheel.recsys._replay import SERVED_ROW, evaluate_served, replay_settings
 
-    method = "minilm" if text_method == "auto" else text_method
-    out = evaluate_served(lines, split, settings=replay_settings(method), progress=say)
+    out = evaluate_served(lines, split, settings=replay_settings(text_method), progress=say)
     return EvaluationRow(
         SERVED_ROW,
         "served",

@@ -81,6 +81,8 @@ class OnlineState:
         texts = [str(t) for t in (descriptions if descriptions is not None else train.item_text)]
         self.descriptions = texts
         self.prices = list(prices) if prices is not None else [0.0] * self.n_train
+        # Source parameters: the generators' defaults (60-day half-lives, invoice baskets), not
+        # tuned for serving yet (tune_pipeline tunes the blend weights only).
         self.repeat: RepeatPurchase | None = RepeatPurchase().fit(train)
         self.cooc: CoOccurrence | None = CoOccurrence(basket="invoice").fit(train)
         self.trending: Popularity = Popularity(half_life_days=half_life_days).fit(train)

@@ -56,12 +56,11 @@ def state_for(train: Any, settings: RecsysSettings) -> OnlineState:
     from flywheel.recsys._state import OnlineState
 
     cats = derive_categories(pd.Series([str(t) for t in train.item_text])).to_numpy(dtype=object)
-    method = "tfidf" if settings.content_method == "auto" else settings.content_method
     return OnlineState(
         train,
         cats,
         settings.trending_half_life_days,
-        content_method=method,  # type: ignore[arg-type]
+        content_method=settings.content_method,  # type: ignore[arg-type]
     )
 
 
