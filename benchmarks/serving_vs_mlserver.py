@@ -1,7 +1,7 @@
 """Flywheel serving vs Seldon MLServer on the same sklearn model, plus batching and overload.
 
 Run: ``make bench-serving`` (or ``.venv/bin/python benchmarks/serving_vs_mlserver.py
-[--quick | --smoke] [--no-neighbour]``).
+[--quick | --smoke] [--no-neighbour] [--no-peer]``).
 
 * The same LogisticRegression on 20 float features is served by ``flywheel serve`` (one
   process) and by MLServer 1.7.1 (``mlserver-sklearn``, ``parallel_workers: 0``: its
@@ -556,7 +556,7 @@ def report(run: Run) -> None:
         f"MLServer {_pkg_version(str(MLSERVER_VENV / 'bin' / 'python'), 'mlserver')} "
         "(parallel_workers 0)"
         if run.peer
-        else "MLServer skipped (--smoke: its venv is not installed)"
+        else "MLServer skipped"
     )
     print(
         f"flywheel {flywheel.__version__} (1 process, uvicorn+uvloop); {peer}; requests per run: "
@@ -655,6 +655,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-neighbour", action="store_true", help="skip the run beside a CPU-bound process"
     )
+    parser.add_argument(
+        "--no-peer", action="store_true", help="skip MLServer (Flywheel's figures only)"
+    )
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
     pinned = bool(shutil.which("taskset")) and (os.cpu_count() or 1) >= 2
@@ -662,9 +665,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(
             "needs taskset and 2 CPUs: one for the servers, one for the load generator"
         )
-    if args.smoke:
-        print("peer MLServer: skipped in --smoke (its venv is not installed in smoke mode)")
-    mlserver = None if args.smoke else ensure_mlserver()
+    if args.smoke or args.no_peer:
+        why = "--smoke: its venv is not installed in smoke mode" if args.smoke else "--no-peer"
+        print(f"peer MLServer: skipped ({why})")
+    mlserver = None if args.smoke or args.no_peer else ensure_mlserver()
     workdir = Path(tempfile.mkdtemp(prefix="flywheel-bench-serving-"))
     proj_dir, ml_dir, model = prepare(workdir, sizes)
     server_cpu = SERVER_CPU if pinned else None
