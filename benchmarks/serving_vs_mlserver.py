@@ -19,9 +19,9 @@ Run: ``make bench-serving`` (or ``.venv/bin/python benchmarks/serving_vs_mlserve
   concurrency 64.
 * Overload: 256 and 640 concurrent clients against the sklearn model. The clients send a
   deadline (``X-Request-Timeout``: twice the p99 measured at 64, in this run) and honour
-  ``Retry-After`` (a refused connection waits that long before its next request); each request
-  has a 10 s client timeout. Reported: admitted p99, how fast the 429s came, 5xx and client
-  timeouts. One more run at 256 sends no deadline (the server's default applies).
+  ``Retry-After`` (a refused client waits that long, then comes back on a new connection);
+  each request has a 10 s client timeout. Reported: admitted p99, how fast the 429s came, 5xx
+  and client timeouts. One more run at 256 sends no deadline (the server's default applies).
 
 ``--smoke`` (CI): tiny sizes, MLServer skipped (its venv is not installed), a small MLP; every
 step still runs and every answer is still checked. Any wrong answer or dead server exits 1.
@@ -153,7 +153,11 @@ async def _connection(
                     out.retry_after_missing += 1
                 elif honour_retry_after:
                     await asyncio.sleep(min(float(retry), max(0.0, deadline - time.perf_counter())))
-    except (ConnectionError, asyncio.IncompleteReadError):
+                    # Back after a pause, as a client would be: on a new connection (the server
+                    # may have closed the idle one meanwhile: uvicorn's keep-alive is 5 s).
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, port)
+    except (OSError, asyncio.IncompleteReadError):
         out.statuses.append(BROKEN)
         out.latencies_ms.append(float("nan"))
     finally:
@@ -592,6 +596,10 @@ def report(run: Run) -> None:
         )
     for label, f, m in rows:
         print(f"| {label} | {_cells(f)} | {_cells(m)} | {_ratio(f, m)} |")
+    for label, f, m in rows:
+        for server, r in (("flywheel", f), ("mlserver", m)):
+            for status, body in sorted((r.samples if r else {}).items()):
+                print(f"{label}, {server}: a {status} said {body}")
     print()
     print("| PyTorch MLP, concurrency 64 | req/s | p50 ms | p99 ms | non-200 |")
     print("|---|---:|---:|---:|---:|")
