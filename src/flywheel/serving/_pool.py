@@ -23,6 +23,7 @@ from flywheel.serving import _metrics as m
 from flywheel.serving._background import BackgroundTasks
 from flywheel.serving._batching import BatchingPolicy, DynamicBatcher
 from flywheel.serving._errors import ModelUnavailable, ServingError
+from flywheel.serving._once import LoadOnce
 from flywheel.serving._runtime import LoadedRuntime, ModelSource, load_runtime
 
 if TYPE_CHECKING:
@@ -125,8 +126,7 @@ class VersionPool:
         self.background = background
         self._ensure_started = ensure_started
         self._versions: dict[VersionKey, ServedVersion] = {}
-        self._loading: dict[VersionKey, asyncio.Task[ServedVersion]] = {}
-        self._failed: dict[VersionKey, tuple[float, ModelUnavailable]] = {}
+        self._once: LoadOnce[VersionKey, ServedVersion] = LoadOnce(LOAD_RETRY_SECONDS)
         self._executor: ThreadPoolExecutor | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -147,8 +147,7 @@ class VersionPool:
     def reset(self) -> None:
         """Forget every version and stop the threads, without draining (the loop is gone)."""
         self._versions.clear()
-        self._loading.clear()
-        self._failed.clear()
+        self._once.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
@@ -175,7 +174,7 @@ class VersionPool:
 
     @property
     def loading(self) -> list[asyncio.Task[ServedVersion]]:
-        return list(self._loading.values())
+        return self._once.loading
 
     async def get_version(self, name: str, version: int) -> ServedVersion:
         """The loaded version, loading and warming it first if needed (once, however many ask)."""
@@ -185,21 +184,7 @@ class VersionPool:
             return served
         await self.ensure_started()
         self.executor  # noqa: B018  (not started: ModelUnavailable before any load)
-        failed = self._failed.get(key)
-        if failed is not None and failed[0] > time.monotonic():
-            raise failed[1]
-        task = self._loading.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._load(name, version))
-            self._loading[key] = task
-        try:
-            served = await asyncio.shield(task)
-        except ModelUnavailable as exc:
-            self._failed[key] = (time.monotonic() + LOAD_RETRY_SECONDS, exc)
-            raise
-        finally:
-            if task.done():
-                self._loading.pop(key, None)
+        served = await self._once.get(key, lambda: self._load(name, version))
         self._versions[key] = served
         return served
 

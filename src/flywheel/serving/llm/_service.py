@@ -40,6 +40,7 @@ import numpy as np
 from flywheel.errors import NotFoundError
 from flywheel.project import Project
 from flywheel.serving._errors import ModelUnavailable, UnknownModel
+from flywheel.serving._once import LoadOnce
 from flywheel.serving._prediction_log import PredictionRecord, now_utc
 from flywheel.serving._server import InferenceServer, ServedVersion, server_for
 from flywheel.serving.llm._backend import ChatBackend, backend_loader
@@ -112,8 +113,7 @@ class LLMService:
     def __init__(self, project: Project) -> None:
         self.project = project
         self._loaded: dict[tuple[str, int], LoadedChat] = {}
-        self._loading: dict[tuple[str, int], asyncio.Task[LoadedChat]] = {}
-        self._failed: dict[tuple[str, int], tuple[float, ModelUnavailable]] = {}
+        self._once: LoadOnce[tuple[str, int], LoadedChat] = LoadOnce(LOAD_RETRY_SECONDS)
         self._refresher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._redactors: dict[str, Callable[[str], str]] = {}
@@ -166,21 +166,7 @@ class LLMService:
         chat = self._loaded.get(key)
         if chat is not None:
             return chat
-        failed = self._failed.get(key)
-        if failed is not None and failed[0] > time.monotonic():
-            raise failed[1]
-        task = self._loading.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._load(served))
-            self._loading[key] = task
-        try:
-            chat = await asyncio.shield(task)
-        except ModelUnavailable as exc:
-            self._failed[key] = (time.monotonic() + LOAD_RETRY_SECONDS, exc)
-            raise
-        finally:
-            if task.done():
-                self._loading.pop(key, None)
+        chat = await self._once.get(key, lambda: self._load(served))
         self._loaded[key] = chat
         return chat
 
