@@ -24,6 +24,7 @@ from flywheel.serving._asgi import (
 )
 from flywheel.serving._drift import alert, drift_report
 from flywheel.serving._endpoints import EndpointStore
+from flywheel.serving._history import traffic_history
 from flywheel.serving._server import server_for
 
 MAX_VERSION = 2**31 - 1
@@ -275,6 +276,23 @@ async def endpoint_drift(
     if notify:
         sent = await asyncio.to_thread(alert, project, report)
     return {**report.to_dict(), "webhook_sent": sent}
+
+
+@router.get(
+    "/serving/endpoints/{name}/history", dependencies=[Depends(require_reader)], responses=_errors
+)
+async def endpoint_history(
+    name: str,
+    since: float | None = Query(default=None, ge=0, le=1e11, description="Unix seconds."),
+    until: float | None = Query(default=None, ge=0, le=1e11, description="Unix seconds."),
+    buckets: int = Query(default=60, ge=1, le=500),
+    project: Project = Depends(current_project),
+) -> dict[str, Any]:
+    """Logged requests and p50/p99 latency per version over time, from the prediction log."""
+    EndpointStore(project.db).get(name)  # 404 for an unknown endpoint
+    return await asyncio.to_thread(
+        traffic_history, project, name, since=since, until=until, buckets=buckets
+    )
 
 
 @router.get("/serving/loaded", dependencies=[Depends(require_reader)])
