@@ -11,7 +11,7 @@ import pytest
 
 from flywheel.project import Project
 from flywheel.tracking import Tracker
-from tests.ui._seed import AB_TEST
+from tests.ui._seed import AB_TEST, ENDPOINT
 from tests.ui.conftest import Server
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -124,5 +124,28 @@ def test_experiment_history_range_is_asked_of_the_server(browser: Any, server: S
     points = answer.value.json()["points"]
     assert len(points) == 60 and points[0]["time"] >= since  # spread over the range asked
     page.wait_for_selector("#chart-seq[data-testid=chart] canvas")
+    assert page.fw_errors == []
+    page.close()
+
+
+def test_endpoint_history_comes_from_the_prediction_log_over_a_range(
+    browser: Any, server: Server
+) -> None:
+    page = _page(browser, "about:blank")
+    with page.expect_response(lambda r: f"/serving/endpoints/{ENDPOINT}/history?" in r.url) as day:
+        page.goto(f"{server.url}/ui/endpoints#{ENDPOINT}")
+    since = float(parse_qs(urlparse(day.value.url).query)["since"][0])
+    assert abs(since - (time.time() - 86400)) < 600  # "last day" is the default
+    logged = day.value.json()["versions"]
+    assert logged and sum(sum(v["requests"]) for v in logged.values()) > 0
+    page.wait_for_function("() => document.querySelector('#chart-hist-requests')?.fwPlot")
+    series = page.evaluate(
+        "() => document.querySelector('#chart-hist-requests').fwPlot.data.slice(1)"
+        ".map((s) => s.reduce((a, b) => a + (b || 0), 0))"
+    )
+    assert sorted(series) == sorted(sum(v["requests"]) for v in logged.values())
+    with page.expect_response(lambda r: "/history?" in r.url and "since=" not in r.url) as whole:
+        page.select_option("#ep-history-range", "")
+    assert whole.value.ok
     assert page.fw_errors == []
     page.close()

@@ -132,7 +132,7 @@
   };
 
   // ---------- Endpoints ----------
-  const EP_PANELS = ["split", "totals", "canary", "shadow", "drift", "ep-actions", "events", "ep-audit"];
+  const EP_PANELS = ["split", "totals", "canary", "shadow", "drift", "ep-history", "ep-actions", "events", "ep-audit"];
   F.pages.endpoints = async () => {
     const listBody = document.querySelector("#endpoints tbody");
     const endpoints = await F.load(listBody, "/serving/endpoints", "array", "endpoints");
@@ -334,10 +334,26 @@
       box.replaceChildren(...parts);
     }
     document.getElementById("drift-window").addEventListener("change", () => drift().catch(console.warn));
-    await Promise.all([describe(), scrape(), drift()]);
+    // Logged requests and p99 per version over the chosen range, asked of the server (since).
+    async function trafficHistory() {
+      const rangeSel = document.getElementById("ep-history-range"), box = document.getElementById("ep-history");
+      const since = rangeSel.value ? Math.floor(Date.now() / 1000 - Number(rangeSel.value)) : null;
+      const r = await F.api(`/serving/endpoints/${encodeURIComponent(name)}/history?buckets=60${since === null ? "" : `&since=${since}`}`, { shape: "object" });
+      if (!r.ok) { F.showError(box, r, "history"); return; }
+      const versions = Object.keys(r.data.versions || {}), xs = r.data.times || [];
+      box.querySelectorAll(".chart").forEach((c) => c.fwPlot?.destroy());
+      if (!versions.length) { empty(box, "No logged requests in this range (the prediction log is sampled: serving.prediction_log_sample_rate)."); return; }
+      const req = el("div", { class: "chart", id: "chart-hist-requests", "data-testid": "chart" }), p99 = el("div", { class: "chart", id: "chart-hist-p99", "data-testid": "chart" });
+      box.replaceChildren(el("div", {}, el("h3", {}, "logged requests"), req), el("div", {}, el("h3", {}, "p99 latency (ms)"), p99));
+      F.timeChart(req, xs, versions.map((v, i) => ({ label: `v${v}`, values: r.data.versions[v].requests, stroke: F.color(i) })), { title: `logged requests per version of ${name}` });
+      F.timeChart(p99, xs, versions.map((v, i) => ({ label: `v${v}`, values: r.data.versions[v].p99_ms, stroke: F.color(i) })), { title: `p99 latency per version of ${name}` });
+    }
+    document.getElementById("ep-history-range").addEventListener("change", () => trafficHistory().catch(console.warn));
+    await Promise.all([describe(), scrape(), drift(), trafficHistory()]);
     F.every(3000, describe, { now: false });
     F.every(2000, scrape, { now: false });
     F.every(15000, drift, { now: false });
+    F.every(15000, trafficHistory, { now: false });
   };
 
   // ---------- Experiments ----------
