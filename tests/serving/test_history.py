@@ -67,3 +67,25 @@ def test_requests_and_latency_per_version_in_a_time_range(logged: Project) -> No
         bad = client.get("/serving/endpoints/shop/history", params={"buckets": 0})
         assert bad.status_code == 422 and "buckets" in bad.json()["error"]
         assert client.get("/serving/endpoints/nope/history").status_code == 404
+
+
+def test_cli_history(logged: Project) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from flywheel.cli._serve import app
+
+    t0 = T0.timestamp()
+    config = str(logged.config.root / "flywheel.yaml")
+    runner = CliRunner()
+    args = ["history", "shop", "--since", str(t0 + 30), "--until", str(t0 + 89), "--buckets", "2"]
+    out = runner.invoke(app, [*args, "--json", "-c", config])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout) == traffic_history(
+        logged, "shop", since=t0 + 30, until=t0 + 89, buckets=2
+    )
+    text = runner.invoke(app, [*args, "-c", config]).stdout
+    assert "v1:" in text and "30 requests  p99 10.0 ms" in text
+    missing = runner.invoke(app, ["history", "nope", "-c", config])
+    assert missing.exit_code != 0

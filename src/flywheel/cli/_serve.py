@@ -274,6 +274,35 @@ def delete(endpoint: str, config: ConfigOption = None) -> None:
 
 
 @app.command()
+def history(
+    endpoint: str,
+    since: Annotated[float | None, typer.Option(min=0, help="From (Unix seconds).")] = None,
+    until: Annotated[float | None, typer.Option(min=0, help="To (Unix seconds).")] = None,
+    buckets: Annotated[int, typer.Option(min=1, max=500, help="Intervals.")] = 12,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Logged requests and p99 latency per version over time (from the prediction log)."""
+    from datetime import UTC, datetime
+
+    from flywheel.serving import EndpointStore, traffic_history
+
+    project = open_project(config)
+    EndpointStore(project.db).get(endpoint)
+    data = traffic_history(project, endpoint, since=since, until=until, buckets=buckets)
+    if as_json:
+        _print_json(data)
+        return
+    if not data["versions"]:
+        console.print(f"endpoint {endpoint}: no logged requests in this range")
+    for version, series in data["versions"].items():
+        console.print(f"v{version}:")
+        for t, n, p99 in zip(data["times"], series["requests"], series["p99_ms"], strict=True):
+            at = datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+            console.print(f"  {at}  {n:>7} requests  p99 {'–' if p99 is None else f'{p99:.1f} ms'}")
+
+
+@app.command()
 def drift(
     endpoint: str,
     window: Annotated[str, typer.Option(help="How far back to look: 30m, 1h, 7d.")] = "1h",

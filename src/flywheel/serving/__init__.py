@@ -10,6 +10,7 @@ Public API::
     EndpointStore, Endpoint, Route, Shadow, CanaryPlan, RolloutState   # what they store
     drift_report(project, endpoint, window="1h") -> DriftReport   # PSI / chi-square / KS
     alert(report)                                 # the drift webhook
+    traffic_history(project, endpoint, since=, until=)   # logged requests, p99 per version
     encode_request / decode_response              # V2 tensors for clients and benchmarks
     with_inference_fast_path(app)                 # V2 inference bypasses framework middleware
     ModelSource                                   # the seam to the registry (tests may fake it)
@@ -42,6 +43,7 @@ from flywheel.serving._errors import (
     ServingError,
     UnknownModel,
 )
+from flywheel.serving._history import traffic_history
 from flywheel.serving._runtime import ModelSource
 from flywheel.serving._server import InferenceServer, Prediction, server_for, serving_service
 
@@ -79,5 +81,6 @@ __all__ = [
     "serving_service",
     "set_routes",
     "set_shadow",
+    "traffic_history",
     "with_inference_fast_path",
 ]
