@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import signal
 import threading
@@ -39,6 +40,7 @@ import sqlalchemy as sa
 from flywheel.config import CONFIG_FILENAME
 from flywheel.errors import ConflictError, FlywheelError
 from flywheel.project import Project
+from flywheel.training._doorbell import Doorbell
 from flywheel.training._errors import QuotaError
 from flywheel.training._executor import (
     ENV_ATTEMPT,
@@ -60,11 +62,13 @@ from flywheel.training._policy import (
     can_ever_fit,
     plan,
 )
+from flywheel.training._relay import ENV_METRICS_FILE, METRICS_FILE, MetricsRelay
 from flywheel.training._spec import JobSpec
 from flywheel.training._states import JobState
 from flywheel.training._store import Job, JobStore
 
 ACTIVE = (JobState.ADMITTED, JobState.RUNNING)
+logger = logging.getLogger("flywheel.training")
 
 
 @dataclass
@@ -88,6 +92,11 @@ def jobs_dir(project: Project) -> Path:
 
         return shared_root(project.config) / "training" / "attempts"
     return project.config.state_dir / "training" / "jobs"
+
+
+def doorbell_path(project: Project) -> Path:
+    """The named pipe a running scheduler listens on (``training._doorbell``)."""
+    return project.config.state_dir / "training" / "doorbell"
 
 
 def executor_from_config(project: Project) -> Executor:
@@ -151,6 +160,10 @@ class Scheduler:
         self.default_quota = default_quota if default_quota is not None else cfg_default
         self.preemption = cfg.preemption if preemption is None else preemption
         self.grace_period = cfg.grace_period if grace_period is None else grace_period
+        self.relay = MetricsRelay(project, self.store)
+        self._doorbell: Doorbell | None = None
+        if hasattr(self.executor, "on_exit"):
+            self.executor.on_exit = self.wake
 
     # -- submission (validated against this inventory) -------------------------------------------
 
@@ -175,13 +188,45 @@ class Scheduler:
         return report
 
     def run(self, stop: threading.Event | None = None, interval: float | None = None) -> None:
-        """Tick until ``stop`` is set (holding the one-scheduler-per-project lock)."""
+        """Tick until ``stop`` is set (holding the one-scheduler-per-project lock).
+
+        Between rounds it sleeps in ``wait``: a submission on this host, an attempt exiting or
+        ``wake()`` starts the next round at once; ``interval`` bounds the sleep. Whoever sets
+        ``stop`` should call ``wake()`` too, or the loop notices at the end of its sleep.
+        """
         stop = stop or threading.Event()
         interval = interval or self.project.config.training.poll_interval
         with scheduler_lock(self.project):
+            self.listen()
             while not stop.is_set():
-                self.tick()
-                stop.wait(interval)
+                try:
+                    self.tick()
+                except Exception:  # keep running; the next round re-derives everything
+                    logger.exception("training scheduler round failed")
+                self.wait(interval)
+
+    def listen(self) -> None:
+        """Start listening on the doorbell (``run`` does; call it before the first ``tick``
+        of a hand-written loop so an early ``wake`` is not lost)."""
+        if self._doorbell is None:
+            self._doorbell = Doorbell(doorbell_path(self.project))
+
+    def wake(self) -> None:
+        """End the current ``wait`` now (thread-safe; a no-op before ``listen``)."""
+        if self._doorbell is not None:
+            self._doorbell.ring()
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until woken (a job submitted on this host, an attempt exited, ``wake()``) or
+        ``timeout`` seconds; ``True`` if woken."""
+        self.listen()
+        return self._doorbell.wait(timeout) if self._doorbell is not None else False
+
+    def close(self) -> None:
+        """Stop listening on the doorbell."""
+        if self._doorbell is not None:
+            self._doorbell.close()
+            self._doorbell = None
 
     # -- 1. reconcile ----------------------------------------------------------------------------
 
@@ -208,6 +253,7 @@ class Scheduler:
                 job = moved
                 report.adopted.append(job.id)
             if status.state is ProcessState.RUNNING:
+                self.relay.ingest(job, self.metrics_file(job))
                 if status.restarts != job.restarts:
                     self.store.update(job.id, JobState.RUNNING, restarts=status.restarts)
                 if job.cancel_requested or job.preempt_requested:
@@ -218,6 +264,8 @@ class Scheduler:
                 leftovers = getattr(self.executor, "kill_leftovers", None)
                 if leftovers is not None:
                     leftovers(job)  # never let an orphaned worker run beside the next attempt
+                self.relay.ingest(job, self.metrics_file(job))
+                self.relay.end(job, "killed")
                 self._archive(job)
                 self._release(job)
                 self.store.transition(
@@ -266,6 +314,7 @@ class Scheduler:
     def _finish(
         self, job: Job, exit_code: int, restarts: int, stopped: bool, report: TickReport
     ) -> None:
+        self.relay.ingest(job, self.metrics_file(job))  # every point is in before "succeeded"
         self._archive(job)
         self._release(job)
         common: dict[str, Any] = {"exit_code": exit_code, "restarts": restarts, "pid": None}
@@ -305,6 +354,15 @@ class Scheduler:
             why = f"exit code {exit_code} after {restarts} restart(s)"
             self.store.transition(job.id, JobState.RUNNING, JobState.FAILED, why, **common)
             report.finished[job.id] = JobState.FAILED
+        outcome = report.finished.get(job.id)
+        run_status = {JobState.SUCCEEDED: "finished", JobState.FAILED: "failed"}
+        self.relay.end(job, run_status.get(outcome, "killed") if outcome else "killed")
+
+    def metrics_file(self, job: Job) -> Path | None:
+        """Where the attempt's rank 0 appends its metrics (``None``: the executor keeps no
+        attempt folders, and rank 0 writes to the database itself)."""
+        attempt_dir = getattr(self.executor, "attempt_dir", None)
+        return attempt_dir(job) / METRICS_FILE if attempt_dir is not None else None
 
     # -- 2. plan ---------------------------------------------------------------------------------
 
@@ -418,6 +476,9 @@ class Scheduler:
                 "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
             }
         )
+        metrics_file = self.metrics_file(job)
+        if metrics_file is not None:
+            env[ENV_METRICS_FILE] = str(metrics_file)
         return env
 
     def _launch_admitted(self, report: TickReport) -> None:
@@ -451,6 +512,10 @@ class Scheduler:
             )
             if moved is not None:
                 report.launched.append(job.id)
+                try:
+                    self.relay.start(moved)
+                except Exception:  # tracking is a record of the job, never a reason to stop it
+                    logger.exception("training: could not open the tracking run of %s", job.id)
 
 
 @contextlib.contextmanager
@@ -497,6 +562,7 @@ def scheduler_lock(project: Project) -> Iterator[None]:
 __all__ = [
     "Scheduler",
     "TickReport",
+    "doorbell_path",
     "executor_from_config",
     "jobs_dir",
     "resolve_dataset",

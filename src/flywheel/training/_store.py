@@ -424,21 +424,29 @@ class JobStore:
 
     def log_metrics(self, job_id: str, step: int, values: dict[str, float]) -> None:
         """Record metrics a job reports (idempotent per ``(key, step)``: the last write wins)."""
+        self.log_metric_points(job_id, [(step, values)])
+
+    def log_metric_points(self, job_id: str, points: list[tuple[int, dict[str, float]]]) -> None:
+        """Record many ``(step, {key: value})`` points in one transaction (same contract as
+        ``log_metrics``: idempotent per ``(key, step)``, the last write wins)."""
+        if not points:
+            return
         now = _now()
         with self.db.write() as conn:
-            for key, value in values.items():
-                conn.execute(
-                    metrics_table.delete().where(
-                        metrics_table.c.job_id == job_id,
-                        metrics_table.c.key == key,
-                        metrics_table.c.step == step,
+            for step, values in points:
+                for key, value in values.items():
+                    conn.execute(
+                        metrics_table.delete().where(
+                            metrics_table.c.job_id == job_id,
+                            metrics_table.c.key == key,
+                            metrics_table.c.step == step,
+                        )
                     )
-                )
-                conn.execute(
-                    metrics_table.insert().values(
-                        job_id=job_id, key=key, step=step, value=float(value), at=now
+                    conn.execute(
+                        metrics_table.insert().values(
+                            job_id=job_id, key=key, step=step, value=float(value), at=now
+                        )
                     )
-                )
 
     def metrics(self, job_id: str, key: str | None = None) -> list[tuple[str, int, float]]:
         """``(key, step, value)`` rows, ordered by key then step."""

@@ -154,7 +154,8 @@ def init(
     if seed is not None:
         seed_everything(seed)
     _CURRENT["ctx"] = ctx
-    if rank == 0 and ctx.job_id and os.environ.get("FLYWHEEL_CONFIG"):
+    relayed = bool(os.environ.get("FLYWHEEL_METRICS_FILE"))  # the scheduler stores metrics
+    if rank == 0 and ctx.job_id and os.environ.get("FLYWHEEL_CONFIG") and not relayed:
         # Import the metadata/tracking stack while the process group warms up, not at the
         # first log_metrics() call, where every other rank would wait for it.
         threading.Thread(target=_warm_reporting, name="flywheel-warmup", daemon=True).start()

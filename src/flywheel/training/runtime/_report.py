@@ -1,11 +1,13 @@
 """Metrics, tracking and registration from inside a training job (rank 0 only).
 
-``log_metrics(step, **values)`` writes to two places: the job's own metric series in the
-metadata store (what ``flywheel jobs show`` and the tuner's median pruner read; written
-synchronously, so the tuner sees a value as soon as the call returns) and, when
-``flywheel.tracking`` is available, a tracking run of the job's experiment (buffered,
-flushed off-thread). ``register(model, ...)`` registers the trained model with lineage
-``training_dataset -> run -> model_version`` and records ``job -> run``.
+``log_metrics(step, **values)`` in a scheduled job appends the point to the attempt's metrics
+file (``$FLYWHEEL_METRICS_FILE``) and returns at once; the scheduler moves it into the job's
+metric series (what ``flywheel jobs show`` and the tuner's median pruner read) and into the
+attempt's tracking run, which the scheduler opened at launch (see ``training._relay``). So a
+worker that only logs metrics never opens the project nor imports the metadata stack. Without
+that variable (an executor without attempt folders) rank 0 writes both itself, as before.
+``register(model, ...)`` registers the trained model with lineage
+``training_dataset -> run -> model_version`` (the attempt's run) and records it on the job.
 Outside a scheduled job (no ``$FLYWHEEL_JOB_ID``) metrics only go to tracking, if configured.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from flywheel.training._relay import ENV_METRICS_FILE, append_metrics
 from flywheel.training.runtime._context import current
 
 _STATE: dict[str, Any] = {}
@@ -47,7 +50,9 @@ def tracking_run() -> Any | None:
         return _STATE["run"]
     run = None
     project = _project()
-    if project is not None:
+    if project is not None and ctx.job_id and os.environ.get(ENV_METRICS_FILE):
+        run = _scheduler_run(project, ctx.job_id)
+    elif project is not None:
         from flywheel.tracking import Tracker
 
         if ctx.spec.get("track", True):
@@ -65,6 +70,20 @@ def tracking_run() -> Any | None:
     return run
 
 
+def _scheduler_run(project: Any, job_id: str) -> Any | None:
+    """The run the scheduler opened for this attempt (``job.run_id``), reopened here."""
+    from flywheel.tracking import RunNotFound, Tracker
+    from flywheel.training._store import JobStore
+
+    run_id = JobStore(project.db).get(job_id).run_id
+    if not run_id:
+        return None
+    try:
+        return Tracker(project).resume_run(run_id)
+    except RunNotFound:
+        return None
+
+
 def _record_run(project: Any, job_id: str, run_id: str) -> None:
     from flywheel.lineage import Node, record_edge
     from flywheel.training._states import JobState
@@ -80,6 +99,10 @@ def log_metrics(step: int, **values: float) -> None:
     if not ctx.is_main:
         return
     floats = {k: float(v) for k, v in values.items()}
+    relay_file = os.environ.get(ENV_METRICS_FILE)
+    if ctx.job_id and relay_file:
+        append_metrics(relay_file, step, floats)  # the scheduler stores it (training._relay)
+        return
     project = _project()
     if project is not None and ctx.job_id:
         from flywheel.training._store import JobStore
