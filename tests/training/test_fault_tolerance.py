@@ -3,16 +3,20 @@ checkpoint and resume, a scheduler killed with -9, and a 2-agent rendezvous on 1
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from flywheel.project import Project
+from flywheel.tracking import Tracker
 from flywheel.training import (
     JobSpec,
     JobState,
@@ -79,16 +83,36 @@ def all_logs(project: Project, job_id: str, attempt: int | None = None) -> str:
     return "\n".join(TrainingService(project).logs(job_id, attempt).values())
 
 
+@contextlib.contextmanager
+def scheduler_loop(s: Scheduler, interval: float) -> Iterator[None]:
+    """``Scheduler.run`` in a thread, as ``flywheel up`` runs it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=s.run, args=(stop, interval), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        s.wake()
+        thread.join(timeout=60)
+        s.close()
+
+
 def test_sigkill_worker_restart_resumes_bit_identical(
     project: Project, parquet_file: Path, reference_digest: str, tmp_path: Path
 ) -> None:
+    """Through the real loop with a one-hour poll: the job can only start and finish because
+    the submission and the attempt's exit wake the scheduler (no polling in between)."""
     s = Scheduler(project, inventory=[NodeCapacity("local", 2)])
     out = tmp_path / "digest"
-    job = s.store.submit(
-        train_spec("crash", out, parquet_file, max_restarts=2,
-                   env={"CRASH_AT_STEP": "8", "CRASH_RANK": "1"})
-    )  # fmt: skip
-    run_until_done(s, [job.id])
+    with scheduler_loop(s, interval=3600):
+        job = TrainingService(project).submit(
+            train_spec("crash", out, parquet_file, max_restarts=2,
+                       env={"CRASH_AT_STEP": "8", "CRASH_RANK": "1"})
+        )  # fmt: skip
+        deadline = time.monotonic() + 240
+        while not s.store.get(job.id).state.terminal and time.monotonic() < deadline:
+            time.sleep(0.2)
     done = s.store.get(job.id)
     logs = all_logs(project, job.id)
     assert done.state is JobState.SUCCEEDED, logs[-3000:]
@@ -98,7 +122,10 @@ def test_sigkill_worker_restart_resumes_bit_identical(
     # Per-rank logs of both torchrun attempts were archived in the artifact store.
     keys = project.artifacts.list_named(f"training/jobs/{job.id}/attempt-1")
     assert any("restart1/rank1" in k for k in keys) and any("restart0/rank0" in k for k in keys)
+    # Rank 0's metrics reached the job's series and the attempt's run through the scheduler.
     assert [k for k, _, _ in s.store.metrics(job.id)][:1] == ["loss"]
+    run = Tracker(project).get_run(done.run_id or "")
+    assert run.status == "finished" and "loss" in run.metrics
 
 
 def test_preemption_checkpoints_requeues_and_resumes(

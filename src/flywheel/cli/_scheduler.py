@@ -31,6 +31,7 @@ def run(
 
     def on_signal(_signum: int, _frame: object) -> None:
         stop.set()
+        scheduler.wake()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -38,6 +39,7 @@ def run(
     cpus = sum(n.cpus for n in scheduler.inventory)
     gpus = sum(len(n.gpus) for n in scheduler.inventory)
     with scheduler_lock(project):
+        scheduler.listen()  # submissions and exits wake the loop below at once
         console.print(
             f"scheduler for project [bold]{project.config.project}[/]: "
             f"{len(scheduler.inventory)} node(s), {cpus} CPUs, {gpus} GPUs"
@@ -56,7 +58,7 @@ def run(
                 console.print(f"requeued {job_id}")
             if once:
                 break
-            stop.wait(wait)
+            scheduler.wait(wait)
 
 
 @app.command("status")

@@ -28,6 +28,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -35,6 +37,8 @@ from typing import Protocol
 from flywheel.artifacts import ArtifactStore
 from flywheel.training._store import Job
 from flywheel.training._supervisor import LOCK_FD_ENV, write_json_atomic
+
+SUPERVISOR_SCRIPT = str(Path(__file__).with_name("_supervisor.py"))
 
 # Env vars the runtime library reads inside workers.
 ENV_JOB_ID = "FLYWHEEL_JOB_ID"
@@ -151,6 +155,9 @@ class LocalExecutor:
         self.jobs_dir = jobs_dir
         self.artifacts = artifacts
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        # Called (from a watcher thread) when an attempt this executor launched has exited, so
+        # the scheduler reconciles at once instead of at its next poll (``Scheduler.wake``).
+        self.on_exit: Callable[[], None] | None = None
 
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id
@@ -192,7 +199,9 @@ class LocalExecutor:
             child_env = dict(os.environ)
             child_env[LOCK_FD_ENV] = str(lock_fd)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "flywheel.training._supervisor", str(adir)],
+                # A script, isolated and without site-packages: it needs only the standard
+                # library, and every millisecond here delays the job's start.
+                [sys.executable, "-I", "-S", SUPERVISOR_SCRIPT, str(adir)],
                 env=child_env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -205,7 +214,15 @@ class LocalExecutor:
             os.close(lock_fd)  # the child holds the lock now
         (adir / "supervisor.pid").write_text(str(proc.pid))
         self._children[f"{job.id}/{job.attempt}"] = proc
+        threading.Thread(
+            target=self._watch, args=(proc,), name=f"flywheel-watch-{job.id}", daemon=True
+        ).start()
         return proc.pid
+
+    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()
+        if self.on_exit is not None:
+            self.on_exit()
 
     def status(self, job: Job) -> ProcessStatus:
         adir = self.attempt_dir(job)

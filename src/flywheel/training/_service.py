@@ -15,10 +15,11 @@ from typing import Any
 
 from flywheel.errors import ConflictError
 from flywheel.project import Project
+from flywheel.training._doorbell import ring
 from flywheel.training._executor import LocalExecutor
 from flywheel.training._inventory import inventory_from_config, quotas_from_config
 from flywheel.training._policy import can_ever_fit, total_capacity
-from flywheel.training._scheduler import Scheduler, jobs_dir, scheduler_lock
+from flywheel.training._scheduler import Scheduler, doorbell_path, jobs_dir
 from flywheel.training._spec import JobSpec
 from flywheel.training._states import JobState
 from flywheel.training._store import Job, JobStore
@@ -48,7 +49,9 @@ class TrainingService:
         why = can_ever_fit(spec.resources, self.inventory, quotas.get(spec.team, default))
         if why:
             raise QuotaError(f"job {spec.name!r} (team {spec.team!r}) can never run: {why}")
-        return self.store.submit(spec)
+        job = self.store.submit(spec)
+        ring(doorbell_path(self.project))  # the scheduler on this host starts it now
+        return job
 
     def get(self, job_id: str) -> Job:
         return self.store.get(job_id)
@@ -132,23 +135,17 @@ class TrainingService:
 async def scheduler_service(project: Project) -> AsyncIterator[None]:
     """Run the scheduler in a thread while ``flywheel up`` serves (see module docstring)."""
     stop = threading.Event()
-    ready = threading.Event()
+    running: list[Scheduler] = []
 
     def loop() -> None:
         scheduler = Scheduler(project)
+        running.append(scheduler)
         try:
-            with scheduler_lock(project):
-                ready.set()
-                while not stop.is_set():
-                    try:
-                        scheduler.tick()
-                    except Exception:  # keep serving; the next tick re-derives everything
-                        logger.exception("training scheduler tick failed")
-                    stop.wait(project.config.training.poll_interval)
+            scheduler.run(stop)  # ticks, then sleeps until woken or poll_interval
         except ConflictError as exc:
             logger.info("not starting the in-process training scheduler: %s", exc)
         finally:
-            ready.set()
+            scheduler.close()
 
     thread = threading.Thread(target=loop, name="flywheel-training-scheduler", daemon=True)
     thread.start()
@@ -156,6 +153,8 @@ async def scheduler_service(project: Project) -> AsyncIterator[None]:
         yield
     finally:
         stop.set()
+        for scheduler in running:
+            scheduler.wake()
         thread.join(timeout=10)
 
 

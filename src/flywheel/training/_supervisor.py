@@ -11,6 +11,11 @@ no moment when a started supervisor looks dead. The scheduler probes the lock: h
 alive, free plus ``status.json`` means finished, free without it means lost (killed with -9,
 machine rebooted). A pid can be recycled; a lock cannot outlive its process.
 
+It waits for its agents without polling (one thread per agent blocked in ``wait``), so it writes
+``status.json`` the moment the last agent exits; the launcher runs it as a script with ``-I -S``
+(no site-packages, not even the ``flywheel`` package), so it starts its agents within a few
+milliseconds of the launch. Only the standard library may be imported here.
+
 The agents get ``PR_SET_PDEATHSIG=SIGKILL``: if the supervisor is killed with -9 they die
 too, so a job the scheduler finds "lost" is really gone before it is requeued (never twice).
 """
@@ -21,9 +26,11 @@ import contextlib
 import ctypes
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -80,15 +87,7 @@ def supervise(attempt_dir: Path) -> int:
             )
         )
         log.close()
-    first_failure: float | None = None
-    while any(p.poll() is None for p in procs):
-        codes = [p.poll() for p in procs]
-        if first_failure is None and any(c not in (None, 0) for c in codes):
-            first_failure = time.monotonic()
-        if first_failure is not None and time.monotonic() - first_failure > PEER_EXIT_GRACE_S:
-            forward(signal.SIGTERM, None)
-            first_failure = float("inf")
-        time.sleep(0.2)
+    wait_for_agents(procs, lambda: forward(signal.SIGTERM, None))
     codes = [p.returncode for p in procs]
     exit_code = next((c for c in codes if c != 0), 0)
     write_json_atomic(
@@ -102,6 +101,32 @@ def supervise(attempt_dir: Path) -> int:
         },
     )
     return 0
+
+
+def wait_for_agents(procs: list[subprocess.Popen[bytes]], stop_all: Any) -> None:
+    """Block until every agent exited; ``PEER_EXIT_GRACE_S`` after the first failure, call
+    ``stop_all`` once (the others did not notice on their own)."""
+    exited: queue.Queue[int] = queue.Queue()
+
+    def watch(index: int, proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()
+        exited.put(index)
+
+    for i, proc in enumerate(procs):
+        threading.Thread(target=watch, args=(i, proc), daemon=True).start()
+    deadline: float | None = None
+    stopped = False
+    for _ in procs:
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                index = exited.get(timeout=timeout)
+                break
+            except queue.Empty:  # the grace period ran out
+                stop_all()
+                deadline, stopped = None, True
+        if procs[index].returncode != 0 and deadline is None and not stopped:
+            deadline = time.monotonic() + PEER_EXIT_GRACE_S
 
 
 def main(argv: list[str] | None = None) -> int:
