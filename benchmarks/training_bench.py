@@ -1,29 +1,38 @@
 """Training platform benchmark: Flywheel vs raw ``torchrun`` on the same script, in one run.
 
-Run with ``make bench-training`` (or ``.venv/bin/python benchmarks/training_bench.py``).
+Run with ``make bench-training`` (or ``.venv/bin/python benchmarks/training_bench.py``);
+``--smoke`` (CI) runs one 1-epoch job each way and nothing else.
 
 The workload is ``tests/training/workloads/ddp_train.py``: a tiny MLP (dropout, SGD with
 momentum, StepLR) trained with CPU DDP (gloo) on a 512-row Parquet file read through
-``ShardedParquetDataset``, checkpointing every 5 steps, ``OMP_NUM_THREADS=1``. Figures:
+``ShardedParquetDataset``, checkpointing every 5 steps, ``OMP_NUM_THREADS=1``. Flywheel runs
+as users run it: the real scheduler loop (``Scheduler.run``, default ``poll_interval``) in a
+thread, jobs submitted through ``TrainingService``. Figures:
 
 * **overhead**: wall time of the same 2-process job under raw ``torchrun`` (the peer) and
-  under Flywheel (submit -> scheduler -> supervisor -> torchrun -> SUCCEEDED seen in the DB);
+  under Flywheel (submit -> scheduler -> supervisor -> torchrun -> SUCCEEDED recorded), the CPU
+  seconds each spends, submit -> first step, and a timeline of where a Flywheel job's seconds
+  go (launch recorded, supervisor up, first/last step, agents exited, final state recorded);
 * **samples/s** with 1 and 2 processes (rank 0's step timestamps, steady state);
 * **checkpoint save / restore MB/s** (``Checkpointer``: torch.save + sha256 + fsync + rename;
   restore = read + verify + load), a 64 MB model+optimizer state, in process;
-* **crash -> progress**: rank 1 SIGKILLs itself at step 8; time from its last step to the first
-  step of the restarted group (detection, restart, imports, rendezvous, resume);
 * **admission** of 1,000 queued jobs by one scheduler round (plan + one transaction), SQLite
   and Postgres, with a no-op executor;
-* **soak**: the crash/resume run repeated: stock torchrun (shared rendezvous store, no
-  prefix), Flywheel's per-attempt ``PrefixStore`` alone, and the platform path (scheduled
-  jobs: fresh store per round via ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``). A recovery counts
-  only if the job succeeds after a restart with final weights bit-identical to the
-  uninterrupted run.
+* **crash -> first resumed step**: rank 1 logs ``crashing at step 8 t=...`` and SIGKILLs
+  itself; the time to rank 0's first step of the restarted group (detection, restart, imports,
+  rendezvous, resume). Raw column = stock torchrun runs (shared rendezvous store, no prefix);
+* **soak**: the crash/resume run repeated: stock torchrun, raw torchrun with Flywheel's
+  per-attempt ``PrefixStore`` only, and scheduled jobs (fresh store per round via
+  ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``). A recovery counts only if the job succeeds after
+  a restart that resumed from a checkpoint (step > 0: a restart from scratch is bit-identical
+  too) with final weights bit-identical to the uninterrupted run; every run's exit is checked;
+* **Ray** (when the ``ray`` extra is installed): a real 2-node Ray cluster on 127.0.0.1 (one
+  CPU per node), a 2-node x 1-process job through ``RayExecutor``: submit -> first step, and a
+  crash soak counted as above.
 
-Bounded by ``TRAINING_BENCH_SOAK`` (platform repeats, default 20) and ``TRAINING_BENCH_PLAIN``
-(stock and prefix-only repeats, default 5); a run that hangs for
-``TRAINING_BENCH_RUN_TIMEOUT`` seconds (default 180) is killed and counts as a failure.
+Bounded by ``TRAINING_BENCH_SOAK`` (platform repeats, default 20), ``TRAINING_BENCH_PLAIN``
+(stock and prefix-only repeats, default 5) and ``TRAINING_BENCH_RAY_SOAK`` (default 10); a run
+that hangs for ``TRAINING_BENCH_RUN_TIMEOUT`` seconds (default 180) is killed and fails.
 """
 
 from __future__ import annotations
@@ -49,7 +58,9 @@ TRAIN = ROOT / "tests" / "training" / "workloads" / "ddp_train.py"
 SOAK = int(os.environ.get("TRAINING_BENCH_SOAK", "20"))
 PLAIN = int(os.environ.get("TRAINING_BENCH_PLAIN", "5"))
 RUN_TIMEOUT = float(os.environ.get("TRAINING_BENCH_RUN_TIMEOUT", "180"))
+RAY_SOAK = int(os.environ.get("TRAINING_BENCH_RAY_SOAK", "10"))
 STEP_LINE = re.compile(r"step (\d+) loss \S+ t=([\d.]+)")
+CRASH_LINE = re.compile(r"crashing at step (\d+) t=([\d.]+)")
 
 
 def make_data(path: Path) -> None:
@@ -138,41 +149,98 @@ def samples_per_s(text: str, batch: int, world: int) -> float:
     return (s1 - s0) * batch * world / (t1 - t0)
 
 
-def crash_to_progress(log_dir: Path) -> float | None:
-    crashed = step_times(rank_logs(log_dir, 0, 0))  # rank 0 logs; rank 1 died at that step
-    resumed = step_times(rank_logs(log_dir, 1, 0))
-    if not crashed or not resumed:
-        return None
-    return resumed[0][1] - crashed[-1][1]
+def raw_logs(log_dir: Path) -> list[str]:
+    """Every worker's stdout of a raw torchrun run (all restarts)."""
+    return [p.read_text() for p in log_dir.glob("*/attempt_*/*/stdout.log")]
 
 
-def new_project(root: Path, metadata: str | None = None) -> Any:
+def new_project(root: Path, metadata: str | None = None, **overrides: Any) -> Any:
+    """A project with the default ``training.poll_interval`` (1 s): the scheduler is woken by
+    submissions and exits, so the figures do not depend on a short poll."""
     from tests.conftest import make_project
 
-    overrides: dict[str, Any] = {"training": {"poll_interval": 0.2}}
     if metadata:
         overrides["metadata"] = metadata
     return make_project(root, **overrides)
 
 
-def flywheel_run(project: Any, env: dict[str, str], name: str) -> tuple[Any, float]:
-    from flywheel.training import JobSpec, Resources, Scheduler
+class SchedulerLoop:
+    """The real scheduler loop (``Scheduler.run``) in a thread, as ``flywheel up`` runs it."""
 
-    scheduler = Scheduler(project)
-    t0 = time.perf_counter()
-    job = scheduler.store.submit(
+    def __init__(self, project: Any) -> None:
+        import threading
+
+        from flywheel.training import Scheduler
+
+        self.scheduler = Scheduler(project)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.scheduler.run, args=(self.stop,), daemon=True)
+
+    def __enter__(self) -> Any:
+        self.thread.start()
+        return self.scheduler
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        self.scheduler.wake()
+        self.thread.join(timeout=30)
+        self.scheduler.close()
+
+
+def flywheel_run(project: Any, env: dict[str, str], name: str, **spec: Any) -> tuple[Any, float]:
+    """Submit through ``TrainingService`` (as the CLI and API do) while a ``SchedulerLoop``
+    runs; wall time = submit -> the scheduler recording the final state (``finished_at``)."""
+    from flywheel.training import JobSpec, Resources
+    from flywheel.training._service import TrainingService
+
+    service = TrainingService(project)
+    resources = spec.pop("resources", None) or Resources(procs_per_node=2)
+    t0 = time.time()
+    job = service.submit(
         JobSpec(
             name=name,
             entrypoint=str(TRAIN),
-            resources=Resources(procs_per_node=2),
-            max_restarts=2,
+            resources=resources,
+            max_restarts=spec.pop("max_restarts", 2),
             env=env,
+            **spec,
         )
     )
-    while not (job := scheduler.store.get(job.id)).state.terminal:
-        scheduler.tick()
-        time.sleep(project.config.training.poll_interval)
-    return job, time.perf_counter() - t0
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not (job := service.get(job.id)).state.terminal:
+        if time.monotonic() > deadline and not job.cancel_requested:
+            service.cancel(job.id)  # a hung run fails (cancelled), it does not stop the bench
+        time.sleep(0.25)  # how often the benchmark looks; the wall time is the recorded one
+    return job, job.finished_at.timestamp() - t0 if job.finished_at else float("inf")
+
+
+def job_logs(project: Any, job: Any) -> list[str]:
+    """Every log text of the job's last attempt (all nodes, restarts and ranks)."""
+    from flywheel.training._service import TrainingService
+
+    return list(TrainingService(project).logs(job.id).values())
+
+
+def job_step_times(project: Any, job: Any) -> list[tuple[int, float]]:
+    """Rank 0's step lines over every restart of the job's last attempt, in time order."""
+    from flywheel.training._service import TrainingService
+
+    logs = TrainingService(project).logs(job.id)
+    times = [st for name, text in logs.items() if "rank0" in name for st in step_times(text)]
+    return sorted(times, key=lambda st: st[1])
+
+
+def crash_gap(texts: list[str]) -> float | None:
+    """Seconds from the crash (the crashing rank logs ``crashing at step S t=T`` just before
+    its SIGKILL) to rank 0's first step of the restarted group (a step < S after T). Works
+    whatever torchrun's per-restart log folders hold (on Ray the surviving node's agent
+    restarts its group without counting a restart and rewrites the same log file)."""
+    crash = [m for text in texts for m in CRASH_LINE.finditer(text)]
+    if not crash:
+        return None
+    at_step, at = int(crash[0].group(1)), float(crash[0].group(2))
+    after = [t for text in texts for step, t in step_times(text) if t > at and step < at_step]
+    return min(after) - at if after else None
 
 
 def checkpoint_speed(work: Path) -> tuple[float, float, float]:
@@ -257,7 +325,10 @@ def postgres_url() -> str | None:
     return f"{base}?options=-csearch_path%3D{schema}"
 
 
-def print_rows(rows: list[tuple[str, str, str, str]], t_start: float) -> None:
+Row = tuple[str, str, str, str, str]  # metric, local executor, Ray executor, raw torchrun, note
+
+
+def print_rows(rows: list[Row], t_start: float, notes: list[str]) -> None:
     import torch
 
     print()
@@ -267,12 +338,217 @@ def print_rows(rows: list[tuple[str, str, str, str]], t_start: float) -> None:
         f"torch {torch.__version__}; total {time.time() - t_start:.0f}s; "
         f"load average {os.getloadavg()[0]:.1f} (shared machine: figures vary with it)"
     )
-    header = ("metric", "Flywheel", "raw torchrun", "ratio / note")
-    widths = [max(len(r[i]) for r in [*rows, header]) for i in range(4)]
+    header = ("metric", "Flywheel (local)", "Flywheel (Ray)", "raw torchrun", "ratio / note")
+    widths = [max(len(r[i]) for r in [*rows, header]) for i in range(len(header))]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+    for note in notes:
+        print(note)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (the scheduler thread and the benchmark) and of its reaped
+    children (torchrun, the supervisor and all their descendants)."""
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timeline(project: Any, job: Any, t0: float) -> dict[str, float]:
+    """Seconds from submit of: launch recorded, supervisor up, first and last step, agents
+    exited, final state recorded (the instrumented path of one local job)."""
+    from flywheel.training import LocalExecutor
+    from flywheel.training._scheduler import jobs_dir
+
+    executor = LocalExecutor(jobs_dir(project))
+    status = json.loads((executor.attempt_dir(job) / "status.json").read_text())
+    steps = job_step_times(project, job)
+    return {
+        "launched": job.started_at.timestamp() - t0,
+        "supervisor": status["started_at"] - t0,
+        "first step": steps[0][1] - t0,
+        "last step": steps[-1][1] - t0,
+        "agents exited": status["finished_at"] - t0,
+        "recorded": job.finished_at.timestamp() - t0,
+    }
+
+
+def overhead(
+    work: Path, data: Path, runs: int, epochs: str
+) -> tuple[list[Row], list[str], list[float]]:
+    """The same 2-process job, raw torchrun and Flywheel's local executor, alternating."""
+    env = {"DATA": str(data), "EPOCHS": epochs}
+    proj = new_project(work / "proj")
+    raw_walls, raw_first, raw_tail, fw_walls, sps2 = [], [], [], [], []
+    raw_cpu, fw_cpu = [], []
+    lines: list[dict[str, float]] = []
+    with SchedulerLoop(proj):
+        for i in range(runs):
+            t0, c0 = time.time(), cpu_seconds()
+            rc, wall, logs = raw_torchrun(work, 2, {**env, "CKPT_DIR": str(work / f"ck-raw{i}")})
+            raw_cpu.append(cpu_seconds() - c0)
+            assert rc == 0, f"raw torchrun failed with exit {rc}"
+            steps = step_times(rank_logs(logs, 0, 0))
+            raw_walls.append(wall)
+            raw_first.append(steps[0][1] - t0)
+            raw_tail.append(t0 + wall - steps[-1][1])
+            sps2.append(samples_per_s(rank_logs(logs, 0, 0), 16, 2))
+            t0, c0 = time.time(), cpu_seconds()
+            job, wall = flywheel_run(proj, env, f"overhead{i}")
+            assert job.state.value == "succeeded", job.reason
+            time.sleep(0.5)  # the supervisor is reaped by the executor's watcher thread
+            fw_cpu.append(cpu_seconds() - c0)
+            fw_walls.append(wall)
+            lines.append(timeline(proj, job, t0))
+    med = {k: statistics.median(line[k] for line in lines) for k in lines[0]}
+    raw_w, fw_w = statistics.median(raw_walls), statistics.median(fw_walls)
+    rows: list[Row] = [
+        (
+            f"2-proc job wall time, s (median of {runs})",
+            f"{fw_w:.2f}",
+            "",
+            f"{raw_w:.2f}",
+            f"{fw_w - raw_w:+.2f} s ({(fw_w / raw_w - 1) * 100:+.1f}%) local vs raw",
+        ),
+        (
+            "CPU s per job (all its processes; Flywheel: + scheduler)",
+            f"{statistics.median(fw_cpu):.2f}",
+            "",
+            f"{statistics.median(raw_cpu):.2f}",
+            "less sensitive to load than wall time",
+        ),
+        (
+            "submit -> first step, s",
+            f"{med['first step']:.2f}",
+            "",
+            f"{statistics.median(raw_first):.2f}",
+            "raw: from Popen",
+        ),
+    ]
+    notes = [
+        "where a local job's seconds go (median, from submit): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in med.items())
+        + f"; raw torchrun: first step {statistics.median(raw_first):.2f}, "
+        f"last step -> exit {statistics.median(raw_tail):.2f}"
+    ]
+    proj.close()
+    return rows, notes, sps2
+
+
+def start_ray(work: Path) -> tuple[Any, Any] | None:
+    """A real 2-node Ray cluster on this machine and a project whose executor is Ray, or
+    ``None`` when the ``ray`` extra is not installed."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return None
+    import socket
+
+    from flywheel.training._ray_cluster import LocalRayCluster
+
+    base = next(b for b in (16400, 16500, 16600) if _port_free(socket, b))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH")) if p
+    )
+    cluster = LocalRayCluster(base, [{"node_a": 1}, {"node_b": 1}], env=env).start()
+    shared = work / "ray-shared"
+    shared.mkdir()
+    proj = new_project(
+        work / "ray-proj",
+        artifacts=f"file://{shared}",
+        training={"executor": "ray", "ray": {"address": cluster.address}},
+    )
+    return cluster, proj
+
+
+def _port_free(socket: Any, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def ray_rows(
+    work: Path, data: Path, reference: str, n: int, raw_first: float
+) -> tuple[list[Row], list[str]]:
+    """Launch -> first step and a crash soak on a 2-node Ray cluster (one process per node)."""
+    from flywheel.training import Resources
+
+    started = start_ray(work)
+    if started is None:
+        return [], [
+            "Ray rows: skipped (the ray extra is not installed: pip install 'flywheel[ray]')"
+        ]
+    cluster, proj = started
+    two_nodes = Resources(nodes=2, procs_per_node=1)
+    env1 = {"DATA": str(data), "EPOCHS": "1"}
+    try:
+        with SchedulerLoop(proj):
+            t0 = time.time()
+            job, wall = flywheel_run(proj, env1, "ray-clean", resources=two_nodes)
+            assert job.state.value == "succeeded", job.reason
+            first = job_step_times(proj, job)[0][1] - t0
+            ok, gaps = 0, []
+            for i in range(n):
+                out = work / f"ray-{i}"
+                crash = {**env1, "CRASH_AT_STEP": "8", "CRASH_RANK": "1", "OUT": str(out)}
+                job, _ = flywheel_run(proj, crash, f"ray-soak{i}", resources=two_nodes)
+                good = recovered(proj, job, out, reference)
+                ok += good
+                gap = crash_gap(job_logs(proj, job))
+                if good and gap is not None:
+                    gaps.append(gap)
+            print(f"soak ray: {ok}/{n}", flush=True)
+    finally:
+        proj.close()
+        cluster.stop()
+    rows: list[Row] = [
+        (
+            "2-node job (1 proc/node): submit -> first step, s",
+            "",
+            f"{first:.2f}",
+            f"{raw_first:.2f}",
+            f"wall {wall:.2f} s; raw = 2 procs on one host",
+        ),
+        (
+            "Ray: crash -> first resumed step, s (median)",
+            "",
+            f"{statistics.median(gaps):.1f}" if gaps else "n/a",
+            "",
+            "torchrun restart on Ray",
+        ),
+        (
+            "Ray: crash/resume recoveries, bit-identical",
+            "",
+            f"{ok}/{n}",
+            "",
+            "resumed step > 0 and final weights == uninterrupted run",
+        ),
+    ]
+    return rows, []
+
+
+def recovered(project: Any, job: Any, out: Path, reference: str) -> bool:
+    """Succeeded after a torchrun restart, resumed from a checkpoint (step > 0: a restart from
+    scratch is bit-identical too), with the uninterrupted run's final weights."""
+    from flywheel.training._service import TrainingService
+
+    logs = TrainingService(project).logs(job.id)
+    starts = [resumed_step(text) for name, text in logs.items() if "rank0" in name]
+    return (
+        job.state.value == "succeeded"
+        and job.restarts >= 1
+        and max(starts, default=-1) > 0
+        and out.exists()
+        and out.read_text() == reference
+    )
 
 
 def main() -> None:
@@ -288,47 +564,30 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="flywheel-train-bench-"))
     data = work / "data.parquet"
     make_data(data)
-    rows: list[tuple[str, str, str, str]] = []
     t_start = time.time()
 
     # -- overhead: the same 2-process job, raw torchrun vs flywheel ------------------------------
-    env3 = {"DATA": str(data), "EPOCHS": "1" if smoke else "3"}
-    proj = new_project(work / "proj")
-    raw_walls, fw_walls, sps2 = [], [], []
-    runs = 1 if smoke else 2
-    for i in range(runs):
-        rc, wall, logs = raw_torchrun(work, 2, {**env3, "CKPT_DIR": str(work / f"ck-raw{i}")})
-        assert rc == 0, "raw torchrun failed"
-        raw_walls.append(wall)
-        sps2.append(samples_per_s(rank_logs(logs, 0, 0), 16, 2))
-        job, wall = flywheel_run(proj, env3, f"overhead{i}")
-        assert job.state.value == "succeeded", job.reason
-        fw_walls.append(wall)
-    raw_w, fw_w = statistics.median(raw_walls), statistics.median(fw_walls)
-    rows.append(
-        (
-            f"2-proc job wall time, s (median of {runs})",
-            f"{fw_w:.2f}",
-            f"{raw_w:.2f}",
-            f"{(fw_w / raw_w - 1) * 100:+.1f}% overhead",
-        )
-    )
+    rows, notes, sps2 = overhead(work, data, 1 if smoke else 3, "1" if smoke else "3")
     print(f"overhead done ({time.time() - t_start:.0f}s)", flush=True)
     if smoke:
-        print("crash soak, checkpoints, admission: skipped in --smoke")
-        print_rows(rows, t_start)
+        notes.append("Ray rows, crash soak, checkpoints, admission: skipped in --smoke")
+        print_rows(rows, t_start, notes)
         shutil.rmtree(work, ignore_errors=True)
         return
 
     # -- samples/s 1 vs 2 processes ---------------------------------------------------------------
-    rc, _, logs1 = raw_torchrun(work, 1, {**env3, "CKPT_DIR": str(work / "ck-1p")})
+    rc, _, logs1 = raw_torchrun(
+        work, 1, {"DATA": str(data), "EPOCHS": "3", "CKPT_DIR": str(work / "ck-1p")}
+    )
+    assert rc == 0, f"1-process torchrun run failed with exit {rc}"
     sps1 = samples_per_s(rank_logs(logs1, 0, 0), 16, 1)
     s2 = statistics.median(sps2)
-    rows.append(("samples/s, 1 process", f"{sps1:,.0f}", "same loop", ""))
+    rows.append(("samples/s, 1 process", f"{sps1:,.0f}", "", "same loop", ""))
     rows.append(
         (
             "samples/s, 2 processes (DDP, gloo)",
             f"{s2:,.0f}",
+            "",
             "same loop",
             f"x{s2 / sps1:.2f} vs 1 process",
         )
@@ -336,8 +595,12 @@ def main() -> None:
 
     # -- checkpoints ------------------------------------------------------------------------------
     mb, save_mbs, load_mbs = checkpoint_speed(work)
-    rows.append((f"checkpoint save, MB/s ({mb:.0f} MB, sha256+fsync)", f"{save_mbs:,.0f}", "-", ""))
-    rows.append((f"checkpoint restore, MB/s ({mb:.0f} MB, verified)", f"{load_mbs:,.0f}", "-", ""))
+    rows.append(
+        (f"checkpoint save, MB/s ({mb:.0f} MB, sha256+fsync)", f"{save_mbs:,.0f}", "", "-", "")
+    )
+    rows.append(
+        (f"checkpoint restore, MB/s ({mb:.0f} MB, verified)", f"{load_mbs:,.0f}", "", "-", "")
+    )
 
     # -- admission of 1,000 queued jobs ----------------------------------------------------------
     t_sqlite, t_sqlite_all = admission(new_project(work / "adm-sqlite"))
@@ -345,6 +608,7 @@ def main() -> None:
         (
             "admit 1,000 queued jobs, s (SQLite)",
             f"{t_sqlite:.3f}",
+            "",
             "-",
             f"{t_sqlite_all:.3f} s incl. recording launches",
         )
@@ -356,6 +620,7 @@ def main() -> None:
             (
                 "admit 1,000 queued jobs, s (Postgres)",
                 f"{t_pg:.3f}",
+                "",
                 "-",
                 f"{t_pg_all:.3f} s incl. recording launches",
             )
@@ -389,7 +654,7 @@ def main() -> None:
                 and resumed_step(rank_logs(logs, 1, 0)) > 0
             )
             ok += good
-            d = crash_to_progress(logs)
+            d = crash_gap(raw_logs(logs))
             if good and d is not None:
                 delays.append(d)
             shutil.rmtree(logs, ignore_errors=True)
@@ -400,54 +665,50 @@ def main() -> None:
     prefix_ok, prefix_delays = raw_soak(PLAIN, {}, "prefix")
     soak_proj = new_project(work / "soak")
     fw_ok, fw_delays = 0, []
-    from flywheel.training._service import TrainingService
-
-    for i in range(SOAK):
-        out = work / f"fw-{i}"
-        job, _ = flywheel_run(soak_proj, {**crash, "OUT": str(out)}, f"soak{i}")
-        good = (
-            job.state.value == "succeeded"
-            and job.restarts >= 1
-            and out.exists()
-            and out.read_text() == reference
-        )
-        logs = TrainingService(soak_proj).logs(job.id)
-        good = good and resumed_step(logs.get("node0/restart1/rank0.log", "")) > 0
-        fw_ok += good
-        crashed = step_times(logs.get("node0/restart0/rank0.log", ""))
-        resumed = step_times(logs.get("node0/restart1/rank0.log", ""))
-        if good and crashed and resumed:
-            fw_delays.append(resumed[0][1] - crashed[-1][1])
+    with SchedulerLoop(soak_proj):
+        for i in range(SOAK):
+            out = work / f"fw-{i}"
+            job, _ = flywheel_run(soak_proj, {**crash, "OUT": str(out)}, f"soak{i}")
+            good = recovered(soak_proj, job, out, reference)
+            fw_ok += good
+            gap = crash_gap(job_logs(soak_proj, job))
+            if good and gap is not None:
+                fw_delays.append(gap)
     print(f"soak platform: {fw_ok}/{SOAK} ({time.time() - t_start:.0f}s)", flush=True)
-    delays = fw_delays or prefix_delays
+    ray_table, more = ray_rows(work, data, reference, RAY_SOAK, float(rows[1][3]))
+    notes += more
     rows.append(
         (
             "crash -> first resumed step, s (median)",
             f"{statistics.median(fw_delays):.1f}" if fw_delays else "n/a",
+            "",
             f"{statistics.median(plain_delays):.1f}" if plain_delays else "n/a",
-            "torchrun restart; raw = stock runs; Flywheel: scheduled job",
+            "torchrun restart; raw = stock torchrun runs (no PrefixStore)",
         )
     )
     rows.append(
         (
             "crash/resume recoveries, bit-identical",
             f"{fw_ok}/{SOAK}",
+            "",
             f"{plain_ok}/{PLAIN}",
-            "peer = stock torchrun, shared rendezvous store",
+            "resumed step > 0; raw = stock torchrun, shared rendezvous store",
         )
     )
     rows.append(
         (
-            "  ... with only the per-attempt PrefixStore",
+            "  ... raw torchrun + Flywheel's per-attempt PrefixStore only",
+            "",
+            "",
             f"{prefix_ok}/{PLAIN}",
-            "-",
-            "raw torchrun + flywheel runtime",
+            "crash -> resumed step "
+            + (f"{statistics.median(prefix_delays):.1f} s" if prefix_delays else "n/a"),
         )
     )
-    del delays
+    rows += ray_table
 
     # -- table ------------------------------------------------------------------------------------
-    print_rows(rows, t_start)
+    print_rows(rows, t_start, notes)
     print(
         json.dumps(
             {

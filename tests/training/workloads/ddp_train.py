@@ -87,6 +87,7 @@ def main() -> int:
                 rt.log_metrics(step, loss=loss.item())
             rt.log(f"step {step} loss {loss.item():.6f} t={time.time():.3f}")
             if first_try and crash_at and step == crash_at and ctx.rank == crash_rank:
+                print(f"crashing at step {step} t={time.time():.3f}", flush=True)  # benchmarks
                 os.kill(os.getpid(), signal.SIGKILL)
             if pause:
                 time.sleep(pause)
