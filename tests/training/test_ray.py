@@ -149,6 +149,46 @@ def test_local_artifact_path_is_refused(tmp_path: Path) -> None:
         proj.close()
 
 
+def test_a_malformed_ray_address_is_refused_naming_the_field(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    proj = make_project(
+        tmp_path / "p",
+        artifacts=f"file://{shared}",
+        training={"executor": "ray", "ray": {"address": "http://head:8265"}},
+    )
+    try:
+        with pytest.raises(ConfigError, match=r"training\.ray\.address.*ray://host:port"):
+            RayExecutor(proj.config)
+    finally:
+        proj.close()
+
+
+def test_ray_client_address_sees_the_same_cluster(cluster: LocalRayCluster, tmp_path: Path) -> None:
+    """``training.ray.address: ray://host:port`` (Ray Client, what a laptop uses to reach a
+    remote head) gives the same inventory; in a subprocess, as one process has one Ray driver."""
+    shared = tmp_path / "shared"
+    client = f"ray://127.0.0.1:{cluster.base_port + 1}"  # the head's --ray-client-server-port
+    proj = make_project(
+        tmp_path / "p",
+        artifacts=f"file://{shared}",
+        training={"executor": "ray", "ray": {"address": client}},
+    )
+    proj.close()
+    code = (
+        "import sys\n"
+        "from flywheel.config import load_config\n"
+        "from flywheel.training._ray import RayExecutor\n"
+        "print(sorted(n.labels for n in RayExecutor(load_config(sys.argv[1])).inventory()))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "p")],
+        env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[('node_a',), ('node_b',)]"
+
+
 def test_inventory_is_the_ray_cluster_and_never_fitting_job_is_refused(
     scheduler: Scheduler,
 ) -> None:
@@ -213,6 +253,39 @@ def test_sigkill_of_a_rank_resumes_from_checkpoint_bit_identical(
     starts = [int(line.split("start step=")[1].split()[0]) for line in logs.splitlines()
               if "start step=" in line]  # fmt: skip
     assert starts and max(starts) == 5, logs[-3000:]
+    assert out.read_text() == reference_digest
+    assert wait_released() == {"CPU": 2.0, "node_a": 1.0, "node_b": 1.0}
+
+
+def test_lost_node_agent_requeues_and_resumes_from_checkpoint(
+    scheduler: Scheduler, parquet_file: Path, reference_digest: str, tmp_path: Path
+) -> None:
+    """Node loss: the actor holding node 1's torchrun agent is killed with -9 mid-training. The
+    attempt is LOST, its placement group released, and a new attempt (a new placement on the
+    nodes alive) resumes from the checkpoint to the same bits as an uninterrupted run."""
+    out = tmp_path / "digest"
+    job = scheduler.store.submit(spec("ray-node-loss", out, parquet_file,
+                                      env={"STEP_SLEEP": "0.2"}))  # fmt: skip
+    executor = scheduler.executor
+    assert isinstance(executor, RayExecutor)
+    checkpoints = executor.checkpoint_dir(job.id)
+    deadline = time.monotonic() + 240
+    while not list(checkpoints.glob("ckpt-*.json")) and time.monotonic() < deadline:
+        scheduler.tick()
+        time.sleep(0.2)
+    assert list(checkpoints.glob("ckpt-*.json")), "no checkpoint before the node loss"
+    first = scheduler.store.get(job.id)
+    os.kill(int(executor.placement(first)[1]["pid"]), signal.SIGKILL)  # node 1's agent actor
+    run_until(scheduler, job.id, (JobState.SUCCEEDED, JobState.FAILED))
+    done = scheduler.store.get(job.id)
+    logs = "\n".join(TrainingService(scheduler.project).logs(job.id).values())
+    assert done.state is JobState.SUCCEEDED, logs[-3000:]
+    assert done.attempt == 2  # a new attempt, newly placed
+    events = [e for e in scheduler.store.events(job.id) if "lost" in (e.reason or "")]
+    assert events, [e.reason for e in scheduler.store.events(job.id)]
+    starts = [int(line.split("start step=")[1].split()[0]) for line in logs.splitlines()
+              if "start step=" in line]  # fmt: skip
+    assert starts and min(starts) >= 5, logs[-3000:]  # attempt 2 resumed, never from scratch
     assert out.read_text() == reference_digest
     assert wait_released() == {"CPU": 2.0, "node_a": 1.0, "node_b": 1.0}
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ from flywheel.training._store import Job
 from flywheel.training._supervisor import write_json_atomic
 
 NODE_ID_LABEL = "ray.io/node-id"
+# ``auto``, ``host:port`` (a head node's GCS) or ``ray://host:port`` (Ray Client, port 10001 by
+# default on a head started with ``ray start --head``).
+_ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9_.\-\[\]:]*[A-Za-z0-9_.\-\]]:\d{1,5})$")
 # Ray resources that are not labels a user set.
 _BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory", "accelerator_type:")
 
@@ -87,6 +91,20 @@ def shared_root(config: FlywheelConfig) -> Path:
     )
 
 
+def check_address(address: str, config: FlywheelConfig) -> str:
+    """``address`` if it is ``auto``, ``host:port`` or ``ray://host:port``; else ``ConfigError``
+    naming ``training.ray.address`` (before any connection attempt)."""
+    if not _ADDRESS.match(address):
+        raise ConfigError(
+            str(config.root / CONFIG_FILENAME),
+            "training.ray.address",
+            f"{address!r} is not a Ray address: use auto (the cluster this machine joined, or "
+            "$RAY_ADDRESS), host:port (a head node's GCS, e.g. 10.0.0.5:6379) or "
+            "ray://host:port (Ray Client, e.g. ray://10.0.0.5:10001)",
+        )
+    return address
+
+
 def _labels(resources: dict[str, float]) -> tuple[str, ...]:
     return tuple(
         sorted(
@@ -113,7 +131,7 @@ class RayExecutor(LocalExecutor):
         address: str | None = None,
     ) -> None:
         super().__init__(shared_root(config) / "training" / "attempts", artifacts)
-        self.address = address or config.training.ray.address
+        self.address = check_address(address or config.training.ray.address, config)
         self.namespace = config.training.ray.namespace
         self.placement_timeout = config.training.ray.placement_timeout
         self._ray: Any = None
@@ -383,4 +401,4 @@ class RayExecutor(LocalExecutor):
         return 0
 
 
-__all__ = ["RayExecutor", "shared_root"]
+__all__ = ["RayExecutor", "check_address", "shared_root"]
