@@ -361,7 +361,7 @@ def cpu_seconds() -> float:
 def timeline(project: Any, job: Any, t0: float) -> dict[str, float]:
     """Seconds from submit of: launch recorded, supervisor up, first and last step, agents
     exited, final state recorded (the instrumented path of one local job)."""
-    from flywheel.training import LocalExecutor
+    from flywheel.training._executor import LocalExecutor
     from flywheel.training._scheduler import jobs_dir
 
     executor = LocalExecutor(jobs_dir(project))

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from flywheel.project import Project
 from flywheel.tracking import Tracker
-from flywheel.training import JobSpec, JobState, JobStore, Slot
+from flywheel.training import JobSpec, JobState, JobStore
 from flywheel.training._doorbell import Doorbell, ring
+from flywheel.training._policy import Slot
 from flywheel.training._relay import MetricsRelay, append_metrics, read_new_points
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
