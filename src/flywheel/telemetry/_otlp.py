@@ -30,6 +30,7 @@ JSON = "application/json"
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
+_MAX_NS = 2**63 - 1  # times are stored as signed 64-bit integers
 
 
 class TraceFormatError(FlywheelError):
@@ -249,6 +250,7 @@ def records_from_request(request: Any) -> list[SpanRecord]:
                     or not sp.name
                     or start <= 0
                     or end < start
+                    or end > _MAX_NS
                 ):
                     _raise_span_error(sp, f"resourceSpans[{i}].scopeSpans[{j}].spans[{k}]")
                 events = [
@@ -306,6 +308,10 @@ def _raise_span_error(sp: Any, where: str) -> None:
         raise TraceFormatError(f"{where}.name: must not be empty")
     if sp.start_time_unix_nano <= 0:
         raise TraceFormatError(f"{where}.startTimeUnixNano: must be set")
+    if sp.end_time_unix_nano > _MAX_NS:
+        raise TraceFormatError(
+            f"{where}.endTimeUnixNano: {sp.end_time_unix_nano} is past the year 2262"
+        )
     raise TraceFormatError(
         f"{where}.endTimeUnixNano: {sp.end_time_unix_nano} is before startTimeUnixNano "
         f"{sp.start_time_unix_nano}"
