@@ -253,22 +253,31 @@ def records_from_request(request: Any) -> list[SpanRecord]:
                     or end > _MAX_NS
                 ):
                     _raise_span_error(sp, f"resourceSpans[{i}].scopeSpans[{j}].spans[{k}]")
-                events = [
-                    {
-                        "name": e.name,
-                        "time_ns": e.time_unix_nano,
-                        "attributes": _attributes(e.attributes),
-                    }
-                    for e in sp.events
-                ]
-                links = [
-                    {
-                        "trace_id": ln.trace_id.hex(),
-                        "span_id": ln.span_id.hex(),
-                        "attributes": _attributes(ln.attributes),
-                    }
-                    for ln in sp.links
-                ]
+                # Most spans have no events or links: test before building (saves a frame).
+                events = (
+                    [
+                        {
+                            "name": e.name,
+                            "time_ns": e.time_unix_nano,
+                            "attributes": _attributes(e.attributes),
+                        }
+                        for e in sp.events
+                    ]
+                    if sp.events
+                    else []
+                )
+                links = (
+                    [
+                        {
+                            "trace_id": ln.trace_id.hex(),
+                            "span_id": ln.span_id.hex(),
+                            "attributes": _attributes(ln.attributes),
+                        }
+                        for ln in sp.links
+                    ]
+                    if sp.links
+                    else []
+                )
                 append(
                     SpanRecord(
                         trace_id.hex(),
