@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from flywheel.agent._loop import run_action
 from flywheel.agent._service import build_agent, caller_client, chat_model, is_scripted_model
@@ -67,7 +67,8 @@ class AskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     question: Annotated[str, Field(min_length=1, max_length=4000)]
-    allow_writes: bool = False
+    # Strict: 0, 1, "true" or "yes" are a 422 naming the field, not silently a bool.
+    allow_writes: StrictBool = False
     max_steps: Annotated[int | None, Field(ge=1, le=50)] = None
 
 
