@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
@@ -18,6 +17,7 @@ from flywheel.agent import (
     ToolCallRequest,
     build_agent,
     run_action,
+    run_blocking,
     select_tools,
 )
 from flywheel.api import create_app
@@ -51,7 +51,7 @@ def _ask(agent: Agent, question: str) -> tuple[list[dict[str, Any]], dict[str, A
         await agent.api.client.aclose()
         return events
 
-    events = asyncio.run(go())
+    events = run_blocking(go())
     assert events[-1]["type"] == "answer"
     return events, events[-1]
 
@@ -170,9 +170,9 @@ def test_write_tools_need_allow_writes_a_writer_token_and_a_confirmation(
     # A reader confirming is refused by the API itself; the writer's confirmation runs it.
     tools = select_tools(allow_writes=True)
     with pytest.raises(Exception, match="403"):
-        asyncio.run(run_action(_api(project, reader), tools, action))
+        run_blocking(run_action(_api(project, reader), tools, action))
     assert _state(project) == before
-    asyncio.run(run_action(_api(project, writer), tools, action))
+    run_blocking(run_action(_api(project, writer), tools, action))
     assert Registry(project).stage_version("churn", "production") == seed.staging_version
     Registry(project).set_stage("churn", seed.production_version, "production", reason="reset")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from flywheel.agent import (
     build_agent,
     load_suite,
     log_suite,
-    run_suite,
+    run_blocking,
+    run_suite_blocking,
     trajectory_matches,
 )
 from flywheel.auth import Principal, Role
@@ -89,7 +91,12 @@ cases:
         events = [e async for e in agent.run(question)]
         return events[-1]
 
-    result = asyncio.run(run_suite(suite, ask))
+    async def from_a_running_loop() -> Any:
+        # As after Playwright's sync API in the same process: this thread has a running loop,
+        # where a plain asyncio.run() raises; the suite must still run.
+        return run_suite_blocking(suite, ask)
+
+    result = run_blocking(from_a_running_loop())
     first, second, third = result.cases
     assert first.passed and first.trajectory_ok and first.fact_recall == 1.0
     # The staging AUC is not what production has: the fact is missing; order is wrong.
@@ -103,6 +110,28 @@ cases:
     assert run.experiment == "agent-eval" and run.params["suite"] == "churn-ops"
     assert run.metrics["answer_accuracy"].last == pytest.approx(2 / 3)
     assert run.metrics["case_passed"].count == 3
+
+
+def test_run_blocking_with_and_without_a_running_loop() -> None:
+    async def where() -> tuple[int, str]:
+        await asyncio.sleep(0)
+        return 42, threading.current_thread().name
+
+    async def nested() -> tuple[int, str]:
+        return run_blocking(where())
+
+    results: dict[str, Any] = {}
+
+    def body() -> None:  # a thread of its own: no loop runs there, whatever the main thread has
+        results["plain"] = run_blocking(where())
+        results["nested"] = asyncio.run(nested())
+
+    thread = threading.Thread(target=body, name="no-loop")
+    thread.start()
+    thread.join()
+    assert results["plain"] == (42, "no-loop")  # no running loop: run right here
+    value, where_ran = results["nested"]  # a running loop: run on a worker thread
+    assert value == 42 and where_ran.startswith("flywheel-eval")
 
 
 def test_bad_suite_names_the_field(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import sys
 
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
-from flywheel.agent import ChurnSeed, all_tools
+from flywheel.agent import ChurnSeed, all_tools, run_blocking
 from flywheel.auth import TokenStore
 from flywheel.project import Project
 from flywheel.registry import Registry
@@ -33,7 +33,7 @@ def test_mcp_stdio_lists_the_tools_and_calls_one(seeded: tuple[Project, ChurnSee
             invalid = await s.call_tool("get_model", {})
             return listed, ok, bad, invalid
 
-    listed, ok, bad, invalid = asyncio.run(asyncio.wait_for(session(), 120))
+    listed, ok, bad, invalid = run_blocking(asyncio.wait_for(session(), 120))
     reads = sorted(t.name for t in all_tools() if not t.write)
     assert sorted(t.name for t in listed) == reads  # type: ignore[attr-defined]
     by_name = {t.name: t for t in listed}  # type: ignore[attr-defined]
@@ -72,8 +72,8 @@ def test_mcp_streamable_http_under_the_app_calls_as_the_requests_caller(
             return listed, result
 
     with running_server(create_app(project, systems=AGENT_SYSTEMS)) as url:
-        listed, ok = asyncio.run(asyncio.wait_for(session(url, token), 120))
-        _listed, refused = asyncio.run(asyncio.wait_for(session(url, None), 120))
+        listed, ok = run_blocking(asyncio.wait_for(session(url, token), 120))
+        _listed, refused = run_blocking(asyncio.wait_for(session(url, None), 120))
     assert len(listed) == len([t for t in all_tools() if not t.write])
     assert json.loads(ok.content[0].text)["version"] == seed.production_version  # type: ignore[attr-defined]
     # auth.required: without a token the tool call is the API's 401, nothing of the model.

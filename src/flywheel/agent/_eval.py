@@ -26,10 +26,12 @@ one step per case for the per-case metrics, so a regression shows on the runs pa
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import concurrent.futures
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,6 +40,7 @@ from flywheel.errors import FlywheelError
 
 TrajectoryMode = Literal["exact", "same_set", "in_order", "subset", "superset"]
 EVAL_EXPERIMENT = "agent-eval"
+_T = TypeVar("_T")
 
 
 class EvalCase(BaseModel):
@@ -175,6 +178,26 @@ async def run_suite(suite: EvalSuite, ask: AskFunction) -> SuiteResult:
         result.model = result.model or str(answer.get("model", ""))
         result.cases.append(score_case(case, answer))
     return result
+
+
+def run_blocking(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coroutine`` to completion from synchronous code and return its result.
+
+    ``asyncio.run`` refuses to start when this thread already has a running event loop (a
+    notebook, an async framework, or Playwright's sync API, which leaves its loop set in the
+    main thread); then the coroutine runs on a fresh loop in a worker thread instead.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flywheel-eval") as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def run_suite_blocking(suite: EvalSuite, ask: AskFunction) -> SuiteResult:
+    """``run_suite`` from synchronous code, whether or not this thread has a running loop."""
+    return run_blocking(run_suite(suite, ask))
 
 
 def log_suite(project: Any, result: SuiteResult) -> str:
