@@ -270,6 +270,7 @@ def test_missing_generators_fall_back_to_popularity(shop: Project) -> None:
     state.repeat = None
     state.cooc = None
     state.content_index = None
+    state.ease = lambda lam: None  # type: ignore[method-assign]  # no EASE either
     state.trending._scores[:] = 0.0  # nothing trending either
     rec = OnlineRecommender(shop, BASE, state=state)
     try:

@@ -34,13 +34,15 @@ CATEGORY_BOOST = 0.5  # set by hand in the first online version; a cut-off has n
 
 @dataclass(frozen=True)
 class PipelineParams:
-    """Blend weights per view (source -> weight), the category boost and where they came from.
+    """Blend weights per view (source -> weight), the category boost, per-source parameters
+    (``source_params``, e.g. ``{"ease": {"lambda": 500.0}}``) and where they came from.
 
     ``version``: ``"recs-pipeline/3"`` when read from the registry, ``""`` otherwise.
     """
 
     weights: dict[str, dict[str, float]]
     category_boost: float = CATEGORY_BOOST
+    source_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     version: str = ""
 
@@ -61,6 +63,7 @@ class PipelineParams:
             "format": FORMAT,
             "weights": {v: dict(w) for v, w in self.weights.items()},
             "category_boost": self.category_boost,
+            "source_params": self.source_params,
             "provenance": self.provenance,
         }
 
@@ -71,6 +74,7 @@ class PipelineParams:
         return cls(
             weights={v: {k: float(x) for k, x in w.items()} for v, w in data["weights"].items()},
             category_boost=float(data.get("category_boost", CATEGORY_BOOST)),
+            source_params={k: dict(v) for k, v in (data.get("source_params") or {}).items()},
             provenance=dict(data.get("provenance") or {}),
             version=version,
         )

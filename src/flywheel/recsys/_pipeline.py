@@ -39,7 +39,12 @@ from flywheel.recsys._errors import RecsysError
 from flywheel.recsys._ingest import RECENT_VIEW, USER_CATEGORY_VIEW, USER_VIEW
 from flywheel.recsys._params import PipelineParams
 from flywheel.recsys._rerank import for_sale, mmr
-from flywheel.recsys._sources import STRATEGY_SOURCES, HistoryContentSource, served_sources
+from flywheel.recsys._sources import (
+    EASE_LAMBDA,
+    STRATEGY_SOURCES,
+    HistoryContentSource,
+    served_sources,
+)
 
 if TYPE_CHECKING:
     from flywheel.features import FeatureStore
@@ -223,12 +228,24 @@ class Pipeline:
         store: FeatureStore | None = None,
     ) -> None:
         self.state = state
-        self.params = params
         self.settings = settings or RecsysSettings()
         self.models = models
         self.store = store
         self.sources = served_sources(state, models)
+        self.params = params
         self._ranker_retry_at = 0.0
+
+    @property
+    def params(self) -> PipelineParams:
+        """The blend weights and source parameters served now (swapped on refresh)."""
+        return self._params
+
+    @params.setter
+    def params(self, params: PipelineParams) -> None:
+        lam = float(params.source_params.get("ease", {}).get("lambda", EASE_LAMBDA))
+        self.state.ease(lam)  # fitted here (start-up, refresh), not by the first request
+        self.sources["ease"].lam = lam
+        self._params = params
 
     # -- stages -------------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ index is loaded although one is configured), ``None`` when it can.
 * ``content`` — text embeddings close to the anchor, recent items and history;
 * ``category`` — trending items of the categories the user browses (and the page's);
 * ``similar`` — the product surface: bought with the viewed item, plus its category;
+* ``ease`` — EASE^R item-item weights over the user's purchases (``OnlineState.ease``; λ from
+  the registered parameters; catalogues over ``MAX_DENSE_ITEMS`` items have none);
 * ``trending`` / ``popularity`` — the same list for everyone.
 """
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 Hits = tuple[np.ndarray, np.ndarray]
 _EMPTY: Hits = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64))
+EASE_LAMBDA = 500.0  # BASELINES.md's reference λ, used until tune_pipeline chooses one
 SIMILAR_SAME_CATEGORY = 0.2  # set by hand in the first online version: a weak same-category prior
 
 
@@ -224,6 +227,25 @@ class SimilarSource(CoOccurrenceSource):
         )
 
 
+class EaseSource(_StateSource):
+    """EASE^R scores of the user's purchases (``X_u B``), λ set from ``PipelineParams``."""
+
+    name = "ease"
+
+    def __init__(self, state: OnlineState, lam: float = EASE_LAMBDA) -> None:
+        super().__init__(state)
+        self.lam = lam
+
+    def top_n(self, context: RequestContext, n: int) -> Hits:
+        if context.user_row is None:
+            return _EMPTY
+        model = self.state.ease(self.lam)
+        if model is None:
+            return _EMPTY
+        scores = model.score(np.asarray([context.user_row]))[0]
+        return sparse_top(np.arange(len(scores)), scores, n)
+
+
 class TrendingSource(_StateSource):
     """Trending items (half-life decayed counts, live events added)."""
 
@@ -249,6 +271,7 @@ STRATEGY_SOURCES: Mapping[str, tuple[str, ...]] = {
     "ranked": (
         "repeat",
         "co-occurrence",
+        "ease",
         "session",
         "two-tower",
         "content",
@@ -259,6 +282,7 @@ STRATEGY_SOURCES: Mapping[str, tuple[str, ...]] = {
     "hybrid": (
         "repeat",
         "co-occurrence",
+        "ease",
         "session",
         "two-tower",
         "content",
@@ -279,6 +303,7 @@ def served_sources(state: OnlineState, models: ModelHandles | None) -> dict[str,
     sources: list[Any] = [
         RepeatSource(state),
         CoOccurrenceSource(state),
+        EaseSource(state),
         SessionSource(state),
         TwoTowerSource(state, models),
         ContentSource(state),

@@ -32,6 +32,7 @@ from flywheel.recsys._text import ContentEncoder, TextMethod, embed_texts
 
 if TYPE_CHECKING:
     from flywheel.project import Project
+    from flywheel.recsys._baselines import EASE
     from flywheel.recsys._candidates import CoOccurrence, Popularity, RepeatPurchase
     from flywheel.recsys._history import HistoryIndex
     from flywheel.recsys._index import ItemIndex
@@ -109,6 +110,7 @@ class OnlineState:
         self._trending_cache: tuple[int, np.ndarray, float, np.ndarray] | None = None
         self._popular: tuple[np.ndarray, np.ndarray] | None = None
         self._history_index: HistoryIndex | None = None
+        self._ease: dict[float, EASE] = {}
 
     @classmethod
     def from_project(
@@ -173,6 +175,24 @@ class OnlineState:
                 self.train, self.categories[: self.n_train], np.asarray(self.prices[: self.n_train])
             )
         return self._history_index
+
+    def ease(self, lam: float) -> EASE | None:
+        """EASE^R with ``lam`` fitted on the train items (once per λ); ``None`` when the
+        catalogue is too large for its dense item x item matrix."""
+        from flywheel.recsys._baselines import EASE, MAX_DENSE_ITEMS
+
+        if self.n_train > MAX_DENSE_ITEMS or self.n_train == 0:
+            return None
+        with self.update_lock:
+            model = self._ease.get(lam)
+            if model is None:
+                model = self._ease[lam] = EASE(lam).fit(self.train)
+        return model
+
+    def drop_ease(self, keep: float | None) -> None:
+        """Forget the fitted EASE models but ``keep``'s (their matrices are items^2 floats)."""
+        with self.update_lock:
+            self._ease = {k: v for k, v in self._ease.items() if k == keep}
 
     def trending_top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` most trending rows and scores, recomputed at most every 100 ms after

@@ -7,6 +7,7 @@ with the features a freshly ingested store holds (no live events); coordinate as
 per view, the weights whose blended top 20 has the best NDCG@20 on the window. The source best
 alone gets weight 1 (it sets the scale).
 
+EASE's λ is chosen first, on the same window (its NDCG@20 alone, mean of both views).
 Sources that only live events feed (``session``, ``category``, ``similar``) and a two-tower that
 is not loaded propose nothing on a purchase log's cut-off; they get ``UNMEASURED_WEIGHT``.
 """
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from flywheel.recsys._state import OnlineState
 
 UNMEASURED_WEIGHT = 1.0  # the best measured source's weight: nothing on a cut-off to tune it on
+EASE_LAMBDAS: tuple[float, ...] = (100.0, 250.0, 500.0, 1000.0, 2000.0)  # as evaluate_offline
 WEIGHT_GRID: tuple[float, ...] = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 K = 20
 
@@ -161,7 +163,13 @@ def tune_pipeline(
     val = validation_window(lines, window_days)
     say("pipeline: fitting the sources before the window")
     state = state_for(val.train, settings)
-    pipeline = Pipeline(state, PipelineParams.untuned(SERVED_SOURCES), settings, models=models)
+    source_params = {}
+    if state.ease(EASE_LAMBDAS[0]) is not None:
+        say("pipeline: choosing EASE's λ on the window")
+        source_params["ease"] = {"lambda": _ease_lambda(state, val)}
+    untuned = PipelineParams.untuned(SERVED_SOURCES)
+    params = PipelineParams(untuned.weights, source_params=source_params)
+    pipeline = Pipeline(state, params, settings, models=models)
     users = np.arange(len(val.test_users))
     if len(users) > max_users:
         users = np.sort(np.random.default_rng(seed).choice(len(users), max_users, replace=False))
@@ -180,6 +188,7 @@ def tune_pipeline(
         weights[view] = {n: UNMEASURED_WEIGHT for n in SERVED_SOURCES} | tuned
     return PipelineParams(
         weights,
+        source_params=source_params,
         provenance={
             "tuned": True,
             "validation": {
@@ -193,6 +202,22 @@ def tune_pipeline(
             "training_dataset": dataset_id(lines),
         },
     )
+
+
+def _ease_lambda(state: OnlineState, val: Split) -> float:
+    """The λ whose EASE alone has the best mean NDCG@20 over both views of the window."""
+    from flywheel.recsys._metrics import evaluate_view
+
+    best: tuple[float, float] | None = None
+    for lam in EASE_LAMBDAS:
+        model = state.ease(lam)
+        assert model is not None
+        score = sum(evaluate_view(model.score, val, view).ndcg for view in VIEWS) / len(VIEWS)
+        if best is None or score > best[0] + 1e-12:
+            best = (score, lam)
+        state.drop_ease(keep=None)
+    assert best is not None
+    return best[1]
 
 
 def _seen_mask(rows: np.ndarray, split: Split, user_rows: np.ndarray) -> np.ndarray:
