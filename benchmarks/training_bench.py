@@ -675,7 +675,13 @@ def main() -> None:
             if good and gap is not None:
                 fw_delays.append(gap)
     print(f"soak platform: {fw_ok}/{SOAK} ({time.time() - t_start:.0f}s)", flush=True)
-    ray_table, more = ray_rows(work, data, reference, RAY_SOAK, float(rows[1][3]))
+    ray_table, more = ray_rows(
+        work,
+        data,
+        reference,
+        RAY_SOAK,
+        float(next(r[3] for r in rows if r[0].startswith("submit -> first step"))),
+    )
     notes += more
     rows.append(
         (
