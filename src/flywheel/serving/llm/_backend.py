@@ -12,12 +12,13 @@ verified files (``Registry.materialize``). It runs in a worker thread.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from flywheel._plugins import load_target
 
 CHAT_BACKENDS: dict[str, str] = {
     "llm": "flywheel.serving.llm._backend:load_engine_backend",
@@ -95,8 +96,7 @@ def backend_loader(flavor: str) -> BackendLoader | None:
     target = CHAT_BACKENDS.get(flavor)
     if target is None:
         return None
-    module, _, attr = target.partition(":")
-    loader: BackendLoader = getattr(importlib.import_module(module), attr)
+    loader: BackendLoader = load_target(target)
     return loader
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import re
 import time
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from flywheel._plugins import load_target
 from flywheel.errors import NotFoundError
 from flywheel.project import Project
 from flywheel.serving._errors import ModelUnavailable, UnknownModel
@@ -247,8 +247,7 @@ class LLMService:
             return builtin_redact
         fn = self._redactors.get(spec)
         if fn is None:
-            module, _, attr = spec.partition(":")
-            fn = getattr(importlib.import_module(module), attr)
+            fn = load_target(spec)
             self._redactors[spec] = fn
         return fn
 
