@@ -18,7 +18,6 @@ went away) aborts the request and frees its blocks on the next step.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import math
 import secrets
@@ -43,6 +42,7 @@ from flywheel.serving.llm._errors import (
 from flywheel.serving.llm._kv import BlockPool, extend_prefix_hashes
 from flywheel.serving.llm._model import PagedDecoder, SeqSlice, StepBatch
 from flywheel.serving.llm._sampling import choose, top_logprobs
+from flywheel.serving.llm._sinks import QueueSink, Sink, deliver
 from flywheel.serving.llm._types import (
     Completion,
     EngineStats,
@@ -52,7 +52,6 @@ from flywheel.serving.llm._types import (
     TokenEvent,
 )
 
-Sink = Callable[[list[TokenEvent] | BaseException], None]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _KV_BUDGET_BYTES = 1 << 30  # default cap on the cache size when num_blocks is not given
 _DEFAULT_CONTEXT = 2048  # default per-sequence context used to size the cache
@@ -224,7 +223,7 @@ class LLMEngine:
         ``finish_reason``. Raises before the first event: ``PromptTooLong``,
         ``EngineOverloaded``, ``EngineStopped``, ``ValueError`` (bad token ids). Raises
         ``EngineFailed`` mid-stream if a step fails. Closing the iterator aborts the request."""
-        sink = _QueueSink(asyncio.get_running_loop(), asyncio.Queue())
+        sink = QueueSink(asyncio.get_running_loop(), asyncio.Queue())
         queue = sink.queue
         request = self._submit(prompt_token_ids, params, constraint, request_id, sink)
         finished = False
@@ -665,7 +664,7 @@ class LLMEngine:
         with self._cv:
             self._counters["generation_tokens"] += generated
         self._publish()  # a caller that reads stats() after its final event sees it gone
-        _deliver(outbox)
+        deliver(outbox)
 
     def _advance(
         self,
@@ -750,47 +749,6 @@ class LLMEngine:
         with self._model_lock:
             pooled = self.decoder.embed(token_ids_batch)
         return pooled.cpu().numpy().astype(np.float32)
-
-
-class _QueueSink:
-    """The sink of an ``async`` caller: events go into its queue on its event loop."""
-
-    __slots__ = ("loop", "queue")
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        queue: asyncio.Queue[list[TokenEvent] | BaseException],
-    ) -> None:
-        self.loop = loop
-        self.queue = queue
-
-    def __call__(self, item: list[TokenEvent] | BaseException) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-
-
-def _deliver(outbox: list[tuple[_Request, TokenEvent]]) -> None:
-    """Hand a step's events to their requests' sinks: one call per request, and one wake-up
-    per event loop for all its async callers (not one per request)."""
-    by_request: dict[int, tuple[Sink, list[TokenEvent]]] = {}
-    for request, event in outbox:
-        by_request.setdefault(id(request), (request.sink, []))[1].append(event)
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], list[TokenEvent]]]]
-    by_loop = {}
-    for sink, events in by_request.values():
-        if isinstance(sink, _QueueSink):
-            by_loop.setdefault(sink.loop, []).append((sink.queue, events))
-        else:
-            sink(events)
-    for loop, items in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
-            loop.call_soon_threadsafe(_put_all, items)
-
-
-def _put_all(items: list[tuple[asyncio.Queue[Any], list[TokenEvent]]]) -> None:
-    for queue, events in items:
-        queue.put_nowait(events)
 
 
 def _eos_ids(hf: Any, tokenizer: Any) -> tuple[int, ...]:
