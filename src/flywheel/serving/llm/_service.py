@@ -29,7 +29,6 @@ import logging
 import re
 import time
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -337,15 +336,9 @@ def _model_entry(name: str, created: int, version: int | None) -> dict[str, Any]
     return entry
 
 
-_SERVICES: weakref.WeakKeyDictionary[Project, LLMService] = weakref.WeakKeyDictionary()
-
-
 def llm_service_for(project: Project) -> LLMService:
-    """The process's ``LLMService`` for ``project`` (created on first use)."""
-    service = _SERVICES.get(project)
-    if service is None:
-        service = _SERVICES[project] = LLMService(project)
-    return service
+    """The process's ``LLMService`` for ``project`` (created on first use, kept on the project)."""
+    return project.attached("serving.llm_service", lambda: LLMService(project))
 
 
 @contextlib.asynccontextmanager
