@@ -68,11 +68,10 @@ def init_tiny(
 ) -> None:
     """Build, train and register the tiny local chat model, and set it to production."""
     from flywheel.registry import Registry
-    from flywheel.registry._registry import check_name
     from flywheel.serving.llm import build_tiny_model
     from flywheel.tracking import Tracker
 
-    check_name(name)
+    Registry.check_name(name)
     project = open_project(config)
     registry = Registry(project)
     tracker = Tracker(project)

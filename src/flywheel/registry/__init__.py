@@ -20,7 +20,8 @@ Public API::
 
     register_model / set_stage / rollback / load / lineage / get_version   # on the cwd project
     Registry(project)          # the same on a given project, plus list_models, list_versions,
-                               # resolve, audit_log, archive, materialize, input_example
+                               # resolve, audit_log, archive, materialize, input_example,
+                               # check_name (a model name's rules, before any work)
     ModelVersion, RegisteredModel, AuditEntry   # what it stores and returns
     Signature, TensorSpec      # a version's inputs and outputs
     LoadedModel                # what load returns: predict(inputs), device, signature

@@ -154,6 +154,8 @@ def _tree_matches(folder: Path, files: dict[str, str]) -> bool:
 class Registry:
     """The model registry of one project (see ``flywheel.registry`` for the concepts)."""
 
+    check_name = staticmethod(check_name)  # a valid model name is returned, else RegistryError
+
     def __init__(self, project: Project) -> None:
         self.project = project
         self.db = project.db
