@@ -6,17 +6,18 @@ function sees the job's ``args`` in ``sys.argv[1:]``. An ``int`` it returns is t
 
 from __future__ import annotations
 
-import importlib
 import sys
+
+from flywheel._plugins import load_target
 
 
 def main() -> int:
     if len(sys.argv) < 2 or ":" not in sys.argv[1]:
         sys.stderr.write("usage: python -m flywheel.training._entry module:function [args...]\n")
         return 2
-    module_name, _, function_name = sys.argv[1].partition(":")
-    sys.argv = [sys.argv[1], *sys.argv[2:]]
-    function = getattr(importlib.import_module(module_name), function_name)
+    target = sys.argv[1]
+    sys.argv = [target, *sys.argv[2:]]
+    function = load_target(target)
     result = function()
     return result if isinstance(result, int) else 0
 
