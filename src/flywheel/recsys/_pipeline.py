@@ -375,12 +375,10 @@ class Pipeline:
             fallbacks.append("ranker_unavailable")
             # A circuit breaker: do not pay for features while nothing is served; try again
             # after RANKER_RETRY_S (a promoted version is picked up within that time). A late
-            # answer, or one shed because it could not be answered within this request's
-            # budget (429, expected wait), is only this request's fallback: the next one may
-            # be in time.
-            from flywheel.serving import DeadlineExceeded, QueueFull
+            # answer is only this request's fallback: the next one may be in time.
+            from flywheel.serving import DeadlineExceeded
 
-            if not isinstance(exc.__cause__, (DeadlineExceeded, QueueFull)):
+            if not isinstance(exc.__cause__, DeadlineExceeded):
                 self._ranker_retry_at = time.monotonic() + RANKER_RETRY_S
             return rows
         versions["ranker"] = version
