@@ -22,9 +22,7 @@ SRC = ROOT / "src" / "flywheel"
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 # Private imports across packages still to remove, each with the helper who owns the file.
-KNOWN_PRIVATE_IMPORTS: dict[str, str] = {
-    "cli/_llm.py": "llm-api (#15): registry._registry.check_name (export it from registry)",
-}
+KNOWN_PRIVATE_IMPORTS: dict[str, str] = {}
 
 
 def _lint_imports(src_root: Path) -> subprocess.CompletedProcess[str]:
