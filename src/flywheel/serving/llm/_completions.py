@@ -39,24 +39,31 @@ from flywheel.serving.llm._spans import GenerationSpan
 # -- /v1/completions -------------------------------------------------------------------------------
 
 
-def _prompts(req: CompletionRequest, target: Target) -> list[list[int]]:
-    prompt = req.prompt
-    backend = target.chat.backend
-    if isinstance(prompt, str):
-        prompts = [backend.encode(prompt)]
-    elif prompt and all(isinstance(p, int) for p in prompt):
-        prompts = [list(prompt)]  # type: ignore[arg-type]
-    elif prompt and all(isinstance(p, str) for p in prompt):
-        prompts = [backend.encode(p) for p in prompt]  # type: ignore[arg-type]
-    elif prompt and all(isinstance(p, list) for p in prompt):
-        prompts = [list(p) for p in prompt]  # type: ignore[arg-type]
+def _token_batch(value: Any, backend: Any, field: str, limit: int) -> list[list[int]]:
+    """OpenAI's text-or-tokens field (a string, token ids, strings, or lists of token ids) as
+    one token list per item; at most ``limit`` items, none empty (errors name ``field``)."""
+    if isinstance(value, str):
+        batch = [backend.encode(value)]
+    elif value and all(isinstance(x, int) for x in value):
+        batch = [list(value)]
+    elif value and all(isinstance(x, str) for x in value):
+        batch = [backend.encode(x) for x in value]
+    elif value and all(isinstance(x, list) for x in value):
+        batch = [list(x) for x in value]
     else:
-        raise invalid("prompt", "prompt must be a string, a list of strings or token ids")
-    if len(prompts) > 64:
-        raise invalid("prompt", "at most 64 prompts per request")
-    for i, ids in enumerate(prompts):
+        raise invalid(field, f"{field} must be a string, a list of strings or token ids")
+    if len(batch) > limit:
+        raise invalid(field, f"at most {limit} {field}s per request")
+    for i, ids in enumerate(batch):
         if not ids:
-            raise invalid("prompt", f"prompt {i} is empty")
+            raise invalid(field, f"{field} {i} is empty")
+    return batch
+
+
+def _prompts(req: CompletionRequest, target: Target) -> list[list[int]]:
+    backend = target.chat.backend
+    prompts = _token_batch(req.prompt, backend, "prompt", 64)
+    for i, ids in enumerate(prompts):
         if any(t < 0 or t >= backend.vocab_size for t in ids):
             raise invalid("prompt", f"prompt {i} has a token id outside [0, {backend.vocab_size})")
     return prompts
@@ -286,22 +293,8 @@ async def embeddings(request: Request) -> Response:
         size = int(backend.embedding_size)
         if req.dimensions is not None and req.dimensions > size:
             raise invalid("dimensions", f"dimensions must be at most {size} for this model")
-        inputs = req.input
-        if isinstance(inputs, str):
-            batch = [backend.encode(inputs)]
-        elif inputs and all(isinstance(x, int) for x in inputs):
-            batch = [list(inputs)]
-        elif inputs and all(isinstance(x, str) for x in inputs):
-            batch = [backend.encode(x) for x in inputs]
-        elif inputs and all(isinstance(x, list) for x in inputs):
-            batch = [list(x) for x in inputs]  # type: ignore[arg-type]
-        else:
-            raise invalid("input", "input must be a string, a list of strings or token ids")
-        if len(batch) > 2048:
-            raise invalid("input", "at most 2048 inputs per request")
+        batch = _token_batch(req.input, backend, "input", 2048)
         for i, ids in enumerate(batch):
-            if not ids:
-                raise invalid("input", f"input {i} is empty")
             if len(ids) > backend.max_model_len:
                 raise invalid(
                     "input",
