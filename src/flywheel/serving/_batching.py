@@ -131,6 +131,10 @@ class DynamicBatcher:
         self._on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
+        # The queued rows with each request counted as at most one batch (``_batch_rows``): what
+        # the batches ahead of a newcomer hold (a request larger than a batch runs alone).
+        self._queued_batch_rows = 0
+        self._size = max(policy.preferred_batch_sizes, default=policy.max_batch_size)
         self._loop = asyncio.get_running_loop()
         self._free = policy.instances
         self._timer: asyncio.TimerHandle | None = None
@@ -173,6 +177,7 @@ class DynamicBatcher:
         self._mean_gap += 0.2 * (min(gap, 1.0) - self._mean_gap)
         self._queue.append(item)
         self._queued_rows += rows
+        self._queued_batch_rows += self._batch_rows(rows)
         self._dispatch()
         if deadline is None:
             return await future
@@ -193,6 +198,10 @@ class DynamicBatcher:
             retry_after=max(1.0, self.expected_wait_s(1)),
         )
 
+    def _batch_rows(self, rows: int) -> int:
+        """The rows of a request as the batches see them: at most one batch's worth."""
+        return min(rows, self._size)
+
     def _per_batch_s(self) -> float:
         """The mean batch time, or the age of the oldest batch in flight if that is longer (a
         model that slowed down is noticed before its batch finishes). 0 before any batch ran."""
@@ -206,11 +215,19 @@ class DynamicBatcher:
         0 when an instance is free and it fits in the next batch. Otherwise the batches ahead of
         it (the queued rows before its own batch, in batches of the policy's largest size, plus
         one for the batches in flight when no instance is free) times the batch time, over the
-        instances.
+        instances. A request larger than a batch counts as one batch, for it runs as one: so a
+        200-row request on an idle server waits for nothing (it was once counted as 7 batches
+        of 32 and shed with an empty queue, issue #14).
         """
         policy = self.policy
-        size = max(policy.preferred_batch_sizes, default=policy.max_batch_size)
-        position = self._queued_rows + rows if policy.enabled else len(self._queue) + 1
+        size = self._size
+        if policy.enabled:
+            # A request of more rows than a batch holds is not split: the dispatcher runs it as
+            # one batch of its own (``_take_batch`` always takes the queue's head whole). So it
+            # occupies at most one batch's place, and so does each request queued before it.
+            position = self._queued_batch_rows + self._batch_rows(rows)
+        else:
+            position = len(self._queue) + 1
         ahead = -(-position // size) - 1 + (1 if self._free <= 0 else 0)
         if ahead <= 0:
             return 0.0
@@ -295,10 +312,12 @@ class DynamicBatcher:
             if item.future.done():  # cancelled by its deadline
                 self._queue.popleft()
                 self._queued_rows -= item.rows
+                self._queued_batch_rows -= self._batch_rows(item.rows)
                 continue
             if item.deadline is not None and item.deadline <= now:
                 self._queue.popleft()
                 self._queued_rows -= item.rows
+                self._queued_batch_rows -= self._batch_rows(item.rows)
                 item.future.set_exception(
                     DeadlineExceeded(f"model {self.name!r}: the request's deadline passed")
                 )
@@ -310,6 +329,7 @@ class DynamicBatcher:
                 continue
             self._queue.popleft()
             self._queued_rows -= item.rows
+            self._queued_batch_rows -= self._batch_rows(item.rows)
             batch.append(item)
             rows += item.rows
             key = item.key
