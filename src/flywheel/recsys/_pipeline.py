@@ -60,6 +60,16 @@ RANKER_RETRY_S = 2.0  # after a ranker failure, skip it this long
 Gens = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
+def _transient(exc: BaseException | None) -> bool:
+    """True for a ranker error that says nothing about the next request: a late answer, or a
+    shed for this request's budget."""
+    from flywheel.serving import DeadlineExceeded, QueueFull
+
+    if isinstance(exc, DeadlineExceeded):
+        return True
+    return isinstance(exc, QueueFull) and exc.reason == "expected_wait"
+
+
 @dataclass(frozen=True)
 class RecsysSettings:
     """Knobs of the request path (``recsys:`` in ``flywheel.yaml``; see ``RecsysConfig``).
@@ -375,10 +385,10 @@ class Pipeline:
             fallbacks.append("ranker_unavailable")
             # A circuit breaker: do not pay for features while nothing is served; try again
             # after RANKER_RETRY_S (a promoted version is picked up within that time). A late
-            # answer is only this request's fallback: the next one may be in time.
-            from flywheel.serving import DeadlineExceeded
-
-            if not isinstance(exc.__cause__, DeadlineExceeded):
+            # answer, or one shed because its expected wait exceeded this request's budget
+            # (429 "expected_wait": it depends on the budget), is only this request's fallback:
+            # the next one may be in time. A full queue opens the breaker like a failure.
+            if not _transient(exc.__cause__):
                 self._ranker_retry_at = time.monotonic() + RANKER_RETRY_S
             return rows
         versions["ranker"] = version
