@@ -111,6 +111,7 @@ class OnlineState:
         self._popular: tuple[np.ndarray, np.ndarray] | None = None
         self._history_index: HistoryIndex | None = None
         self._ease: dict[float, EASE] = {}
+        self._ease_lock = threading.Lock()  # one fit per λ (not update_lock: see ``ease``)
 
     @classmethod
     def from_project(
@@ -183,15 +184,23 @@ class OnlineState:
 
         if self.n_train > MAX_DENSE_ITEMS or self.n_train == 0:
             return None
-        with self.update_lock:
+        # The served source asks on every request: a fitted model is read without a lock (a
+        # dict lookup), so a request never waits for a fit, nor for a co-occurrence rebuild
+        # (it once took ``update_lock``, which ``apply_pending`` holds while it rebuilds: the
+        # candidates stage then stalled for up to 1.5 s in make demo, issue #14).
+        model = self._ease.get(lam)
+        if model is not None:
+            return model
+        with self._ease_lock:
             model = self._ease.get(lam)
             if model is None:
-                model = self._ease[lam] = EASE(lam).fit(self.train)
+                model = EASE(lam).fit(self.train)
+                self._ease = {**self._ease, lam: model}  # swapped whole: readers see either
         return model
 
     def drop_ease(self, keep: float | None) -> None:
         """Forget the fitted EASE models but ``keep``'s (their matrices are items^2 floats)."""
-        with self.update_lock:
+        with self._ease_lock:
             self._ease = {k: v for k, v in self._ease.items() if k == keep}
 
     def trending_top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
