@@ -171,11 +171,13 @@ def create_server_app(project: Project, systems: Iterable[str] | None = None) ->
     """``create_app`` as a server runs it: with serving among ``systems`` (default: all), V2
     inference takes serving's fast path, which skips the framework middleware (serving records
     its own metrics and limits)."""
-    from flywheel.serving import with_inference_fast_path
+    from flywheel.serving import server_for, with_inference_fast_path
 
     chosen = None if systems is None else list(systems)
     app = create_app(project, chosen)
     if chosen is None or "serving" in chosen:
+        # This process is the server: its loaded models may leave the collector's full passes.
+        server_for(project).owns_process = project.config.serving.gc_freeze
         return with_inference_fast_path(app)
     return app
 

@@ -23,6 +23,7 @@ from flywheel.serving import _metrics as m
 from flywheel.serving._background import BackgroundTasks
 from flywheel.serving._batching import BatchingPolicy, DynamicBatcher
 from flywheel.serving._errors import ModelUnavailable, ServingError
+from flywheel.serving._heap import freeze_heap
 from flywheel.serving._once import LoadOnce
 from flywheel.serving._runtime import LoadedRuntime, ModelSource, load_runtime
 
@@ -128,6 +129,8 @@ class VersionPool:
         self._versions: dict[VersionKey, ServedVersion] = {}
         self._once: LoadOnce[VersionKey, ServedVersion] = LoadOnce(LOAD_RETRY_SECONDS)
         self._executor: ThreadPoolExecutor | None = None
+        # Set once a server that owns its process is ready: each later load is frozen (``_heap``).
+        self.freeze_after_load = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -185,6 +188,8 @@ class VersionPool:
         await self.ensure_started()
         self.executor  # noqa: B018  (not started: ModelUnavailable before any load)
         served = await self._once.get(key, lambda: self._load(name, version))
+        if key not in self._versions and self.freeze_after_load:
+            freeze_heap(collect=False)  # the new model's objects leave the full collections
         self._versions[key] = served
         return served
 

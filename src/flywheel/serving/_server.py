@@ -30,6 +30,7 @@ from flywheel.project import Project
 from flywheel.serving._background import BackgroundTasks
 from flywheel.serving._bridge import BlockingBridge
 from flywheel.serving._endpoints import Endpoint, EndpointStore
+from flywheel.serving._heap import freeze_heap
 from flywheel.serving._pool import ServedVersion, VersionPool
 from flywheel.serving._prediction_log import PredictionLogger
 from flywheel.serving._reconciler import PRODUCTION, Reconciler
@@ -76,6 +77,10 @@ class InferenceServer:
         self._reconciler: asyncio.Task[None] | None = None
         self._preloaded = asyncio.Event()
         self.started_at: float | None = None
+        # Set by the app a server process runs (``flywheel.api.create_server_app``): the loaded
+        # models' objects then leave the garbage collector's full passes (``_heap``). An app
+        # embedded in another process (a test, a notebook) leaves that process's heap alone.
+        self.owns_process = False
 
     @property
     def source(self) -> ModelSource:
@@ -121,6 +126,9 @@ class InferenceServer:
         except Exception as exc:
             log.warning("preloading production models failed: %s", exc)
         finally:
+            if self.owns_process:
+                freeze_heap(collect=True)  # before ready: the full collection costs no request
+                self.pool.freeze_after_load = True
             self._preloaded.set()
 
     @property
