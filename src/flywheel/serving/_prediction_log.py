@@ -54,11 +54,31 @@ class PredictionRecord:
     disagreement: float | None = None
 
 
+def _column(arr: np.ndarray) -> Any:
+    """One column as Parquet stores it: floats as float64 and integers as int64 (the types the
+    columns have always had), strings as strings."""
+    if arr.dtype.kind == "f":
+        return arr.astype(np.float64, copy=False)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64, copy=False)
+    if arr.dtype.kind in "bU":
+        return arr
+    return arr.tolist()
+
+
 def flatten_tensors(
-    tensors: dict[str, np.ndarray], rows: int, prefix: str = "", names: Sequence[str] | None = None
-) -> dict[str, list[Any]]:
-    """Tensors with ``rows`` along dim 0 as named columns (1-D and 2-D tensors only)."""
-    columns: dict[str, list[Any]] = {}
+    tensors: dict[str, np.ndarray],
+    rows: int,
+    prefix: str = "",
+    names: Sequence[str] | None = None,
+    whole: int | None = None,
+) -> dict[str, Any]:
+    """Tensors with ``rows`` along dim 0 as named columns (1-D and 2-D tensors only).
+
+    ``names`` label the columns of a 2-D tensor that is the only tensor of its set (``whole``:
+    how many tensors the set had, if ``tensors`` holds only some of them)."""
+    columns: dict[str, Any] = {}
+    alone = (len(tensors) if whole is None else whole) == 1
     for name, arr in tensors.items():
         arr = np.asarray(arr)
         if arr.ndim == 0 or arr.shape[0] != rows or arr.ndim > 2:
@@ -71,17 +91,86 @@ def flatten_tensors(
                 ]
             ).reshape(arr.shape)
         if arr.ndim == 1:
-            columns[f"{prefix}{name}"] = arr.tolist()
+            columns[f"{prefix}{name}"] = _column(arr)
             continue
         width = arr.shape[1]
         labels = (
             list(names)
-            if names is not None and len(names) == width and len(tensors) == 1
+            if names is not None and len(names) == width and alone
             else [f"{name}_{j}" for j in range(width)]
         )
         for j, label in enumerate(labels):
-            columns[f"{prefix}{label}"] = arr[:, j].tolist()
+            columns[f"{prefix}{label}"] = _column(np.ascontiguousarray(arr[:, j]))
     return columns
+
+
+def _tensor_layout(tensors: dict[str, np.ndarray] | None, rows: int) -> tuple[Any, ...] | None:
+    """What decides a tensor set's columns: each tensor's name, trailing shape and kind, and
+    whether ``flatten_tensors`` keeps it (1-D or 2-D with ``rows`` along dim 0)."""
+    if tensors is None:
+        return None
+    layout = []
+    for name, arr in tensors.items():
+        a = np.asarray(arr)
+        kept = 0 < a.ndim <= 2 and a.shape[0] == rows
+        layout.append((name, kept, a.shape[1:] if kept else (), a.dtype.kind if kept else ""))
+    return tuple(layout)
+
+
+def _layout(r: PredictionRecord) -> tuple[Any, ...]:
+    n = _rows(r.inputs)
+    names = tuple(r.feature_names) if r.feature_names is not None else None
+    return (
+        _tensor_layout(r.inputs, n),
+        _tensor_layout(r.outputs, n),
+        _tensor_layout(r.shadow_outputs, n),
+        names,
+    )
+
+
+def _joined(tensor_sets: list[dict[str, np.ndarray]], layout: tuple[Any, ...]) -> dict[str, Any]:
+    """The kept tensors of records of one layout, concatenated along dim 0."""
+    return {
+        name: np.concatenate([np.asarray(t[name]) for t in tensor_sets])
+        for name, kept, _, _ in layout
+        if kept
+    }
+
+
+def _columns(group: list[PredictionRecord]) -> dict[str, Any]:
+    """The Parquet columns of records that share one layout (``_layout``), as one table would
+    have them if each record were flattened alone (``flatten_tensors``) and the tables joined."""
+    import pyarrow as pa
+
+    counts = np.array([_rows(r.inputs) for r in group], dtype=np.int64)
+    total = int(counts.sum())
+    owner = pa.array(np.repeat(np.arange(len(group)), counts))  # the record of each row
+
+    def per_record(values: list[Any]) -> Any:
+        return pa.array(values).take(owner)
+
+    first = group[0]
+    cols: dict[str, Any] = {
+        "request_id": per_record([r.request_id for r in group]),
+        "ts": per_record([r.ts for r in group]),
+        "endpoint": per_record([r.endpoint for r in group]),
+        "model": per_record([r.model for r in group]),
+        "version": per_record([r.version for r in group]),
+        "kind": per_record([r.kind for r in group]),
+        "latency_ms": per_record([r.latency_ms for r in group]),
+        "row": np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts),
+    }
+    in_layout, out_layout, shadow_layout, _ = _layout(first)
+    inputs = _joined([r.inputs for r in group], in_layout)
+    cols.update(flatten_tensors(inputs, total, names=first.feature_names, whole=len(first.inputs)))
+    outputs = _joined([r.outputs for r in group], out_layout)
+    cols.update(flatten_tensors(outputs, total, prefix="pred_", whole=len(first.outputs)))
+    if shadow_layout is not None:
+        cols["shadow_version"] = per_record([r.shadow_version for r in group])
+        cols["disagreement"] = per_record([r.disagreement for r in group])
+        shadows = _joined([r.shadow_outputs or {} for r in group], shadow_layout)
+        cols.update(flatten_tensors(shadows, total, prefix="shadow_pred_"))
+    return cols
 
 
 def _rows(tensors: dict[str, np.ndarray]) -> int:
@@ -159,28 +248,18 @@ class PredictionLogger:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        frames: list[dict[str, list[Any]]] = []
+        # Records of one layout (the same tensors, widths and kinds) become one table with one
+        # concatenation per tensor: building a table per record held the GIL for about as long
+        # as the event loop spent answering the requests (a sixth of a core at 400 records/s).
+        groups: dict[tuple[Any, ...], list[PredictionRecord]] = {}
         for r in records:
-            n = _rows(r.inputs)
-            cols: dict[str, list[Any]] = {
-                "request_id": [r.request_id] * n,
-                "ts": [r.ts] * n,
-                "endpoint": [r.endpoint] * n,
-                "model": [r.model] * n,
-                "version": [r.version] * n,
-                "kind": [r.kind] * n,
-                "latency_ms": [r.latency_ms] * n,
-                "row": list(range(n)),
-            }
-            cols.update(flatten_tensors(r.inputs, n, names=r.feature_names))
-            cols.update(flatten_tensors(r.outputs, n, prefix="pred_"))
-            if r.shadow_outputs is not None:
-                cols["shadow_version"] = [r.shadow_version] * n
-                cols["disagreement"] = [r.disagreement] * n
-                cols.update(flatten_tensors(r.shadow_outputs, n, prefix="shadow_pred_"))
-            frames.append(cols)
-        tables = [pa.table(f) for f in frames]
-        table = pa.concat_tables(tables, promote_options="permissive")
+            groups.setdefault(_layout(r), []).append(r)
+        tables = [pa.table(_columns(group)) for group in groups.values()]
+        table = (
+            tables[0]
+            if len(tables) == 1
+            else pa.concat_tables(tables, promote_options="permissive")
+        )
         folder = self.root / f"endpoint={endpoint}"
         folder.mkdir(parents=True, exist_ok=True)
         self._seq += 1
