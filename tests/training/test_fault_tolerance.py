@@ -108,7 +108,7 @@ def test_sigkill_worker_restart_resumes_bit_identical(
     with scheduler_loop(s, interval=3600):
         job = TrainingService(project).submit(
             train_spec("crash", out, parquet_file, max_restarts=2,
-                       env={"CRASH_AT_STEP": "8", "CRASH_RANK": "1"})
+                       env={"CRASH_AT_STEP": "8", "CRASH_RANK": "1", "LOGLEVEL": "INFO"})
         )  # fmt: skip
         deadline = time.monotonic() + 240
         while not s.store.get(job.id).state.terminal and time.monotonic() < deadline:
@@ -119,6 +119,10 @@ def test_sigkill_worker_restart_resumes_bit_identical(
     assert done.attempt == 1 and done.restarts == 1
     assert "start step=5 epoch=0 position=5 restart=1" in logs
     assert out.read_text() == reference_digest
+    # One node: both rounds ran on the agent's store (up before the workers; no connect
+    # backoff), the restarted group's keys kept apart by runtime.init()'s per-restart prefix.
+    agent_log = TrainingService(project).logs(job.id)["node0/agent.log"]
+    assert agent_log.count("use_agent_store: True") == 2, agent_log[-3000:]
     # Per-rank logs of both torchrun attempts were archived in the artifact store.
     keys = project.artifacts.list_named(f"training/jobs/{job.id}/attempt-1")
     assert any("restart1/rank1" in k for k in keys) and any("restart0/rank0" in k for k in keys)

@@ -212,3 +212,19 @@ def test_many_jobs_admitted_in_one_tick(project: Project, fake_executor: FakeExe
     ids = {store.submit(spec(f"j{i}", team=f"t{i % 3}")).id for i in range(100)}
     report = s.tick()
     assert set(report.launched) == ids
+
+
+def test_store_per_round_only_for_multi_node_jobs(project: Project) -> None:
+    """A single-node job's workers use the agent's rendezvous store (up before they start;
+    ``runtime.init`` adds the per-restart prefix); only agents on several nodes, which count
+    restarts independently, get a fresh store per round, hosted by worker rank 0 (whose peers
+    wait for it with a connect backoff, on every start and restart)."""
+    ex = FakeExecutor()
+    s = sched(project, ex, cpus=4)
+    one = s.store.submit(spec("one-node", procs=2))
+    two = s.store.submit(
+        JobSpec(name="two-nodes", entrypoint="pkg.train:main",
+                resources=Resources(nodes=2, procs_per_node=1))
+    )  # fmt: skip
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in s.job_env(one)
+    assert s.job_env(two)["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"

@@ -472,10 +472,15 @@ class Scheduler:
                 "OMP_NUM_THREADS": str(job.spec.resources.cpus_per_proc),
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONPATH": os.pathsep.join(pythonpath),
-                # One rendezvous store per round: see runtime.init() for the gloo restart fix.
-                "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
             }
         )
+        if job.spec.resources.nodes > 1:
+            # The gloo restart fix (runtime.init()): a single-node job builds its process group
+            # on the agent's store, which is up before any worker starts, under a per-restart
+            # prefix. Agents of several nodes count restarts independently, so their workers
+            # could disagree on that prefix: there, one fresh store per rendezvous round, hosted
+            # by worker rank 0 (the other ranks retry connecting until it is up, with backoff).
+            env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
         metrics_file = self.metrics_file(job)
         if metrics_file is not None:
             env[ENV_METRICS_FILE] = str(metrics_file)

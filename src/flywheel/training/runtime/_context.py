@@ -10,9 +10,11 @@ any per-attempt prefix; a worker of attempt 2 may then read the address of a pee
 attempt 1 and gloo fails with ``connectFullMesh failed ... Connection refused``
 (pytorch/pytorch#135712). When the store is shared (``TORCHELASTIC_USE_AGENT_STORE=True``) we
 therefore build the process group on ``PrefixStore("flywheel/<run id>/restart<n>", store)``.
-The scheduler additionally sets ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, which gives every
-rendezvous round a fresh store (the prefix alone is not enough for multi-node jobs, whose
-agents count restarts independently). ``benchmarks/training_bench.py`` measures both.
+That is how single-node jobs run: the agent's store is up before any worker starts, so no rank
+waits on a connect backoff. For multi-node jobs the scheduler sets
+``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, a fresh store every rendezvous round (the prefix alone
+is not enough there: agents count restarts independently). ``benchmarks/training_bench.py``
+measures stock torchrun, the prefix alone and scheduled jobs.
 """
 
 from __future__ import annotations
