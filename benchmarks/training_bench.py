@@ -1,7 +1,8 @@
 """Training platform benchmark: Flywheel vs raw ``torchrun`` on the same script, in one run.
 
 Run with ``make bench-training`` (or ``.venv/bin/python benchmarks/training_bench.py``);
-``--smoke`` (CI) runs one 1-epoch job each way and nothing else.
+``--smoke`` (CI) runs one 1-epoch job each way and one Flywheel crash/resume; ``--crash-only``
+runs just the crash -> resume comparison.
 
 The workload is ``tests/training/workloads/ddp_train.py``: a tiny MLP (dropout, SGD with
 momentum, StepLR) trained with CPU DDP (gloo) on a 512-row Parquet file read through
@@ -19,13 +20,16 @@ thread, jobs submitted through ``TrainingService``. Figures:
 * **admission** of 1,000 queued jobs by one scheduler round (plan + one transaction), SQLite
   and Postgres, with a no-op executor;
 * **crash -> first resumed step**: rank 1 logs ``crashing at step 8 t=...`` and SIGKILLs
-  itself; the time to rank 0's first step of the restarted group (detection, restart, imports,
-  rendezvous, resume). Raw column = stock torchrun runs (shared rendezvous store, no prefix);
-* **soak**: the crash/resume run repeated: stock torchrun, raw torchrun with Flywheel's
+  itself; the time to rank 0's first step of the restarted group, as median (min-max, n) and
+  split into ``PHASES`` (agent's detection, rendezvous, spawn+imports, process group,
+  setup+checkpoint load, first step) from torchrun's ``LOGLEVEL=INFO`` log and rank 0's
+  timestamps. Raw column = stock torchrun runs (shared rendezvous store, no prefix);
+* **soak**: the crash/resume run repeated, the three kinds **interleaved** round by round:
+  stock torchrun (until ``PLAIN`` recovered, at most 3x), raw torchrun with Flywheel's
   per-attempt ``PrefixStore`` only, and scheduled jobs (fresh store per round via
   ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``). A recovery counts only if the job succeeds after
   a restart that resumed from a checkpoint (step > 0: a restart from scratch is bit-identical
-  too) with final weights bit-identical to the uninterrupted run; every run's exit is checked;
+  too) with final weights bit-identical to the uninterrupted run; every run's exit is printed;
 * **Ray** (when the ``ray`` extra is installed): a real 2-node Ray cluster on 127.0.0.1 (one
   CPU per node), a 2-node x 1-process job through ``RayExecutor``: submit -> first step, and a
   crash soak counted as above.
@@ -37,7 +41,9 @@ that hangs for ``TRAINING_BENCH_RUN_TIMEOUT`` seconds (default 180) is killed an
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -60,6 +66,7 @@ PLAIN = int(os.environ.get("TRAINING_BENCH_PLAIN", "5"))
 RUN_TIMEOUT = float(os.environ.get("TRAINING_BENCH_RUN_TIMEOUT", "180"))
 RAY_SOAK = int(os.environ.get("TRAINING_BENCH_RAY_SOAK", "10"))
 STEP_LINE = re.compile(r"step (\d+) loss \S+ t=([\d.]+)")
+PREFIX_ENV = "FLYWHEEL_ATTEMPT_STORE_PREFIX"  # "0": the runtime builds no per-attempt prefix
 CRASH_LINE = re.compile(r"crashing at step (\d+) t=([\d.]+)")
 
 
@@ -93,7 +100,10 @@ def step_times(text: str) -> list[tuple[int, float]]:
 def raw_torchrun(
     work: Path, nproc: int, env: dict[str, str], restarts: int = 2
 ) -> tuple[int, float, Path]:
+    """Stock ``torchrun`` on the workload; its own (agent) output goes to ``agent.log`` in the
+    log folder, so crash runs can time its restart (``LOGLEVEL=INFO`` in ``env``)."""
     log_dir = work / f"logs-{time.monotonic_ns()}"
+    log_dir.mkdir(parents=True)
     argv = [
         sys.executable,
         "-m",
@@ -109,13 +119,14 @@ def raw_torchrun(
     ]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_LOG_DIR": str(log_dir), **env}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        argv,
-        env=full_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    with open(log_dir / "agent.log", "wb") as agent_log:
+        proc = subprocess.Popen(
+            argv,
+            env=full_env,
+            stdout=agent_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         rc = proc.wait(timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired:  # a hung restart counts as a failure
@@ -150,8 +161,10 @@ def samples_per_s(text: str, batch: int, world: int) -> float:
 
 
 def raw_logs(log_dir: Path) -> list[str]:
-    """Every worker's stdout of a raw torchrun run (all restarts)."""
-    return [p.read_text() for p in log_dir.glob("*/attempt_*/*/stdout.log")]
+    """Every worker's stdout of a raw torchrun run (all restarts) and the agent's own log."""
+    texts = [p.read_text() for p in log_dir.glob("*/attempt_*/*/stdout.log")]
+    agent = log_dir / "agent.log"
+    return [*texts, agent.read_text(errors="replace")] if agent.exists() else texts
 
 
 def new_project(root: Path, metadata: str | None = None, **overrides: Any) -> Any:
@@ -241,6 +254,75 @@ def crash_gap(texts: list[str]) -> float | None:
     at_step, at = int(crash[0].group(1)), float(crash[0].group(2))
     after = [t for text in texts for step, t in step_times(text) if t > at and step < at_step]
     return min(after) - at if after else None
+
+
+AGENT_LINE = re.compile(r"^[IWE](\d\d)(\d\d) (\d\d):(\d\d):(\d\d\.\d+) \d+ [^\]]*\] (.*)$", re.M)
+IMPORTED_LINE = re.compile(r"imported t=([\d.]+) joined t=([\d.]+)")
+START_LINE = re.compile(r"start step=(\d+) .*t=([\d.]+)")
+# Where the seconds of a restart go, in order (each phase ends at the named event).
+PHASES = (
+    "detected",  # the agent's monitor saw the dead worker ("Worker group FAILED")
+    "rendezvous",  # survivors stopped, next rendezvous round done ("Starting worker group")
+    "spawn+import",  # new workers started, torch and the runtime imported (rank 0)
+    "process group",  # rt.init(): init_process_group done (rank 0)
+    "setup+resume",  # data, model (DDP), optimizer, checkpoint found and loaded (rank 0)
+    "first step",  # rank 0's first optimizer step of the restarted group
+)
+
+
+def agent_events(text: str, year: int) -> list[tuple[float, str]]:
+    """(time, message) of every line torchrun's agent logged (glog format, local time,
+    ``LOGLEVEL=INFO``)."""
+    out = []
+    for m in AGENT_LINE.finditer(text):
+        month, day, hh, mm, ss, message = m.groups()
+        whole = time.mktime(
+            (year, int(month), int(day), int(hh), int(mm), int(float(ss)), 0, 0, -1)
+        )
+        out.append((whole + float(ss) % 1, message))
+    return out
+
+
+def crash_phases(texts: list[str]) -> dict[str, float] | None:
+    """Seconds of each ``PHASES`` step of the first restart after the crash (the crashing rank
+    logs ``crashing at step S t=T``), from the agent's log and rank 0's timestamps; ``None``
+    if the restart did not get that far (or the agent's log is missing). Sums to
+    ``crash_gap``."""
+    crash = [m for text in texts for m in CRASH_LINE.finditer(text)]
+    if not crash:
+        return None
+    at_step, at = int(crash[0].group(1)), float(crash[0].group(2))
+    year = time.localtime(at).tm_year
+    agent = sorted(e for text in texts for e in agent_events(text, year) if e[0] >= at - 0.01)
+    failed = next((t for t, msg in agent if "Worker group FAILED" in msg), None)
+    started = next(
+        (t for t, msg in agent if "Starting worker group" in msg and failed and t >= failed),
+        None,
+    )
+    joined = sorted(
+        (float(m.group(1)), float(m.group(2)))
+        for text in texts
+        for m in IMPORTED_LINE.finditer(text)
+        if float(m.group(1)) > at
+    )
+    resumed = sorted(
+        float(m.group(2))
+        for text in texts
+        for m in START_LINE.finditer(text)
+        if float(m.group(2)) > at and int(m.group(1)) > 0
+    )
+    first = sorted(t for text in texts for step, t in step_times(text) if t > at and step < at_step)
+    if failed is None or started is None or not joined or not resumed or not first:
+        return None
+    ends = [failed, started, joined[0][0], joined[0][1], resumed[0], first[0]]
+    return {name: end - begin for name, begin, end in zip(PHASES, [at, *ends], ends, strict=False)}
+
+
+def spread(values: list[float]) -> str:
+    """``median (min-max, n=N)`` of a sample, or ``n/a``."""
+    if not values:
+        return "n/a"
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f}, n={len(values)})"
 
 
 def checkpoint_speed(work: Path) -> tuple[float, float, float]:
@@ -551,6 +633,161 @@ def recovered(project: Any, job: Any, out: Path, reference: str) -> bool:
     )
 
 
+@dataclasses.dataclass
+class CrashSide:
+    """One column of the crash -> resume comparison: every run's exit and, for the runs that
+    recovered (resumed from a step > 0, final weights bit-identical), the seconds."""
+
+    label: str
+    wanted: int  # recovered samples wanted
+    max_runs: int
+    exits: list[str] = dataclasses.field(default_factory=list)
+    gaps: list[float] = dataclasses.field(default_factory=list)
+    phases: list[dict[str, float]] = dataclasses.field(default_factory=list)
+
+    @property
+    def more(self) -> bool:
+        return len(self.gaps) < self.wanted and len(self.exits) < self.max_runs
+
+    @property
+    def ok(self) -> str:
+        return f"{len(self.gaps)}/{len(self.exits)}"
+
+    def record(self, exit_label: str, good: bool, texts: list[str]) -> None:
+        self.exits.append(exit_label)
+        gap = crash_gap(texts)
+        phases = crash_phases(texts)
+        if good and gap is not None:
+            self.gaps.append(gap)
+            if phases is not None:
+                self.phases.append(phases)
+        detail = " ".join(f"{k} {v:.2f}" for k, v in (phases or {}).items())
+        print(
+            f"  {self.label} run {len(self.exits)}: {exit_label}, "
+            f"{'recovered' if good else 'NOT recovered'}, crash -> first resumed step "
+            f"{'n/a' if gap is None else f'{gap:.2f}'} s [{detail}] "
+            f"load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+
+    def exit_summary(self) -> str:
+        counts = collections.Counter(self.exits)
+        return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+
+    def phase(self, name: str) -> str:
+        values = [p[name] for p in self.phases]
+        return f"{statistics.median(values):.2f}" if values else "n/a"
+
+
+def crash_section(
+    work: Path, data: Path, t_start: float, smoke: bool = False
+) -> tuple[list[Row], list[str], str, dict[str, str]]:
+    """Rank 1 SIGKILLs itself at step 8; torchrun restarts the group, which resumes from the
+    step-5 checkpoint. Stock torchrun (the raw column: shared rendezvous store, no prefix),
+    torchrun with Flywheel's per-attempt PrefixStore only, and Flywheel jobs through the real
+    scheduler loop run **interleaved**, round by round, so load changes hit every column alike.
+    Stock runs repeat until ``PLAIN`` of them recovered (they fail often: the shared-store
+    restart bug, pytorch/pytorch#135712), at most ``3 * PLAIN`` runs."""
+    env1 = {"DATA": str(data), "EPOCHS": "1"}
+    ref_out = work / "ref-digest"
+    rc, _, _ = raw_torchrun(
+        work, 2, {**env1, "OUT": str(ref_out), "CKPT_DIR": str(work / "ck-ref")}
+    )
+    assert rc == 0, f"reference torchrun run failed with exit {rc}"
+    reference = ref_out.read_text()
+    # LOGLEVEL=INFO: torchrun's agent logs when it saw the failure and restarted (both sides).
+    crash = {**env1, "CRASH_AT_STEP": "8", "CRASH_RANK": "1", "LOGLEVEL": "INFO"}
+    fw = CrashSide("Flywheel", 1 if smoke else SOAK, 1 if smoke else SOAK)
+    stock = CrashSide("stock torchrun", 0 if smoke else PLAIN, 0 if smoke else 3 * PLAIN)
+    prefix = CrashSide("torchrun + PrefixStore", 0 if smoke else PLAIN, 0 if smoke else PLAIN)
+    loads = [os.getloadavg()[0]]
+    proj = new_project(work / "soak")
+
+    def run_raw(side: CrashSide, extra: dict[str, str]) -> None:
+        i = len(side.exits)
+        out = work / f"{side.label.replace(' ', '-')}-{i}"
+        ck = work / f"ck-{side.label.replace(' ', '-')}-{i}"
+        rc, _, logs = raw_torchrun(
+            work, 2, {**crash, **extra, "OUT": str(out), "CKPT_DIR": str(ck)}
+        )
+        # A from-scratch restart is bit-identical too: count only a resume from step > 0.
+        good = (
+            rc == 0
+            and out.exists()
+            and out.read_text() == reference
+            and resumed_step(rank_logs(logs, 1, 0)) > 0
+        )
+        side.record("timeout" if rc == -9 else f"exit {rc}", good, raw_logs(logs))
+        shutil.rmtree(logs, ignore_errors=True)
+
+    def run_flywheel() -> None:
+        out = work / f"fw-{len(fw.exits)}"
+        job, _ = flywheel_run(proj, {**crash, "OUT": str(out)}, f"soak{len(fw.exits)}")
+        exit_label = f"{job.state.value} (exit {job.exit_code})"
+        fw.record(exit_label, recovered(proj, job, out, reference), job_logs(proj, job))
+
+    with SchedulerLoop(proj):
+        round_no = 0
+        while fw.more or stock.more or prefix.more:
+            steps = [
+                (fw.more, run_flywheel),
+                (stock.more, lambda: run_raw(stock, {PREFIX_ENV: "0"})),
+                (prefix.more, lambda: run_raw(prefix, {})),
+            ]
+            if round_no % 2:  # alternate who goes first
+                steps.reverse()
+            for wanted, step in steps:
+                if wanted:
+                    step()
+            round_no += 1
+            loads.append(os.getloadavg()[0])
+    proj.close()
+    print(
+        f"crash soak: Flywheel {fw.ok}, stock {stock.ok}, prefix {prefix.ok} "
+        f"({time.time() - t_start:.0f}s)",
+        flush=True,
+    )
+    sides = (fw, stock, prefix)
+    rows: list[Row] = [
+        (
+            "crash -> first resumed step, s: median (min-max, n)",
+            spread(fw.gaps),
+            "",
+            spread(stock.gaps),
+            f"raw = stock torchrun; + PrefixStore only: {spread(prefix.gaps)}",
+        ),
+    ]
+    for name in PHASES:
+        rows.append(
+            (
+                f"  ... {name}, s (median)",
+                fw.phase(name),
+                "",
+                stock.phase(name),
+                f"prefix {prefix.phase(name)}",
+            )
+        )
+    rows.append(
+        (
+            "crash/resume recoveries, bit-identical (of runs)",
+            fw.ok,
+            "",
+            stock.ok,
+            f"resumed step > 0; raw = stock torchrun; + PrefixStore only: {prefix.ok}",
+        )
+    )
+    notes = [
+        "crash runs interleaved round by round; load average during them "
+        f"{min(loads):.1f}-{max(loads):.1f}; every run's exit: "
+        + "; ".join(f"{side.label}: {side.exit_summary() or 'none'}" for side in sides)
+    ]
+    counts = {
+        f"soak_{key}": side.ok
+        for key, side in zip(("platform", "plain", "prefix"), sides, strict=True)
+    }
+    return rows, notes, reference, counts
+
+
 def main() -> None:
     import argparse
 
@@ -558,19 +795,38 @@ def main() -> None:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="one 1-epoch job through the scheduler and under raw torchrun, nothing else (CI)",
+        help="one 1-epoch job through the scheduler and under raw torchrun, and one Flywheel "
+        "crash/resume, nothing else (CI)",
     )
-    smoke = parser.parse_args().smoke
+    parser.add_argument(
+        "--crash-only",
+        action="store_true",
+        help="only the interleaved crash -> resume comparison (no overhead, Ray, admission)",
+    )
+    args = parser.parse_args()
+    smoke = args.smoke
     work = Path(tempfile.mkdtemp(prefix="flywheel-train-bench-"))
     data = work / "data.parquet"
     make_data(data)
     t_start = time.time()
+    if args.crash_only:
+        rows, notes, _, counts = crash_section(work, data, t_start)
+        print_rows(rows, t_start, notes)
+        print(json.dumps(counts))
+        shutil.rmtree(work, ignore_errors=True)
+        return
 
     # -- overhead: the same 2-process job, raw torchrun vs flywheel ------------------------------
     rows, notes, sps2 = overhead(work, data, 1 if smoke else 3, "1" if smoke else "3")
     print(f"overhead done ({time.time() - t_start:.0f}s)", flush=True)
     if smoke:
-        notes.append("Ray rows, crash soak, checkpoints, admission: skipped in --smoke")
+        # One Flywheel crash: it must resume from its checkpoint, bit-identical, and every
+        # phase of the restart must be found in its logs (what the full run reports).
+        crash_rows, _, _, counts = crash_section(work, data, t_start, smoke=True)
+        assert counts["soak_platform"] == "1/1", counts
+        assert all(r[1] != "n/a" for r in crash_rows), crash_rows
+        rows += crash_rows
+        notes.append("Ray rows, raw crash runs, checkpoints, admission: skipped in --smoke")
         print_rows(rows, t_start, notes)
         shutil.rmtree(work, ignore_errors=True)
         return
@@ -627,54 +883,8 @@ def main() -> None:
         )
     print(f"admission done ({time.time() - t_start:.0f}s)", flush=True)
 
-    # -- crash/resume soak ----------------------------------------------------------------------
-    env1 = {"DATA": str(data), "EPOCHS": "1"}
-    ref_out = work / "ref-digest"
-    rc, _, _ = raw_torchrun(
-        work, 2, {**env1, "OUT": str(ref_out), "CKPT_DIR": str(work / "ck-ref")}
-    )
-    assert rc == 0, f"reference torchrun run failed with exit {rc}"
-    reference = ref_out.read_text()
-    crash = {**env1, "CRASH_AT_STEP": "8", "CRASH_RANK": "1"}
-
-    def raw_soak(n: int, extra: dict[str, str], label: str) -> tuple[int, list[float]]:
-        ok, delays = 0, []
-        for i in range(n):
-            out = work / f"{label}-{i}"
-            rc, _, logs = raw_torchrun(
-                work,
-                2,
-                {**crash, **extra, "OUT": str(out), "CKPT_DIR": str(work / f"ck-{label}-{i}")},
-            )
-            # A from-scratch restart is bit-identical too: count only a resume from step > 0.
-            good = (
-                rc == 0
-                and out.exists()
-                and out.read_text() == reference
-                and resumed_step(rank_logs(logs, 1, 0)) > 0
-            )
-            ok += good
-            d = crash_gap(raw_logs(logs))
-            if good and d is not None:
-                delays.append(d)
-            shutil.rmtree(logs, ignore_errors=True)
-        print(f"soak {label}: {ok}/{n} ({time.time() - t_start:.0f}s)", flush=True)
-        return ok, delays
-
-    plain_ok, plain_delays = raw_soak(PLAIN, {"FLYWHEEL_ATTEMPT_STORE_PREFIX": "0"}, "plain")
-    prefix_ok, prefix_delays = raw_soak(PLAIN, {}, "prefix")
-    soak_proj = new_project(work / "soak")
-    fw_ok, fw_delays = 0, []
-    with SchedulerLoop(soak_proj):
-        for i in range(SOAK):
-            out = work / f"fw-{i}"
-            job, _ = flywheel_run(soak_proj, {**crash, "OUT": str(out)}, f"soak{i}")
-            good = recovered(soak_proj, job, out, reference)
-            fw_ok += good
-            gap = crash_gap(job_logs(soak_proj, job))
-            if good and gap is not None:
-                fw_delays.append(gap)
-    print(f"soak platform: {fw_ok}/{SOAK} ({time.time() - t_start:.0f}s)", flush=True)
+    # -- crash/resume: stock torchrun, PrefixStore-only torchrun and Flywheel, interleaved ------
+    crash_rows, crash_notes, reference, counts = crash_section(work, data, t_start)
     ray_table, more = ray_rows(
         work,
         data,
@@ -682,48 +892,12 @@ def main() -> None:
         RAY_SOAK,
         float(next(r[3] for r in rows if r[0].startswith("submit -> first step"))),
     )
-    notes += more
-    rows.append(
-        (
-            "crash -> first resumed step, s (median)",
-            f"{statistics.median(fw_delays):.1f}" if fw_delays else "n/a",
-            "",
-            f"{statistics.median(plain_delays):.1f}" if plain_delays else "n/a",
-            "torchrun restart; raw = stock torchrun runs (no PrefixStore)",
-        )
-    )
-    rows.append(
-        (
-            "crash/resume recoveries, bit-identical",
-            f"{fw_ok}/{SOAK}",
-            "",
-            f"{plain_ok}/{PLAIN}",
-            "resumed step > 0; raw = stock torchrun, shared rendezvous store",
-        )
-    )
-    rows.append(
-        (
-            "  ... raw torchrun + Flywheel's per-attempt PrefixStore only",
-            "",
-            "",
-            f"{prefix_ok}/{PLAIN}",
-            "crash -> resumed step "
-            + (f"{statistics.median(prefix_delays):.1f} s" if prefix_delays else "n/a"),
-        )
-    )
-    rows += ray_table
+    rows += crash_rows + ray_table
+    notes += crash_notes + more
 
     # -- table ------------------------------------------------------------------------------------
     print_rows(rows, t_start, notes)
-    print(
-        json.dumps(
-            {
-                "soak_platform": f"{fw_ok}/{SOAK}",
-                "soak_plain": f"{plain_ok}/{PLAIN}",
-                "soak_prefix": f"{prefix_ok}/{PLAIN}",
-            }
-        )
-    )
+    print(json.dumps(counts))
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -43,8 +43,10 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 def main() -> int:
+    imported = time.time()  # torch and the runtime imported (benchmarks: where a restart goes)
     torch.set_num_threads(1)
     ctx = rt.init(seed=1234)
+    rt.log(f"imported t={imported:.3f} joined t={time.time():.3f}")  # process group up
     files = [os.environ["DATA"]] if os.environ.get("DATA") else ctx.dataset_files
     epochs = int(os.environ.get("EPOCHS", "3"))
     data = rt.ShardedParquetDataset(
@@ -67,7 +69,10 @@ def main() -> int:
         every_steps=int(os.environ.get("CKPT_EVERY", "5")),
     )
     step = ckpt.resume()
-    rt.log(f"start step={step} epoch={data.epoch} position={data.position} restart={ctx.restart}")
+    rt.log(
+        f"start step={step} epoch={data.epoch} position={data.position} restart={ctx.restart} "
+        f"t={time.time():.3f}"
+    )
     crash_at = int(os.environ.get("CRASH_AT_STEP", "0"))
     crash_rank = int(os.environ.get("CRASH_RANK", "1"))
     first_try = ctx.restart == 0 and ctx.attempt <= 1
