@@ -4,7 +4,9 @@ Run: ``make bench-serving`` (or ``.venv/bin/python benchmarks/serving_vs_mlserve
 [--quick | --smoke] [--no-neighbour] [--no-peer]``).
 
 * The same LogisticRegression on 20 float features is served by ``flywheel serve`` (one
-  process) and by MLServer 1.7.1 (``mlserver-sklearn``, ``parallel_workers: 0``: its
+  process), by ``flywheel serve --workers 2`` (two processes on one port, pinned to the same
+  CPU as the others: on this 2-core machine the second CPU is the load generator's) and by
+  MLServer 1.7.1 (``mlserver-sklearn``, ``parallel_workers: 0``: its
   multi-process mode crashes with uvloop 0.23, SeldonIO/MLServer#2286), each pinned to CPU 0 with
   ``taskset``. MLServer is installed by this script into ``.bench/mlserver-venv``.
 * Before any load, each server's answers to 16 rows are checked against the model's own
@@ -69,9 +71,11 @@ class Sizes:
     overload_n: int
 
 
-FULL = Sizes(5000, 60.0, ("mlserver", "flywheel", "flywheel", "mlserver"), (2048, 2), 15000)
-QUICK = Sizes(1500, 20.0, ("mlserver", "flywheel", "flywheel", "mlserver"), (2048, 2), 4500)
-SMOKE = Sizes(60, 10.0, ("flywheel",), (32, 1), 900)
+TWO_WORKERS = "flywheel-2w"  # ``flywheel serve --workers 2``, the same project
+_PASSES = ("mlserver", "flywheel", TWO_WORKERS, "flywheel", TWO_WORKERS, "mlserver")
+FULL = Sizes(5000, 60.0, _PASSES, (2048, 2), 15000)
+QUICK = Sizes(1500, 20.0, _PASSES, (2048, 2), 4500)
+SMOKE = Sizes(60, 10.0, ("flywheel", TWO_WORKERS), (32, 1), 900)
 
 
 # -- load generator ------------------------------------------------------------------------------
@@ -204,19 +208,29 @@ def drive(
 # -- servers -------------------------------------------------------------------------------------
 
 
-def _wait_http(port: int, path: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
+def _wait_http(
+    port: int, path: str, proc: subprocess.Popen[bytes], timeout: float = 180, streak: int = 1
+) -> None:
+    """Wait until ``path`` answers 200 ``streak`` times in a row, each on a new connection (with
+    several worker processes on one port, each connection may reach another one)."""
     import httpx
 
     deadline = time.monotonic() + timeout
+    ok = 0
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200:
-                return
+            ok = (
+                ok + 1
+                if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200
+                else 0
+            )
         except httpx.TransportError:
-            pass
-        time.sleep(0.3)
+            ok = 0
+        if ok >= streak:
+            return
+        time.sleep(0.3 if ok == 0 else 0.02)
     raise RuntimeError(f"server on port {port} not ready after {timeout}s")
 
 
@@ -563,7 +577,8 @@ def report(run: Run) -> None:
         else "MLServer skipped"
     )
     print(
-        f"flywheel {flywheel.__version__} (1 process, uvicorn+uvloop); {peer}; requests per run: "
+        f"flywheel {flywheel.__version__} (1 process, uvicorn+uvloop; and `--workers 2`, both "
+        f"processes on the same CPU); {peer}; requests per run: "
         f"{run.sizes.n} (c=1: {max(2, run.sizes.n // 2)}), best of "
         f"{run.sizes.passes.count('flywheel')} run(s), V2 JSON, 1 row x {FEATURES} FP32"
     )
@@ -579,6 +594,12 @@ def report(run: Run) -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     ml = run.levels.get("mlserver", {})
     rows = [(f"sklearn, concurrency {c}", run.levels["flywheel"][c], ml.get(c)) for c in (1, 8, 64)]
+    two = run.levels.get(TWO_WORKERS, {})
+    rows += [
+        (f"sklearn, concurrency {c}, Flywheel 2 workers", two[c], ml.get(c))
+        for c in (1, 8, 64)
+        if c in two
+    ]
     rows.append(
         (
             "sklearn runtime (no ONNX) on both, concurrency 64",
@@ -594,6 +615,14 @@ def report(run: Run) -> None:
                 run.neighbour.get("mlserver"),
             )
         )
+        if TWO_WORKERS in run.neighbour:
+            rows.append(
+                (
+                    "concurrency 64, CPU-bound neighbour, Flywheel 2 workers",
+                    run.neighbour[TWO_WORKERS],
+                    run.neighbour.get("mlserver"),
+                )
+            )
     for label, f, m in rows:
         print(f"| {label} | {_cells(f)} | {_cells(m)} | {_ratio(f, m)} |")
     for label, f, m in rows:
@@ -692,7 +721,13 @@ def main(argv: list[str] | None = None) -> None:
         server_cpu, env, workdir / "flywheel.log",
     )  # fmt: skip
     ml = None
-    servers = {"flywheel": (fw_port, fw)}
+    fw2_port = _free_port()
+    fw2 = _start(
+        [sys.executable, "-m", "flywheel.cli", "serve", "-c", str(proj_dir / "flywheel.yaml"),
+         "--port", str(fw2_port), "--workers", "2"],
+        server_cpu, env, workdir / "flywheel-2w.log",
+    )  # fmt: skip
+    servers = {"flywheel": (fw_port, fw), TWO_WORKERS: (fw2_port, fw2)}
     if mlserver is not None:
         ml_port = _free_port()
         ml_env = {
@@ -703,12 +738,16 @@ def main(argv: list[str] | None = None) -> None:
         ml = _start([mlserver, "start", str(ml_dir)], server_cpu, ml_env, workdir / "mlserver.log")
         servers["mlserver"] = (ml_port, ml)
     try:
-        for port, proc in servers.values():
-            _wait_http(port, "/v2/health/ready", proc)
+        for name, (port, proc) in servers.items():
+            _wait_http(port, "/v2/health/ready", proc, streak=20 if name == TWO_WORKERS else 1)
         run.runtimes["flywheel clf"] = check_answers(fw_port, "clf", model, "flywheel")
         run.runtimes["flywheel clf_sklearn"] = check_answers(
             fw_port, "clf_sklearn", model, "flywheel"
         )
+        for _ in range(4):  # new connections: both workers are likely to answer one
+            run.runtimes["flywheel 2 workers clf"] = check_answers(
+                fw2_port, "clf", model, "flywheel 2 workers"
+            )
         if ml is not None:
             run.runtimes["mlserver"] = check_answers(
                 servers["mlserver"][0], "clf", model, "mlserver"
@@ -723,6 +762,7 @@ def main(argv: list[str] | None = None) -> None:
         bench.overload()
     finally:
         _stop(fw)
+        _stop(fw2)
         _stop(ml)
     report(run)
     print(f"\nlogs: {workdir}")
