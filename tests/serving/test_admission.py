@@ -222,3 +222,39 @@ def test_overload_gets_429_with_retry_after_and_no_5xx(
         assert bad.status_code == 400 and "x-request-timeout" in bad.json()["error"]
         metrics = httpx.get(f"http://{server}/metrics").text
         assert 'reason="expected_wait"' in metrics
+
+
+def test_headroom_keeps_part_of_the_time_left_for_what_admission_cannot_see(
+    executor: ThreadPoolExecutor,
+) -> None:
+    gate = threading.Event()
+    gate.set()
+
+    def fn(t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(0.1)  # every batch takes at least 0.1 s
+        gate.wait(10)
+        return linear(1.0)(t)
+
+    async def main() -> None:
+        batcher = DynamicBatcher(FakeModel(fn).predict, BatchingPolicy(1, 0), executor)
+        await batcher.submit(_x(), 1)  # measures the batch time (>= 0.1 s)
+        gate.clear()
+        queued = [asyncio.ensure_future(batcher.submit(_x(), 1)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        # At least 0.4 s to an answer: within a 60 s deadline, but not within 0.5% of it.
+        deadline = time.monotonic() + 60
+        batcher.admit(1, deadline, loop=False)
+        with pytest.raises(QueueFull) as info:
+            batcher.admit(1, deadline, loop=False, headroom=0.005)
+        assert info.value.reason == "expected_wait" and "of it usable" in str(info.value)
+        gate.set()
+        await asyncio.gather(*queued)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_http_admission_uses_the_configured_headroom(project: Project) -> None:
+    assert project.config.serving.admission_headroom == 0.5
+    with pytest.raises(ValueError, match="admission_headroom"):
+        project.config.serving.model_validate({"admission_headroom": 0})

@@ -233,7 +233,9 @@ class DynamicBatcher:
             return 0.0
         return ahead * self._per_batch_s() / policy.instances
 
-    def admit(self, rows: int, deadline: float | None, *, loop: bool = True) -> None:
+    def admit(
+        self, rows: int, deadline: float | None, *, loop: bool = True, headroom: float = 1.0
+    ) -> None:
         """Refuse (``QueueFull``, 429 with ``Retry-After``) a request that the queue cannot take
         now: it is full, or the request would have to wait and could not then be answered before
         ``deadline`` (``time.monotonic()``): its wait plus one batch (and the batching delay)
@@ -241,7 +243,10 @@ class DynamicBatcher:
         that starts at once is always admitted (if its own run outlasts its deadline, it gets
         the 504 of its deadline). With ``loop``, the wait is the longer of the batches' and
         that of the requests in flight on the event loop (``self.load``, which callers that
-        decode and encode on the loop keep: ``started``/``finished``)."""
+        decode and encode on the loop keep: ``started``/``finished``). ``headroom`` (0 < h <= 1)
+        is the share of the time left that the expected answer may take: the rest is kept for
+        what the estimate cannot see (HTTP requests that arrived in the same burst, parsed and
+        shed on the loop ahead of this one's answer, and the estimate's own spread)."""
         if len(self._queue) >= self.policy.max_queue_size:
             self.reject_full()
         if deadline is None:
@@ -253,11 +258,13 @@ class DynamicBatcher:
             return
         answer = wait + self._per_batch_s() + self.policy.max_queue_delay_us / 1e6
         left = deadline - time.monotonic()
-        if answer > left:
+        if answer > left * headroom:
             raise QueueFull(
                 f"model {self.name!r}: the expected wait ({answer * 1000:.0f} ms to an answer, "
                 f"{len(self._queue)} requests queued) exceeds the request's deadline "
-                f"({max(left, 0.0) * 1000:.0f} ms left); retry later",
+                f"({max(left, 0.0) * 1000:.0f} ms left"
+                + (f", {headroom:.0%} of it usable" if headroom < 1.0 else "")
+                + "); retry later",
                 retry_after=max(1.0, answer),
                 reason="expected_wait",
             )

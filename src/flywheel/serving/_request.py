@@ -163,7 +163,7 @@ class RequestPath:
             routed = time.monotonic()
             # Shed before paying for decoding: a full queue, or a wait beyond the deadline.
             first = self._deadline(served, arrived, routed, timeout_s)
-            served.batcher.admit(1, first)
+            served.batcher.admit(1, first, headroom=self.config.admission_headroom)
             load = served.batcher.load
             token = load.started()
             request = decode_request(
