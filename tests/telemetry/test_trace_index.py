@@ -73,7 +73,7 @@ def test_index_rows_follow_the_rules_and_span_buckets(any_project: Project) -> N
     with any_project.db.read() as conn:
         pk_of = dict(conn.execute(sa.text("SELECT span_id, pk FROM trace_spans")).all())
     pks = [int(pk_of[r.span_id]) for r in records]
-    expected = set(index_rows(records, pks))
+    expected = set(index_rows([r.attributes for r in records], pks))
     assert _stored_index(any_project.db) == expected
     assert len({row[0] for row in expected}) >= 2  # the spans fill more than one bucket
     assert all(bucket == pk >> BUCKET_SHIFT for bucket, _k, _v, pk in expected)

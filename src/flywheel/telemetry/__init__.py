@@ -6,7 +6,8 @@ Shared ground: imports no system.
 - ``configure_tracing(TracingSettings, db)``: this process's spans to the store and/or an
   OTLP/HTTP collector (``telemetry:`` in ``flywheel.yaml``).
 - ``TraceStore``: spans in the metadata store; ``search(TraceQuery)``, ``get_trace(id)``.
-- ``decode_spans``: an OTLP/HTTP body (protobuf or JSON) as validated ``SpanRecord``s.
+- ``decode_spans``: an OTLP/HTTP body (protobuf or JSON) as validated ``SpanRecord``s;
+  ``decode_batch``: the same as ``trace_spans`` rows (``SpanBatch``, what ingest stores).
 - ``router``: ``POST /v1/traces``, ``GET /traces``, ``GET /traces/{id}``.
 
 Errors: ``TraceFormatError`` (400, a bad OTLP payload), ``UnsupportedMediaType`` (415),
@@ -38,9 +39,12 @@ from flywheel.telemetry._emit import (
     trace_headers,
 )
 from flywheel.telemetry._otlp import (
+    SpanBatch,
     SpanRecord,
     TraceFormatError,
     UnsupportedMediaType,
+    batch_from_request,
+    decode_batch,
     decode_body,
     decode_spans,
     records_from_request,
@@ -56,6 +60,7 @@ from flywheel.telemetry._store import (
 __all__ = [
     "NOOP_SPAN",
     "GenAIAwareSampler",
+    "SpanBatch",
     "SpanLike",
     "SpanRecord",
     "StoreSpanExporter",
@@ -70,9 +75,11 @@ __all__ = [
     "UnsupportedMediaType",
     "active_tracing",
     "attach_remote_parent",
+    "batch_from_request",
     "build_query",
     "configure_tracing",
     "current_trace_id",
+    "decode_batch",
     "decode_body",
     "decode_spans",
     "detach_remote_parent",

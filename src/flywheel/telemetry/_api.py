@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from flywheel.auth import Principal, require_reader, require_writer
 from flywheel.project import Project, current_project
 from flywheel.telemetry._emit import TracingSettings, configure_tracing
-from flywheel.telemetry._otlp import PROTOBUF, decode_spans
+from flywheel.telemetry._otlp import PROTOBUF, decode_batch
 from flywheel.telemetry._store import TraceQuery, TraceQueryError, TraceStore
 
 router = APIRouter(tags=["traces"])
@@ -49,13 +49,20 @@ async def ingest_traces(
     """OTLP/HTTP trace export (protobuf or JSON, optionally gzip): stores every span or none."""
     body = await request.body()
     content_type = request.headers.get("content-type", "")
-    records = await run_in_threadpool(
-        decode_spans, body, content_type, request.headers.get("content-encoding", "")
+    await run_in_threadpool(
+        _ingest, _store(request), body, content_type, request.headers.get("content-encoding", "")
     )
-    await run_in_threadpool(_store(request).insert, records)
     if content_type.split(";", 1)[0].strip().lower() == PROTOBUF:
         return Response(ExportTraceServiceResponse().SerializeToString(), media_type=PROTOBUF)
     return JSONResponse({})
+
+
+def _ingest(store: TraceStore, body: bytes, content_type: str, content_encoding: str) -> int:
+    """Decode and store one export in one worker thread (one hop off the event loop).
+
+    While this thread waits to write, or writes, other requests decode in theirs.
+    """
+    return store.insert_batch(decode_batch(body, content_type, content_encoding))
 
 
 def parse_time(value: str | None, field: str) -> int | None:

@@ -51,7 +51,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from flywheel.metadata import Database
-from flywheel.telemetry._otlp import records_from_request
+from flywheel.telemetry._otlp import batch_from_request
 from flywheel.telemetry._store import TraceStore
 
 log = logging.getLogger("flywheel.telemetry")
@@ -135,7 +135,7 @@ class StoreSpanExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
-            self._store.insert(records_from_request(encode_spans(spans)))
+            self._store.insert_batch(batch_from_request(encode_spans(spans)))
         except Exception:
             log.exception("storing %d spans failed", len(spans))
             return SpanExportResult.FAILURE

@@ -1,10 +1,12 @@
 """``TraceStore``: spans in the metadata store (SQLite or PostgreSQL), searched by trace.
 
-Writes: one transaction per batch. Spans already stored (same trace and span id) are skipped,
-so a retried export stores nothing twice. Rows go in with ``executemany`` on SQLite and
-``COPY`` on PostgreSQL; every text (up to 256 characters), integer and boolean attribute is
-indexed as ``(key, value-as-text)`` (floats, arrays and long text are stored, not indexed:
-equality on them is rarely what a search wants).
+Writes: one transaction per batch of rows (``SpanBatch``, built by the OTLP decoder). Spans
+already stored (same trace and span id) are skipped, so a retried export stores nothing twice.
+On SQLite, rows go in with ``INSERT OR IGNORE`` (the unique index does the skipping, no query
+first) and the attribute index rows are derived in SQL; on PostgreSQL, with ``COPY``.
+Every text (up to 256 characters), integer and boolean attribute is indexed as
+``(key, value-as-text)`` (floats, arrays and long text are stored, not indexed: equality on them
+is rarely what a search wants).
 
 Reads: ``search`` returns trace summaries, newest first, for traces holding at least one span
 that matches every filter; ``get_trace`` returns all spans of one trace in start order.
@@ -17,10 +19,8 @@ carry usage, the client spans are counted and the server ones are not, so a call
 from __future__ import annotations
 
 import threading
-import time
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,13 @@ from sqlalchemy.engine import Connection
 
 from flywheel.errors import FlywheelError, NotFoundError
 from flywheel.metadata import Database
-from flywheel.telemetry._otlp import SpanRecord, iso_time
+from flywheel.telemetry._otlp import (
+    ROW_COLUMNS,
+    SpanBatch,
+    SpanRecord,
+    batch_from_records,
+    iso_time,
+)
 
 MAX_INDEXED_VALUE = 256
 MAX_INDEXED_KEY = 255
@@ -40,34 +46,11 @@ STATUS_ERROR = 2
 # Operations whose usage aggregates other spans' usage, or that are not model calls.
 _NOT_MODEL_CALLS = ("invoke_agent", "execute_tool", "create_agent")
 
-_SPAN_COLUMNS = (
-    "pk",
-    "trace_id",
-    "span_id",
-    "parent_span_id",
-    "name",
-    "service",
-    "kind",
-    "start_ns",
-    "end_ns",
-    "duration_ns",
-    "status_code",
-    "status_message",
-    "scope",
-    "operation",
-    "model",
-    "input_tokens",
-    "output_tokens",
-    "attributes",
-    "resource",
-    "events",
-    "links",
-    "ingested_at",
+_INSERT_SPANS_SQLITE = (
+    f"INSERT OR IGNORE INTO trace_spans ({', '.join(ROW_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in ROW_COLUMNS)})"
 )
-_INSERT_SPAN = (
-    f"INSERT INTO trace_spans ({', '.join(_SPAN_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _SPAN_COLUMNS)})"
-)
+_POSTGRES_COLUMNS = ("pk", *ROW_COLUMNS)
 # The attribute index is clustered by bucket (1,024 consecutive span pks) first: a batch writes
 # into the newest bucket's few pages instead of all over the index (see telemetry_0002).
 BUCKET_SHIFT = 10
@@ -181,76 +164,20 @@ def index_value(value: Any) -> str | None:
     return None
 
 
-def _int_or_none(value: Any) -> int | None:
-    kind = type(value)
-    if kind is int:
-        return int(value)
-    if kind is float and value.is_integer():
-        return int(value)
-    return None
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def span_rows(
-    records: Sequence[SpanRecord], pks: Sequence[int], now: float
-) -> list[tuple[Any, ...]]:
-    """The ``trace_spans`` rows (in ``_SPAN_COLUMNS`` order) of ``records`` stored as ``pks``."""
-    rows: list[tuple[Any, ...]] = []
-    add = rows.append
-    resources: dict[int, str] = {}  # spans of one resource share its dict: dump it once
-    for pk, r in zip(pks, records, strict=True):
-        attrs = r.attributes
-        get = attrs.get
-        model = get("gen_ai.request.model") or get("gen_ai.response.model")
-        operation = get("gen_ai.operation.name")
-        resource = resources.get(id(r.resource))
-        if resource is None:
-            resource = resources[id(r.resource)] = _dumps(r.resource)
-        add(
-            (
-                pk,
-                r.trace_id,
-                r.span_id,
-                r.parent_span_id,
-                r.name,
-                r.service,
-                r.kind,
-                r.start_ns,
-                r.end_ns,
-                r.end_ns - r.start_ns,
-                r.status_code,
-                r.status_message,
-                r.scope,
-                operation if type(operation) is str else None,
-                model if type(model) is str else None,
-                _int_or_none(get("gen_ai.usage.input_tokens")),
-                _int_or_none(get("gen_ai.usage.output_tokens")),
-                _dumps(attrs),
-                resource,
-                _dumps(r.events) if r.events else None,
-                _dumps(r.links) if r.links else None,
-                now,
-            )
-        )
-    return rows
-
-
 def index_rows(
-    records: Sequence[SpanRecord], pks: Sequence[int]
+    attributes: Sequence[dict[str, Any]], pks: Sequence[int]
 ) -> list[tuple[int, str, str, int]]:
-    """The attribute index rows ``(bucket, key, value-as-text, span_pk)`` of ``records``.
+    """The attribute index rows ``(bucket, key, value-as-text, span_pk)`` of spans with these
+    ``attributes`` stored as ``pks``.
 
     On SQLite the same rows are derived in SQL from the stored attributes
     (``_INDEX_ATTRIBUTES_SQLITE``); both follow ``index_value``.
     """
     rows: list[tuple[int, str, str, int]] = []
     add = rows.append
-    for pk, r in zip(pks, records, strict=True):
+    for pk, attrs in zip(pks, attributes, strict=True):
         bucket = pk >> BUCKET_SHIFT
-        for key, value in r.attributes.items():
+        for key, value in attrs.items():
             text = index_value(value)
             if text is not None and len(key) <= MAX_INDEXED_KEY:
                 add((bucket, key, text, pk))
@@ -261,20 +188,20 @@ _WRITER_LOCKS: weakref.WeakKeyDictionary[Database, threading.Lock] = weakref.Wea
 _WRITER_LOCKS_GUARD = threading.Lock()
 
 
-@contextmanager
-def _one_sqlite_writer(db: Database) -> Iterator[None]:
-    """Serialise this process's span batches to one SQLite file on a lock.
+def _writer_lock(db: Database) -> threading.Lock:
+    """This process's lock for writing spans to one SQLite file.
 
     Without it, concurrent batches wait for SQLite's write lock in its busy handler, which
     sleeps up to 100 ms between tries; a thread lock hands over as soon as the commit is done.
+    (Writing the batches that queue behind the lock in one transaction was tried: with a few
+    concurrent exporters it hardly ever finds more than one waiting, and it took the decode of
+    the next request out of step with the write of the current one.)
     """
-    if db.dialect != "sqlite":
-        yield
-        return
     with _WRITER_LOCKS_GUARD:
-        lock = _WRITER_LOCKS.setdefault(db, threading.Lock())
-    with lock:
-        yield
+        lock = _WRITER_LOCKS.get(db)
+        if lock is None:
+            lock = _WRITER_LOCKS[db] = threading.Lock()
+        return lock
 
 
 def _tune_sqlite_writer(conn: Connection) -> None:
@@ -296,39 +223,60 @@ class TraceStore:
 
     def insert(self, records: Sequence[SpanRecord]) -> int:
         """Store spans in one transaction; returns how many were new (retries store nothing)."""
-        if not records:
+        return self.insert_batch(batch_from_records(records))
+
+    def insert_batch(self, batch: SpanBatch) -> int:
+        """Store a decoded batch atomically; returns how many spans were new.
+
+        Returns only once the spans are committed (WAL with ``synchronous=NORMAL`` on SQLite: a
+        committed batch survives the process being killed).
+        """
+        if not batch.rows:
             return 0
+        if self.db.dialect == "sqlite":
+            return self._insert_sqlite(batch)
         for attempt in range(3):
             try:
-                with _one_sqlite_writer(self.db), self.db.write() as conn:
-                    return self._insert(conn, records)
+                with self.db.write() as conn:
+                    return self._write_postgres(conn, batch)
             except sa.exc.IntegrityError:
-                # Two writers raced on the same span on PostgreSQL; the retry skips it.
+                # Two writers raced on the same span; the retry skips it.
                 if attempt == 2:
                     raise
         return 0  # unreachable
 
-    def _insert(self, conn: Connection, records: Sequence[SpanRecord]) -> int:
-        fresh = self._new_only(conn, records)
+    def _insert_sqlite(self, batch: SpanBatch) -> int:
+        with _writer_lock(self.db), self.db.write() as conn:
+            return self._write_sqlite(conn, batch)
+
+    @staticmethod
+    def _write_sqlite(conn: Connection, batch: SpanBatch) -> int:
+        """Insert the batch's new spans, then their attribute index rows; how many were new.
+
+        New rows get the primary keys after the largest one (SQLite's rowid rule, and the
+        transaction holds the write lock), so their index rows are those of one pk range.
+        """
+        _tune_sqlite_writer(conn)
+        raw = conn.connection.driver_connection
+        cursor = raw.cursor()  # type: ignore[union-attr]
+        try:
+            top = int(cursor.execute("SELECT MAX(pk) FROM trace_spans").fetchone()[0] or 0)
+            before = raw.total_changes  # type: ignore[union-attr]
+            cursor.executemany(_INSERT_SPANS_SQLITE, batch.rows)
+            stored = int(raw.total_changes - before)  # type: ignore[union-attr]
+            if stored:
+                cursor.execute(_INDEX_ATTRIBUTES_SQLITE, (top + 1, top + stored))
+        finally:
+            cursor.close()
+        return stored
+
+    def _write_postgres(self, conn: Connection, batch: SpanBatch) -> int:
+        fresh = self._new_only(conn, batch.rows)
         if not fresh:
             return 0
-        postgres = self.db.dialect == "postgresql"
-        if postgres:
-            pks: Sequence[int] = self._next_pks_postgres(conn, len(fresh))
-        else:
-            _tune_sqlite_writer(conn)
-            top = conn.execute(sa.text("SELECT MAX(pk) FROM trace_spans")).scalar()
-            pks = range(int(top or 0) + 1, int(top or 0) + 1 + len(fresh))
-        rows = span_rows(fresh, pks, time.time())
-        if postgres:
-            self._copy(conn, rows, index_rows(fresh, pks))
-        else:
-            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-            try:
-                cursor.executemany(_INSERT_SPAN, rows)
-                cursor.execute(_INDEX_ATTRIBUTES_SQLITE, (pks[0], pks[-1]))
-            finally:
-                cursor.close()
+        pks = self._next_pks_postgres(conn, len(fresh))
+        rows = [(pk, *batch.rows[i]) for pk, i in zip(pks, fresh, strict=True)]
+        self._copy(conn, rows, index_rows([batch.attributes[i] for i in fresh], pks))
         return len(fresh)
 
     @staticmethod
@@ -353,7 +301,7 @@ class TraceStore:
     ) -> None:
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            with cursor.copy(f"COPY trace_spans ({', '.join(_SPAN_COLUMNS)}) FROM STDIN") as cp:
+            with cursor.copy(f"COPY trace_spans ({', '.join(_POSTGRES_COLUMNS)}) FROM STDIN") as cp:
                 for row in span_rows:
                     cp.write_row(row)
             if attr_rows:
@@ -366,25 +314,25 @@ class TraceStore:
             cursor.close()
 
     @staticmethod
-    def _new_only(conn: Connection, records: Sequence[SpanRecord]) -> list[SpanRecord]:
-        """The records not yet stored, and each (trace, span) once."""
-        trace_ids = sorted({r.trace_id for r in records})
+    def _new_only(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> list[int]:
+        """The positions of the rows not yet stored, each (trace, span) once."""
+        trace_ids = sorted({r[0] for r in rows})
         existing: set[tuple[str, str]] = set()
         for start in range(0, len(trace_ids), 500):
             chunk = trace_ids[start : start + 500]
-            rows = conn.execute(
+            found = conn.execute(
                 sa.text(
                     "SELECT trace_id, span_id FROM trace_spans WHERE trace_id IN :ids"
                 ).bindparams(sa.bindparam("ids", expanding=True)),
                 {"ids": chunk},
             )
-            existing.update((r[0], r[1]) for r in rows)
-        fresh: list[SpanRecord] = []
-        for r in records:
-            key = (r.trace_id, r.span_id)
+            existing.update((r[0], r[1]) for r in found)
+        fresh: list[int] = []
+        for i, r in enumerate(rows):
+            key = (r[0], r[1])
             if key not in existing:
                 existing.add(key)
-                fresh.append(r)
+                fresh.append(i)
         return fresh
 
     # -- reading --------------------------------------------------------------------------------
