@@ -155,3 +155,40 @@ def test_times_past_int64_are_rejected_naming_the_field() -> None:
     sp.start_time_unix_nano, sp.end_time_unix_nano = 1, 2**63
     with pytest.raises(TraceFormatError, match=r"spans\[0\]\.endTimeUnixNano: .* 2262"):
         decode_spans(request.SerializeToString(), "application/x-protobuf")
+
+
+def test_token_counts_are_searched_through_their_columns_not_the_index(
+    any_project: Project,
+) -> None:
+    usage = [
+        {"gen_ai.usage.input_tokens": 120, "gen_ai.usage.output_tokens": 7, "m": "a"},
+        {"gen_ai.usage.input_tokens": 121, "m": "a"},
+        {"gen_ai.usage.input_tokens": 2.5, "m": "b"},  # not an integer: no column value
+        {"m": "c"},
+    ]
+    records = [_record(i * 4, attributes) for i, attributes in enumerate(usage)]
+    store = TraceStore(any_project.db)
+    assert store.insert(records) == 4
+    # No index rows for the token counts; the other attributes are indexed as before.
+    assert {(k, v) for _b, k, v, _pk in _stored_index(any_project.db)} == {
+        ("m", "a"),
+        ("m", "b"),
+        ("m", "c"),
+    }
+
+    def ids(attributes: dict[str, str | None]) -> list[str]:
+        return [t.trace_id for t in store.search(TraceQuery(attributes=attributes))]
+
+    first, second, third, _fourth = (r.trace_id for r in records)
+    assert ids({"gen_ai.usage.input_tokens": "120"}) == [first]
+    assert ids({"gen_ai.usage.input_tokens": "121", "m": "a"}) == [second]
+    assert ids({"gen_ai.usage.input_tokens": "121", "m": "b"}) == []
+    assert ids({"gen_ai.usage.output_tokens": None}) == [first]
+    assert ids({"gen_ai.usage.input_tokens": None}) == [second, first]
+    # Written as the index would write an integer, or no match (as before: text equality).
+    for text in ("0120", "120.0", "+120", "many", str(2**64)):
+        assert ids({"gen_ai.usage.input_tokens": text}) == [], text
+    assert third not in ids({"gen_ai.usage.input_tokens": None})
+    # Token totals still come from the same columns.
+    (summary,) = store.search(TraceQuery(attributes={"gen_ai.usage.input_tokens": "120"}))
+    assert (summary.input_tokens, summary.output_tokens) == (120, 7)

@@ -6,7 +6,8 @@ On SQLite, rows go in with ``INSERT OR IGNORE`` (the unique index does the skipp
 first) and the attribute index rows are derived in SQL; on PostgreSQL, with ``COPY``.
 Every text (up to 256 characters), integer and boolean attribute is indexed as
 ``(key, value-as-text)`` (floats, arrays and long text are stored, not indexed: equality on them
-is rarely what a search wants).
+is rarely what a search wants), except the GenAI token counts: they are measures with columns of
+their own, and a filter on one compares the column (``COLUMN_ATTRIBUTES``).
 
 Reads: ``search`` returns trace summaries, newest first, for traces holding at least one span
 that matches every filter; ``get_trace`` returns all spans of one trace in start order.
@@ -51,6 +52,14 @@ _INSERT_SPANS_SQLITE = (
     f"VALUES ({', '.join('?' for _ in ROW_COLUMNS)})"
 )
 _POSTGRES_COLUMNS = ("pk", *ROW_COLUMNS)
+# Attributes kept in a column of their own (per-trace token totals are SUMs over them) and not
+# indexed: a filter on one compares the column, scanning newest spans first. They are measures
+# (equality on a token count is a rare search), and two of the ~6 index rows of a GenAI span.
+COLUMN_ATTRIBUTES = {
+    "gen_ai.usage.input_tokens": "input_tokens",
+    "gen_ai.usage.output_tokens": "output_tokens",
+}
+_NOT_INDEXED = ", ".join(f"'{key}'" for key in COLUMN_ATTRIBUTES)
 # The attribute index is clustered by bucket (1,024 consecutive span pks) first: a batch writes
 # into the newest bucket's few pages instead of all over the index (see telemetry_0002).
 BUCKET_SHIFT = 10
@@ -64,7 +73,8 @@ _INDEX_ATTRIBUTES_SQLITE = (
     "ELSE j.type END, s.pk "
     "FROM trace_spans s, json_each(s.attributes) j "
     "WHERE s.pk BETWEEN ? AND ? "
-    f"AND length(j.key) <= {MAX_INDEXED_KEY} AND (j.type IN ('integer', 'true', 'false') "
+    f"AND length(j.key) <= {MAX_INDEXED_KEY} AND j.key NOT IN ({_NOT_INDEXED}) "
+    "AND (j.type IN ('integer', 'true', 'false') "
     f"OR (j.type = 'text' AND length(j.value) <= {MAX_INDEXED_VALUE}))"
 )
 # Every bucket number, newest first: an attribute filter seeks the index once per bucket.
@@ -168,7 +178,7 @@ def index_rows(
     attributes: Sequence[dict[str, Any]], pks: Sequence[int]
 ) -> list[tuple[int, str, str, int]]:
     """The attribute index rows ``(bucket, key, value-as-text, span_pk)`` of spans with these
-    ``attributes`` stored as ``pks``.
+    ``attributes`` stored as ``pks`` (``COLUMN_ATTRIBUTES`` left out).
 
     On SQLite the same rows are derived in SQL from the stored attributes
     (``_INDEX_ATTRIBUTES_SQLITE``); both follow ``index_value``.
@@ -179,7 +189,7 @@ def index_rows(
         bucket = pk >> BUCKET_SHIFT
         for key, value in attrs.items():
             text = index_value(value)
-            if text is not None and len(key) <= MAX_INDEXED_KEY:
+            if text is not None and len(key) <= MAX_INDEXED_KEY and key not in COLUMN_ATTRIBUTES:
                 add((bucket, key, text, pk))
     return rows
 
@@ -211,6 +221,21 @@ def _tune_sqlite_writer(conn: Connection) -> None:
         for pragma in _SQLITE_WRITER_PRAGMAS:
             conn.exec_driver_sql(pragma)
         info["flywheel_trace_writer"] = True
+
+
+def _column_filter(column: str, value: str | None, name: str, params: dict[str, Any]) -> str:
+    """The condition of an attribute filter on a ``COLUMN_ATTRIBUTES`` key: present, or equal
+    to an integer written as the index writes one (``"42"``, not ``"042"`` or ``"42.0"``)."""
+    if value is None:
+        return f"s.{column} IS NOT NULL"
+    try:
+        number = int(value)
+    except ValueError:
+        return "1 = 0"
+    if str(number) != value or not -(2**63) <= number < 2**63:
+        return "1 = 0"
+    params[name] = number
+    return f"s.{column} = :{name}"
 
 
 class TraceStore:
@@ -361,7 +386,13 @@ class TraceStore:
             params["max_d"] = query.max_duration_ns
         if query.errors_only:
             where.append(f"s.status_code = {STATUS_ERROR}")
+        indexed = False
         for i, (key, value) in enumerate(sorted(query.attributes.items())):
+            column = COLUMN_ATTRIBUTES.get(key)
+            if column is not None:
+                where.append(_column_filter(column, value, f"av{i}", params))
+                continue
+            indexed = True
             params[f"ak{i}"] = key
             match = f"a.key = :ak{i}"
             if value is not None:
@@ -372,7 +403,7 @@ class TraceStore:
                 f"WHERE a.bucket = buckets.b AND {match})"
             )
         sql = (" WHERE " + " AND ".join(where)) if where else ""
-        if query.attributes:
+        if indexed:
             sql = f"{_BUCKETS} SELECT {{columns}} FROM trace_spans s{sql}"
         else:
             sql = f"SELECT {{columns}} FROM trace_spans s{sql}"
