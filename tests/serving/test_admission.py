@@ -9,6 +9,7 @@ the refusals more certain.
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import pytest
 from flywheel.project import Project
 from flywheel.serving import DeadlineExceeded, QueueFull, ServingError
 from flywheel.serving._admission import WINDOW_MAX_REQUESTS, LoopLoad
+from flywheel.serving._asgi import retry_after_seconds
 from flywheel.serving._batching import BatchingPolicy, DynamicBatcher
 from flywheel.serving._pool import slo_seconds
 from flywheel.serving._request import parse_timeout_header
@@ -252,6 +254,13 @@ def test_headroom_keeps_part_of_the_time_left_for_what_admission_cannot_see(
         await batcher.close()
 
     asyncio.run(main())
+
+
+def test_retry_after_is_spread_so_refused_clients_do_not_return_as_one_burst() -> None:
+    rng = random.Random(0)
+    for expected, base in ((0.0, 1), (0.4, 1), (1.0, 1), (1.2, 2), (3.0, 3)):
+        seen = {retry_after_seconds(expected, rng) for _ in range(400)}
+        assert seen == set(range(base, 2 * base + 1)), (expected, seen)
 
 
 def test_http_admission_uses_the_configured_headroom(project: Project) -> None:

@@ -12,6 +12,8 @@ as framework routes have), so request metrics that label by route template (the 
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +54,14 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+def retry_after_seconds(expected_s: float, rng: random.Random | None = None) -> int:
+    """The ``Retry-After`` of a 429: whole seconds, at least the expected wait (and 1), spread
+    uniformly up to twice that. Clients refused in one burst that all came back after the same
+    second would arrive as one burst again; spread, each return is a fraction of it."""
+    base = max(1, math.ceil(expected_s))
+    return base + (rng or random).randrange(base + 1)
 
 
 def _project(scope: Scope) -> Any:
@@ -163,7 +173,7 @@ class InferEndpoint:
         if result.header_length is not None:
             headers.append((b"inference-header-content-length", str(result.header_length).encode()))
         if result.retry_after is not None:
-            headers.append((b"retry-after", str(max(1, round(result.retry_after))).encode()))
+            headers.append((b"retry-after", str(retry_after_seconds(result.retry_after)).encode()))
         await _send(send, result.status, result.body, headers)
 
 
@@ -386,5 +396,6 @@ __all__ = [
     "InferenceFastPath",
     "RouteTemplate",
     "ServerMetadataEndpoint",
+    "retry_after_seconds",
     "with_inference_fast_path",
 ]
