@@ -124,8 +124,9 @@ class ServingConfig(_Section):
     instances: int = Field(default=1, ge=1, le=64)
     worker_threads: int = Field(default=4, ge=1, le=256)
     request_timeout_ms: int | None = Field(default=1000, ge=1)  # deadline of requests with none
-    # Share of an HTTP request's time left that its expected answer may take (the rest covers
-    # what admission cannot see: the burst it arrived in, parsed and shed ahead of its answer).
+    # Share of the time left to an HTTP request's own deadline (timeout header) that its expected
+    # answer may take (the rest covers what admission cannot see: the burst it arrived in, parsed
+    # and shed ahead of its answer).
     admission_headroom: float = Field(default=0.5, gt=0.0, le=1.0)
     max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     poll_interval_ms: int = Field(default=200, ge=10, le=60_000)

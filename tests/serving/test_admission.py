@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from flywheel.project import Project
-from flywheel.serving import DeadlineExceeded, QueueFull, ServingError
+from flywheel.serving import DeadlineExceeded, QueueFull, ServingError, server_for
 from flywheel.serving._admission import WINDOW_MAX_REQUESTS, LoopLoad
 from flywheel.serving._asgi import retry_after_seconds
 from flywheel.serving._batching import BatchingPolicy, DynamicBatcher
@@ -267,3 +267,51 @@ def test_http_admission_uses_the_configured_headroom(project: Project) -> None:
     assert project.config.serving.admission_headroom == 0.5
     with pytest.raises(ValueError, match="admission_headroom"):
         project.config.serving.model_validate({"admission_headroom": 0})
+
+
+def test_a_callers_deadline_is_kept_with_headroom_over_http(
+    project: Project, source: FakeSource
+) -> None:
+    """A request that brings its own deadline may spend only ``admission_headroom`` of it on the
+    expected answer; the server's own (here a 60 s SLO) is spent in full."""
+    gate = threading.Event()
+    gate.set()
+
+    def fn(t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(0.1)  # every batch takes at least 0.1 s
+        gate.wait(30)
+        return linear(1.0)(t)
+
+    source.add(
+        "slow",
+        1,
+        FakeModel(fn),
+        config={"max_batch_size": 1, "max_queue_delay_us": 0, "slo_ms": 60_000},
+        stage="production",
+    )
+    body = orjson.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    )
+    with running_server(serving_app(project, source)) as server:
+        url = f"http://{server}/v2/models/slow/infer"
+        assert httpx.post(url, content=body).status_code == 200  # load, warm, measure
+        batcher = server_for(project).pool.peek(("slow", 1)).batcher
+
+        async def main() -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
+            async with httpx.AsyncClient(timeout=60) as client:
+                gate.clear()
+                queued = [asyncio.ensure_future(client.post(url, content=body)) for _ in range(4)]
+                while batcher.depth < 3:  # one running (held at the gate), three queued
+                    await asyncio.sleep(0.01)
+                # At least 0.5 s to an answer: half of a 0.7 s deadline is not enough.
+                tight = await client.post(url, content=body, headers={"X-Request-Timeout": "0.7"})
+                roomy = asyncio.ensure_future(client.post(url, content=body))  # 60 s SLO
+                await asyncio.sleep(0.05)
+                gate.set()
+                return list(await asyncio.gather(*queued)), tight, await roomy
+
+        queued, tight, roomy = asyncio.run(main())
+        assert [r.status_code for r in queued] == [200] * 4
+        assert tight.status_code == 429 and int(tight.headers["Retry-After"]) >= 1
+        assert "50% of it usable" in tight.json()["error"]
+        assert roomy.status_code == 200

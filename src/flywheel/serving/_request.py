@@ -163,7 +163,10 @@ class RequestPath:
             routed = time.monotonic()
             # Shed before paying for decoding: a full queue, or a wait beyond the deadline.
             first = self._deadline(served, arrived, routed, timeout_s)
-            served.batcher.admit(1, first, headroom=self.config.admission_headroom)
+            # A deadline the caller chose is kept with headroom (see ``admit``); the server's own
+            # (SLO or request_timeout_ms, a backstop of a second) is spent in full, as before.
+            headroom = self.config.admission_headroom if timeout_s is not None else 1.0
+            served.batcher.admit(1, first, headroom=headroom)
             load = served.batcher.load
             token = load.started()
             request = decode_request(
