@@ -133,6 +133,7 @@ class ServingConfig(_Section):
     prefer_onnx: bool = True
     gil_switch_interval_us: int | None = Field(default=500, ge=50, le=100_000)
     gc_freeze: bool = True  # keep loaded models out of the collector's full passes (_heap)
+    native_threads: int | None = Field(default=1, ge=1, le=256)  # BLAS/OpenMP/torch per process
     prediction_log_sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
     prediction_log_flush_seconds: float = Field(default=2.0, gt=0.0)
     drift_psi_threshold: float = Field(default=0.2, gt=0.0)

@@ -37,8 +37,11 @@ def serve(
     if ctx.invoked_subcommand is not None:
         return
     from flywheel.cli._server import run_server
+    from flywheel.serving import limit_native_threads
 
     project = open_project(config)
+    if project.config.serving.native_threads is not None:
+        limit_native_threads(project.config.serving.native_threads)
     host = host or project.config.server.host
     port = port or project.config.server.port
     console.print(

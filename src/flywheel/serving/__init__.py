@@ -46,6 +46,7 @@ from flywheel.serving._errors import (
 from flywheel.serving._history import traffic_history
 from flywheel.serving._runtime import ModelSource
 from flywheel.serving._server import InferenceServer, Prediction, server_for, serving_service
+from flywheel.serving._threads import limit_native_threads
 
 __all__ = [
     "CanaryPlan",
@@ -74,6 +75,7 @@ __all__ = [
     "describe",
     "drift_report",
     "encode_request",
+    "limit_native_threads",
     "pause",
     "resume",
     "rollback",
