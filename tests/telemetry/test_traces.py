@@ -185,6 +185,27 @@ def _bad_payloads() -> list[tuple[str, bytes, dict[str, str], int, str]]:
             400,
             "resourceSpans",
         ),
+        # Text where a message belongs (json_format would read it as an empty message).
+        (
+            "text for a message",
+            orjson.dumps({"resourceSpans": ["AAA"]}),
+            json_headers,
+            400,
+            "resourceSpans[0]: must be an object",
+        ),
+        (
+            "text for an attribute",
+            orjson.dumps(
+                {
+                    "resourceSpans": [
+                        {"scopeSpans": [{"spans": [{"name": "x", "attributes": ["k"]}]}]}
+                    ]
+                }
+            ),
+            json_headers,
+            400,
+            "spans[0].attributes[0]: must be an object",
+        ),
         ("text/plain", good.SerializeToString(), {"Content-Type": "text/plain"}, 415, "protobuf"),
         (
             "bad gzip",

@@ -36,12 +36,44 @@ def _store(request: Request) -> TraceStore:
     return store
 
 
+_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+# The body is read raw (protobuf or JSON), so FastAPI cannot describe it: this is what OTLP/HTTP
+# sends (an ExportTraceServiceRequest) and answers (an ExportTraceServiceResponse, empty).
+_OTLP_BODY = {
+    "required": True,
+    "content": {
+        PROTOBUF: {"schema": {"type": "string", "format": "binary"}},
+        "application/json": {
+            "schema": {
+                "type": "object",
+                # null is the empty list, as protobuf's JSON mapping reads it.
+                "properties": {
+                    "resourceSpans": {"type": ["array", "null"], "items": {"type": "object"}}
+                },
+            }
+        },
+    },
+}
+
+
 @router.post(
     "/v1/traces",
     responses={
-        400: {"description": "Not a valid OTLP payload; nothing was stored."},
-        415: {"description": "Neither application/x-protobuf nor application/json."},
+        200: {
+            "description": "Every span was stored (or already was); an empty "
+            "ExportTraceServiceResponse in the request's encoding.",
+            "content": {
+                PROTOBUF: {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": {"type": "object"}},
+            },
+        },
+        400: {"description": "Not a valid OTLP payload; nothing was stored.", "content": _ERROR},
+        415: {
+            "description": "Neither application/x-protobuf nor application/json.",
+            "content": _ERROR,
+        },
     },
+    openapi_extra={"requestBody": _OTLP_BODY},
 )
 async def ingest_traces(
     request: Request, _principal: Principal = Depends(require_writer)

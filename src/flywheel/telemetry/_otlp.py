@@ -181,6 +181,7 @@ def request_bytes(body: bytes, content_type: str, content_encoding: str = "") ->
             raise TraceFormatError(f"body: not valid JSON ({exc})") from None
         if not isinstance(data, dict):
             raise TraceFormatError("body: must be a JSON object with resourceSpans")
+        _check_objects(data, ExportTraceServiceRequest.DESCRIPTOR, "body", 0)
         _hex_ids_to_base64(data)
         request = ExportTraceServiceRequest()
         try:
@@ -201,6 +202,48 @@ def decode_body(body: bytes, content_type: str, content_encoding: str = "") -> A
     except DecodeError as exc:
         raise TraceFormatError(f"body: not a valid OTLP protobuf message ({exc})") from None
     return request
+
+
+_MAX_JSON_DEPTH = 100  # json_format.ParseDict's own limit on nested messages
+_MESSAGE_FIELDS: dict[str, dict[str, Any]] = {}
+
+
+def _message_fields(descriptor: Any) -> dict[str, Any]:
+    """A message's message-typed fields by JSON name and by proto name."""
+    fields = _MESSAGE_FIELDS.get(descriptor.full_name)
+    if fields is None:
+        fields = {}
+        for field in descriptor.fields:
+            if field.message_type is not None:
+                fields[field.json_name] = fields[field.name] = field
+        _MESSAGE_FIELDS[descriptor.full_name] = fields
+    return fields
+
+
+def _check_objects(value: Any, descriptor: Any, where: str, depth: int) -> None:
+    """Refuse a JSON value that stands for a message but is not an object.
+
+    ``json_format.ParseDict`` with ``ignore_unknown_fields`` reads a string given for a message
+    as that message with unknown fields (``"resourceSpans": ["AAA"]`` would be an empty
+    export, answered 200): every message, and every item of a list of messages, must be a JSON
+    object (null is the default, as protobuf's JSON mapping reads it).
+    """
+    if not isinstance(value, dict):
+        raise TraceFormatError(f"{where}: must be an object")
+    if depth > _MAX_JSON_DEPTH:
+        raise TraceFormatError(f"{where}: nested more than {_MAX_JSON_DEPTH} messages deep")
+    fields = _message_fields(descriptor)
+    for key, item in value.items():
+        field = fields.get(key)
+        if field is None or item is None:
+            continue
+        if field.is_repeated:
+            if not isinstance(item, list):
+                raise TraceFormatError(f"{where}.{key}: must be an array")
+            for n, element in enumerate(item):
+                _check_objects(element, field.message_type, f"{where}.{key}[{n}]", depth + 1)
+        else:
+            _check_objects(item, field.message_type, f"{where}.{key}", depth + 1)
 
 
 def _hex_field(obj: dict[str, Any], key: str, size: int, where: str) -> None:
