@@ -44,8 +44,10 @@ def test_a_request_larger_than_a_batch_on_an_idle_batcher_waits_for_nothing(
 
     async def main() -> None:
         batcher = DynamicBatcher(model.predict, BatchingPolicy(max_batch_size=32), executor)
-        await batcher.submit(_x(), ROWS)  # measures the batch time (>= 0.05 s)
-        assert batcher.batch_s >= 0.05
+        await batcher.submit(_x(), ROWS)  # measures the batch time
+        # (About 0.05 s; a little less when the loop thread is descheduled between starting the
+        # batch and noting when: the tests below hold for any batch time above 0.)
+        assert batcher.batch_s > 0.0
         assert batcher.expected_wait_s(ROWS) == 0.0  # idle: it starts at once
         # A deadline of two batch times: the old estimate (6 batches ahead) refused it.
         batcher.admit(ROWS, time.monotonic() + 2 * batcher.batch_s, loop=False)
