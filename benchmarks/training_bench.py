@@ -36,7 +36,8 @@ thread, jobs submitted through ``TrainingService``. Figures:
 
 Bounded by ``TRAINING_BENCH_SOAK`` (platform repeats, default 20), ``TRAINING_BENCH_PLAIN``
 (stock and prefix-only repeats, default 5) and ``TRAINING_BENCH_RAY_SOAK`` (default 10); a run
-that hangs for ``TRAINING_BENCH_RUN_TIMEOUT`` seconds (default 180) is killed and fails.
+that hangs for ``TRAINING_BENCH_RUN_TIMEOUT`` seconds (default 180; raw crash runs
+``TRAINING_BENCH_CRASH_TIMEOUT``, default 90) is killed and fails.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ TRAIN = ROOT / "tests" / "training" / "workloads" / "ddp_train.py"
 SOAK = int(os.environ.get("TRAINING_BENCH_SOAK", "20"))
 PLAIN = int(os.environ.get("TRAINING_BENCH_PLAIN", "5"))
 RUN_TIMEOUT = float(os.environ.get("TRAINING_BENCH_RUN_TIMEOUT", "180"))
+# A crash run that recovers takes 10-25 s even on a loaded 2-core machine; stock torchrun's
+# second restart can hang until the process group's 300 s timeout (shared-store bug).
+CRASH_TIMEOUT = float(os.environ.get("TRAINING_BENCH_CRASH_TIMEOUT", "90"))
 RAY_SOAK = int(os.environ.get("TRAINING_BENCH_RAY_SOAK", "10"))
 STEP_LINE = re.compile(r"step (\d+) loss \S+ t=([\d.]+)")
 PREFIX_ENV = "FLYWHEEL_ATTEMPT_STORE_PREFIX"  # "0": the runtime builds no per-attempt prefix
@@ -98,7 +102,7 @@ def step_times(text: str) -> list[tuple[int, float]]:
 
 
 def raw_torchrun(
-    work: Path, nproc: int, env: dict[str, str], restarts: int = 2
+    work: Path, nproc: int, env: dict[str, str], restarts: int = 2, timeout: float = RUN_TIMEOUT
 ) -> tuple[int, float, Path]:
     """Stock ``torchrun`` on the workload; its own (agent) output goes to ``agent.log`` in the
     log folder, so crash runs can time its restart (``LOGLEVEL=INFO`` in ``env``)."""
@@ -128,7 +132,7 @@ def raw_torchrun(
             start_new_session=True,
         )
     try:
-        rc = proc.wait(timeout=RUN_TIMEOUT)
+        rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:  # a hung restart counts as a failure
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -643,6 +647,7 @@ class CrashSide:
     max_runs: int
     exits: list[str] = dataclasses.field(default_factory=list)
     gaps: list[float] = dataclasses.field(default_factory=list)
+    by_round: dict[int, float] = dataclasses.field(default_factory=dict)  # recovered runs
     phases: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
     @property
@@ -653,12 +658,13 @@ class CrashSide:
     def ok(self) -> str:
         return f"{len(self.gaps)}/{len(self.exits)}"
 
-    def record(self, exit_label: str, good: bool, texts: list[str]) -> None:
+    def record(self, exit_label: str, good: bool, texts: list[str], round_no: int = 0) -> None:
         self.exits.append(exit_label)
         gap = crash_gap(texts)
         phases = crash_phases(texts)
         if good and gap is not None:
             self.gaps.append(gap)
+            self.by_round[round_no] = gap
             if phases is not None:
                 self.phases.append(phases)
         detail = " ".join(f"{k} {v:.2f}" for k, v in (phases or {}).items())
@@ -673,6 +679,14 @@ class CrashSide:
     def exit_summary(self) -> str:
         counts = collections.Counter(self.exits)
         return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+
+    def paired(self, other: CrashSide) -> str:
+        """Median of (this - other) over the rounds where both recovered: each pair ran
+        back to back, so a load change between rounds cancels out."""
+        diffs = [self.by_round[r] - other.by_round[r] for r in self.by_round if r in other.by_round]
+        if not diffs:
+            return "n/a"
+        return f"{statistics.median(diffs):+.2f} s (n={len(diffs)})"
 
     def phase(self, name: str) -> str:
         values = [p[name] for p in self.phases]
@@ -697,19 +711,19 @@ def crash_section(
     reference = ref_out.read_text()
     # LOGLEVEL=INFO: torchrun's agent logs when it saw the failure and restarted (both sides).
     crash = {**env1, "CRASH_AT_STEP": "8", "CRASH_RANK": "1", "LOGLEVEL": "INFO"}
-    fw = CrashSide("Flywheel", 1 if smoke else SOAK, 1 if smoke else SOAK)
+    # Flywheel also runs in every round a stock run does, so every stock sample has a pair.
+    fw = CrashSide("Flywheel", 1 if smoke else SOAK, 1 if smoke else max(SOAK, 3 * PLAIN))
     stock = CrashSide("stock torchrun", 0 if smoke else PLAIN, 0 if smoke else 3 * PLAIN)
     prefix = CrashSide("torchrun + PrefixStore", 0 if smoke else PLAIN, 0 if smoke else PLAIN)
     loads = [os.getloadavg()[0]]
     proj = new_project(work / "soak")
 
-    def run_raw(side: CrashSide, extra: dict[str, str]) -> None:
+    def run_raw(side: CrashSide, extra: dict[str, str], round_no: int) -> None:
         i = len(side.exits)
         out = work / f"{side.label.replace(' ', '-')}-{i}"
         ck = work / f"ck-{side.label.replace(' ', '-')}-{i}"
-        rc, _, logs = raw_torchrun(
-            work, 2, {**crash, **extra, "OUT": str(out), "CKPT_DIR": str(ck)}
-        )
+        env = {**crash, **extra, "OUT": str(out), "CKPT_DIR": str(ck)}
+        rc, _, logs = raw_torchrun(work, 2, env, timeout=CRASH_TIMEOUT)
         # A from-scratch restart is bit-identical too: count only a resume from step > 0.
         good = (
             rc == 0
@@ -717,28 +731,30 @@ def crash_section(
             and out.read_text() == reference
             and resumed_step(rank_logs(logs, 1, 0)) > 0
         )
-        side.record("timeout" if rc == -9 else f"exit {rc}", good, raw_logs(logs))
+        side.record("timeout" if rc == -9 else f"exit {rc}", good, raw_logs(logs), round_no)
         shutil.rmtree(logs, ignore_errors=True)
 
-    def run_flywheel() -> None:
+    def run_flywheel(round_no: int) -> None:
         out = work / f"fw-{len(fw.exits)}"
         job, _ = flywheel_run(proj, {**crash, "OUT": str(out)}, f"soak{len(fw.exits)}")
         exit_label = f"{job.state.value} (exit {job.exit_code})"
-        fw.record(exit_label, recovered(proj, job, out, reference), job_logs(proj, job))
+        good = recovered(proj, job, out, reference)
+        fw.record(exit_label, good, job_logs(proj, job), round_no)
 
     with SchedulerLoop(proj):
         round_no = 0
         while fw.more or stock.more or prefix.more:
+            fw_too = fw.more or (stock.more and len(fw.exits) < fw.max_runs)
             steps = [
-                (fw.more, run_flywheel),
-                (stock.more, lambda: run_raw(stock, {PREFIX_ENV: "0"})),
-                (prefix.more, lambda: run_raw(prefix, {})),
+                (fw_too, run_flywheel),
+                (stock.more, lambda r: run_raw(stock, {PREFIX_ENV: "0"}, r)),
+                (prefix.more, lambda r: run_raw(prefix, {}, r)),
             ]
             if round_no % 2:  # alternate who goes first
                 steps.reverse()
             for wanted, step in steps:
                 if wanted:
-                    step()
+                    step(round_no)
             round_no += 1
             loads.append(os.getloadavg()[0])
     proj.close()
@@ -767,6 +783,15 @@ def crash_section(
                 f"prefix {prefix.phase(name)}",
             )
         )
+    rows.append(
+        (
+            "  ... Flywheel minus raw, same round (median of pairs)",
+            "",
+            "",
+            fw.paired(stock),
+            f"vs PrefixStore only: {fw.paired(prefix)}",
+        )
+    )
     rows.append(
         (
             "crash/resume recoveries, bit-identical (of runs)",

@@ -87,3 +87,16 @@ def test_only_recovered_runs_are_counted() -> None:
 def test_spread_names_median_range_and_count() -> None:
     assert bench.spread([3.0, 1.0, 2.0]) == "2.00 (1.00-3.00, n=3)"
     assert bench.spread([]) == "n/a"
+
+
+def test_pairs_compare_runs_of_the_same_round_only() -> None:
+    fw = bench.CrashSide("Flywheel", wanted=3, max_runs=3)
+    raw = bench.CrashSide("stock torchrun", wanted=3, max_runs=3)
+    for round_no, (fw_logs, raw_good) in enumerate(
+        [(restart_logs(), True), (restart_logs(), False)]
+    ):
+        fw.record("succeeded (exit 0)", True, fw_logs, round_no)
+        raw.record("exit 0" if raw_good else "exit 1", raw_good, restart_logs(), round_no)
+    # Round 1's raw run did not recover: only round 0 pairs up (same logs: no difference).
+    assert fw.paired(raw) == "+0.00 s (n=1)"
+    assert raw.paired(bench.CrashSide("none", wanted=1, max_runs=1)) == "n/a"
