@@ -48,7 +48,7 @@ def _cancel_job(url: str, token: str, job_id: str) -> None:
         time.sleep(0.3)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("ui-project")
     cli = [sys.executable, "-m", "flywheel.cli"]
@@ -99,13 +99,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             proc.wait(10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server_url(server: Server) -> str:
     return server.url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[object]:
+    """Chromium through Playwright's sync API, for this package only: while it lives, the main
+    thread has a running event loop, so a later test's ``asyncio.run`` would fail."""
     if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
         message = f"{CHROMIUM} is not installed (apt-get install -y chromium)"
         if services_required():
