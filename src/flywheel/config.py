@@ -160,7 +160,8 @@ class RecsysConfig(_Section):
     strategy: Literal["ranked", "hybrid", "content", "popularity", "session"] = "ranked"
     explore_experiment: str | None = "recs-explore"  # bandit over exploration sources; null: off
     explore_slots: tuple[int, ...] = (4, 11)  # 0-based positions of the exploration items
-    diversity: float = Field(default=0.15, ge=0.0, le=1.0)  # MMR: 0 = relevance order only
+    # MMR: 0 = relevance order only; None = the value tune_pipeline chose (registered)
+    diversity: float | None = Field(default=None, ge=0.0, le=1.0)
     blocked_items: tuple[str, ...] = ()
     content_method: Literal["auto", "minilm", "tfidf"] = "auto"
     two_tower_model: str | None = "recs-two-tower"  # registered model; null: no two-tower

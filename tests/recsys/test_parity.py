@@ -2,9 +2,10 @@
 
 On a seeded synthetic shop, at two sampled request times (cut-offs), the evaluator
 (``evaluate_served``: its own scratch project ingested as of the cut-off, the blend tuned and
-registered there, every test user replayed through the served ``Pipeline``) and a separately
-deployed app (ingest as of the same time, the same ``train_pipeline``, the HTTP route) must
-return the same top-k for sampled users, in both views.
+registered there - the learned blend of a view when it wins on validation -, every test user
+replayed through the served ``Pipeline``) and a separately deployed app (ingest as of the same
+time, the same ``train_pipeline``, the HTTP route) must return the same top-k for sampled
+users, in both views.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def test_evaluator_top_k_equals_the_served_page(
         assert measured.params["weights"] == {
             v: {n: w for n, w in ws.items() if w > 0} for v, ws in served_params.weights.items()
         }
+        assert measured.params["learned"] == sorted(served_params.rankers)
+        print(f"{at}: learned blend in {measured.params['learned']}")
+        assert measured.params["diversity"] == served_params.diversity
         _, token = TokenStore(project.db).create("reader", "r")
         headers = {"Authorization": f"Bearer {token}"}
         with TestClient(create_app(project, systems=["recsys"])) as client:

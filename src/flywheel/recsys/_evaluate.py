@@ -435,14 +435,23 @@ def _served_row(
     from flywheel.recsys._replay import SERVED_ROW, evaluate_served, replay_settings
 
     out = evaluate_served(lines, split, settings=replay_settings(text_method), progress=say)
+    p = out.params
     return EvaluationRow(
         SERVED_ROW,
         "served",
         dict(out.metrics),
-        {v: {"weights": out.params["weights"][v]} for v in VIEWS},
+        {
+            v: (
+                {"blend": "learned (LambdaRank)"}
+                if v in p["learned"]
+                else {"blend": "linear", "weights": p["weights"][v]}
+            )
+            | {"diversity": p["diversity"], "ease_lambda": p["ease_lambda"]}
+            for v in VIEWS
+        },
         out.seconds,
-        note="GET /recommendations' Pipeline replayed at the cut-off (blend tuned on the "
-        "month before it; no two-tower or ranker registered)",
+        note="GET /recommendations' Pipeline replayed at the cut-off (blend, EASE's λ and "
+        "diversity chosen on the months before it; no two-tower or recs-ranker registered)",
     )
 
 

@@ -1,12 +1,13 @@
 """The served pipeline's parameters, as registered model versions (``recs-pipeline``).
 
 ``PipelineParams`` holds the blend weights per view (``all``; ``new-only`` for requests with
-``new_only``) and the category boost. ``tune_pipeline`` chooses the weights on a validation
-window; ``register_pipeline`` registers them as a version of ``recs-pipeline`` — the blend is a
-linear model over the sources' normalised scores (an sklearn ``LinearRegression`` whose
-coefficients are the ``all`` weights), with the whole parameter set and its provenance in the
-version's config and lineage to the purchases it was tuned on; ``load_pipeline`` reads the
-production version, else the newest.
+``new_only``), the category boost, the learned blend per view (``rankers``: LightGBM
+LambdaRank models as text, ``flywheel.recsys._learned``) and the re-rank's MMR diversity.
+``tune_pipeline`` chooses them on a validation window; ``register_pipeline`` registers them as
+a version of ``recs-pipeline`` (an sklearn ``LinearRegression`` whose coefficients are the
+``all`` weights, with the whole parameter set — learned models included — and its provenance
+in the version's config, and lineage to the purchases it was tuned on); ``load_pipeline``
+reads the production version, else the newest.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ FORMAT = 1
 DEFAULT_MODEL = "recs-pipeline"
 UNTUNED_WEIGHT = 1.0  # equal weights when no recs-pipeline version is registered (not tuned)
 CATEGORY_BOOST = 0.5  # set by hand in the first online version; a cut-off has no browsing
+UNTUNED_DIVERSITY = 0.15  # the first online version's MMR diversity, served until one is tuned
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,9 @@ class PipelineParams:
     """Blend weights per view (source -> weight), the category boost, per-source parameters
     (``source_params``, e.g. ``{"ease": {"lambda": 500.0}}``) and where they came from.
 
-    ``version``: ``"recs-pipeline/3"`` when read from the registry, ``""`` otherwise.
+    ``rankers``: view -> the learned blend of that view (``BlendModel.to_text``); a view
+    without one uses the weights. ``diversity``: the re-rank's MMR diversity (0 = the blended
+    order). ``version``: ``"recs-pipeline/3"`` when read from the registry, ``""`` otherwise.
     """
 
     weights: dict[str, dict[str, float]]
@@ -45,6 +49,8 @@ class PipelineParams:
     source_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     version: str = ""
+    rankers: dict[str, str] = field(default_factory=dict)
+    diversity: float = UNTUNED_DIVERSITY
 
     def __post_init__(self) -> None:
         for view in ("all", "new-only"):
@@ -53,6 +59,11 @@ class PipelineParams:
             for name, w in self.weights[view].items():
                 if not (isinstance(w, int | float) and np.isfinite(w) and w >= 0):
                     raise RecsysError(f"pipeline params: weights.{view}.{name}: must be >= 0")
+        for view, text in self.rankers.items():
+            if view not in ("all", "new-only") or not isinstance(text, str) or not text:
+                raise RecsysError(f"pipeline params: rankers.{view}: a model text per view")
+        if not (isinstance(self.diversity, int | float) and 0.0 <= self.diversity <= 1.0):
+            raise RecsysError(f"pipeline params: diversity: {self.diversity} is not in [0, 1]")
 
     def weights_for(self, new_only: bool) -> dict[str, float]:
         """The weights of the request's view."""
@@ -65,6 +76,8 @@ class PipelineParams:
             "category_boost": self.category_boost,
             "source_params": self.source_params,
             "provenance": self.provenance,
+            "rankers": dict(self.rankers),
+            "diversity": self.diversity,
         }
 
     @classmethod
@@ -77,6 +90,8 @@ class PipelineParams:
             source_params={k: dict(v) for k, v in (data.get("source_params") or {}).items()},
             provenance=dict(data.get("provenance") or {}),
             version=version,
+            rankers={str(k): str(v) for k, v in (data.get("rankers") or {}).items()},
+            diversity=float(data.get("diversity", UNTUNED_DIVERSITY)),
         )
 
     @classmethod

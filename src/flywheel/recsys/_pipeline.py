@@ -15,13 +15,17 @@ Stages:
 2. **candidates** — each source of the strategy (``STRATEGY_SOURCES``) through the source
    contract (``top_n``); filters: not-for-sale codes, blocked items, the anchor, and with
    ``new_only`` what the user already bought;
-3. **blend** — ``sum_g w_g * score_g / max score_g`` with the registered weights of the
-   request's view (``all`` / ``new-only``), boosted by the share of the item's category in the
-   user's recent activity;
+3. **blend** — the registered learned blend of the request's view (``all`` / ``new-only``):
+   a LambdaRank model over each source's score and rank and user x item features
+   (``flywheel.recsys._learned``); a view without one: ``sum_g w_g * score_g / max score_g``
+   with the registered weights, boosted by the share of the item's category in the user's
+   recent activity. With ``new_only`` each source proposes ``per_generator`` items beyond the
+   user's purchases (which are filtered out), and ``repeat`` is not asked;
 4. **rank** — for the ``ranked`` strategy the top ``RANK_TOP`` scored by the LightGBM ranker
    served by ``flywheel.serving`` (unavailable, failing or late: the blended order);
-5. **re-rank** — MMR diversity over content embeddings and categories, then the page is topped
-   up from the rest of the order and then popularity.
+5. **re-rank** — MMR diversity (the registered, tuned value unless ``recsys.diversity`` sets
+   one) over content embeddings and categories, then the page is topped up from the rest of
+   the order and then popularity.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import numpy as np
 from flywheel.recsys._candidates import RequestContext
 from flywheel.recsys._errors import RecsysError
 from flywheel.recsys._ingest import RECENT_VIEW, USER_CATEGORY_VIEW, USER_VIEW
+from flywheel.recsys._learned import BlendModel, candidate_features
 from flywheel.recsys._params import PipelineParams
 from flywheel.recsys._rerank import for_sale, mmr
 from flywheel.recsys._sources import (
@@ -57,6 +62,7 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("ranked", "hybrid", "content", "popularity", "session")
 RANK_TOP = 200  # candidates sent to the ranker (set by hand: the ranker's latency budget)
 RANKER_RETRY_S = 2.0  # after a ranker failure, skip it this long
+NEW_ONLY_EXTRA_MAX = 1_000  # set by hand: bounds a new-only request's extra source depth
 Gens = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
@@ -85,7 +91,7 @@ class RecsysSettings:
     trending_half_life_days: float = 14.0
     explore_experiment: str | None = "recs-explore"
     explore_slots: tuple[int, ...] = (4, 11)
-    diversity: float = 0.15
+    diversity: float | None = None  # None: the registered pipeline's (tuned) diversity
     blocked_items: tuple[str, ...] = ()
     content_method: str = "auto"
     two_tower_model: str | None = "recs-two-tower"
@@ -255,7 +261,22 @@ class Pipeline:
         lam = float(params.source_params.get("ease", {}).get("lambda", EASE_LAMBDA))
         self.state.ease(lam)  # fitted here (start-up, refresh), not by the first request
         self.sources["ease"].lam = lam
-        self._params = params
+        models = {view: BlendModel.from_text(text) for view, text in params.rankers.items()}
+        self._served = (params, models)  # swapped as one: a request reads a consistent pair
+
+    @property
+    def _params(self) -> PipelineParams:
+        return self._served[0]
+
+    def blend_model(self, new_only: bool) -> BlendModel | None:
+        """The learned blend of the request's view, if the registered parameters have one."""
+        return self._served[1].get("new-only" if new_only else "all")
+
+    @property
+    def diversity(self) -> float:
+        """The re-rank's MMR diversity: ``recsys.diversity`` when set, else the tuned one."""
+        d = self.settings.diversity
+        return self._params.diversity if d is None else float(d)
 
     # -- stages -------------------------------------------------------------------------------
 
@@ -290,15 +311,22 @@ class Pipeline:
         )
 
     def candidates(
-        self, request: PipelineRequest, context: RequestContext, fallbacks: list[str]
+        self,
+        request: PipelineRequest,
+        context: RequestContext,
+        fallbacks: list[str],
+        depth: int | None = None,
     ) -> Gens:
-        """Each source of the strategy: its top ``per_generator`` (rows, scores), sparse."""
+        """Each source of the strategy: its top ``depth`` (default ``per_generator``) (rows,
+        scores), sparse. With ``new_only``, ``repeat`` (the user's purchases) is not asked."""
         from flywheel import telemetry
 
-        n = self.settings.per_generator
+        n = self.settings.per_generator if depth is None else depth
         out: Gens = {}
         missing: list[str] = []
         for name in STRATEGY_SOURCES[request.strategy]:
+            if request.new_only and name == "repeat":
+                continue
             source = self.sources[name]
             reason = source.missing()
             if reason is not None:
@@ -322,9 +350,15 @@ class Pipeline:
         gens: Mapping[str, tuple[np.ndarray, np.ndarray]],
         request: PipelineRequest,
         counts: Mapping[str, float],
+        exclude: set[int] | frozenset[int] = frozenset(),
     ) -> tuple[dict[int, float], dict[int, list[str]]]:
-        """Weighted sum of the sources' max-normalised scores (weights of the request's view),
-        times ``1 + category_boost * share`` of the item's category in the user's activity."""
+        """Each candidate's score: the learned blend of the request's view over the candidates
+        not in ``exclude`` (``candidate_features``), else the weighted sum of the sources'
+        max-normalised scores times ``1 + category_boost * share`` of the item's category in
+        the user's activity. A lone source (the popularity fallback) keeps its own order."""
+        model = self.blend_model(request.new_only)
+        if model is not None and len(gens) > 1:
+            return self._learned_blend(model, gens, request, exclude)
         weights = self.params.weights_for(request.new_only)
         score: dict[int, float] = {}
         reasons: dict[int, list[str]] = {}
@@ -345,6 +379,28 @@ class Pipeline:
             for r in score:
                 score[r] *= 1.0 + boost * counts.get(str(cats[r]), 0.0) / total
         return score, reasons
+
+    def _learned_blend(
+        self,
+        model: BlendModel,
+        gens: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        request: PipelineRequest,
+        exclude: set[int] | frozenset[int],
+    ) -> tuple[dict[int, float], dict[int, list[str]]]:
+        reasons: dict[int, list[str]] = {}
+        for name, (rows, _values) in gens.items():
+            for r in rows.tolist():
+                reasons.setdefault(r, []).append(name)
+        names = self.state.item_ids
+        cand = np.asarray(
+            sorted(r for r in reasons if r not in exclude and for_sale(names[r])), dtype=np.int64
+        )
+        if not len(cand):
+            return {}, {}
+        user_row = self.state.user_index.get(request.user_id)
+        scores = model.predict(candidate_features(self.state, user_row, gens, cand))
+        score = dict(zip(cand.tolist(), scores.tolist(), strict=True))
+        return score, {r: reasons[r] for r in score}
 
     def excluded(self, request: PipelineRequest, bought_here: Iterable[str] = ()) -> set[int]:
         """Rows never shown: blocked items, the anchor, and with ``new_only`` the user's
@@ -428,10 +484,11 @@ class Pipeline:
             categories=st.categories,
         )
 
-    def diversify(self, rows: list[int], k: int) -> list[int]:
+    def diversify(self, rows: list[int], k: int, *, diversity: float | None = None) -> list[int]:
         """The top ``k`` of ``rows`` (best first) re-picked by MMR; relevance decays with the
-        position like a DCG discount, so diversity mostly reshuffles the lower positions."""
-        lam = 1.0 - self.settings.diversity
+        position like a DCG discount, so diversity mostly reshuffles the lower positions.
+        ``diversity``: default the served one (``Pipeline.diversity``)."""
+        lam = 1.0 - (self.diversity if diversity is None else diversity)
         if lam >= 1.0 or len(rows) <= 1:
             return rows[:k]
         pool = rows[: max(3 * k, 60)]
@@ -469,6 +526,7 @@ class Pipeline:
         st = self.state
         exclude = self.excluded(request, bought_here)
         n = max(self.settings.per_generator, request.k)
+        depth = n + min(len(exclude), NEW_ONLY_EXTRA_MAX) if request.new_only else n
         spent = time.perf_counter() >= deadline
         stages.begin("candidates")
         if spent:
@@ -476,7 +534,8 @@ class Pipeline:
             gens = self.popularity(n + len(exclude))
         else:
             try:
-                gens = self.candidates(request, self.request_context(request, ctx), fallbacks)
+                context = self.request_context(request, ctx)
+                gens = self.candidates(request, context, fallbacks, depth)
             except Exception:  # a source broke: popularity keeps the page full
                 log.exception("recsys sources failed")
                 fallbacks.append("generators_missing")
@@ -485,7 +544,7 @@ class Pipeline:
                 gens = self.popularity(n + len(exclude))
         stages.lap("candidates")
         stages.begin("blend")
-        score, reasons = self.blend(gens, request, ctx.category_counts)
+        score, reasons = self.blend(gens, request, ctx.category_counts, exclude)
         names = st.item_ids
         ordered = [
             r

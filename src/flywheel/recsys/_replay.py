@@ -4,16 +4,20 @@
 
 1. ingest the purchases before the cut-off into a scratch project (its feature store holds
    what was known at the cut-off);
-2. ``train_pipeline`` there: the blend weights chosen on the last month before the cut-off and
-   registered as ``recs-pipeline``;
+2. ``train_pipeline`` there: the blend (the learned LambdaRank blend per view, or the linear
+   weights when it does not beat them), EASE's λ and the re-rank's diversity, chosen on the
+   months before the cut-off and registered as ``recs-pipeline``;
 3. build the served ``Pipeline`` as ``OnlineRecommender`` builds it (state fitted from the
    ingest, parameters read from the registry) and, for every test user, ``replay`` a request
    at the cut-off (``new_only`` in the new-only view): the feature read from the store, the
    sources, the blend, the ranker stage and the re-rank, with no exploration slots;
 4. score the pages against the test window (OR-T1 metrics, both views).
 
-The scratch project has no two-tower or ranker registered, so the replay measures the served
-pipeline without them (their stages fall back exactly as they do online).
+The scratch project has no two-tower or ``recs-ranker`` registered and the replay's settings
+name none (``replay_settings``), so the replay measures the served pipeline configured without
+them: the learned blend registered with ``recs-pipeline`` orders the page. A deployment that
+also serves a ``recs-ranker`` re-orders the blend's top ``RANK_TOP`` with it, which this replay
+does not measure.
 """
 
 from __future__ import annotations
@@ -137,7 +141,11 @@ def evaluate_served(
     out.params = {
         "pipeline": params.version,
         "weights": {v: {n: w for n, w in ws.items() if w > 0} for v, ws in params.weights.items()},
+        "learned": sorted(params.rankers),
+        "diversity": params.diversity,
+        "ease_lambda": params.source_params.get("ease", {}).get("lambda"),
         "validation": params.provenance.get("validation", {}),
+        "views": params.provenance.get("views", {}),
     }
     out.seconds = time.perf_counter() - t0
     return out
