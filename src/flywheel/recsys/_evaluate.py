@@ -291,6 +291,7 @@ def evaluate_offline(
     ranker: bool = True,
     two_tower: bool = False,
     served: bool = True,
+    generators: bool = True,
     progress: Progress | None = None,
 ) -> EvaluationReport:
     """Run the whole OR-T1 comparison on cleaned lines (``clean_transactions`` output).
@@ -303,7 +304,8 @@ def evaluate_offline(
 
     ``served`` adds the headline row, ``served pipeline``: the ``Pipeline`` that
     ``GET /recommendations`` runs, deployed as of ``train_end`` and replayed on the test users
-    (``evaluate_served``).
+    (``evaluate_served``). ``generators=False`` leaves out the offline lab's rows (each
+    generator, their union, the hybrid; ``ranker`` then too): the served row and the baselines.
     """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -336,6 +338,12 @@ def evaluate_offline(
 
     if served:
         report.rows.append(_served_row(lines, split, text_method, say))
+
+    if not generators:
+        if baselines:
+            _run_baselines(report, split, val, ials, say)
+        report.seconds = time.perf_counter() - started
+        return report
 
     # 1-2. Each generator alone, parameters chosen per view on validation.
     chosen: dict[str, dict[View, dict[str, Any]]] = {}

@@ -18,9 +18,11 @@ model.
 * user x item, from the purchase history (``HistoryIndex``): invoices holding the item (what
   RepeatFreq ranks by), days since the user last bought it, the share of the user's invoices in
   the item's category;
-* user: distinct items bought, (item, invoice) pairs, days since the last purchase;
-* item: distinct buyers (what MostPop and RepeatFreq's tie-break rank by), trending score, and
-  whether it was added after the fit (no history at all).
+* user: distinct items bought, (item, invoice) pairs, days since the last purchase, invoices,
+  the share of their items bought in more than one invoice, days per invoice since the first;
+* item: distinct buyers (what MostPop and RepeatFreq's tie-break rank by), trending score,
+  whether it was added after the fit (no history at all), the share of its buyers who bought
+  it in more than one invoice, days since its first sale.
 
 Sources that only live events feed (``session``, ``category``, ``similar``) and a two-tower
 that is not loaded propose nothing on a purchase log's cut-off: their columns are constant in
@@ -29,6 +31,8 @@ training, so the model gives them no weight; their candidates are ordered by the
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -74,9 +78,14 @@ BLEND_FEATURES: tuple[str, ...] = (
     "user_items",
     "user_lines",
     "user_recency_days",
+    "user_invoices",
+    "user_repeat_share",
+    "user_days_per_invoice",
     "item_buyers",
     "item_trending",
     "item_added",
+    "item_repeat_rate",
+    "item_age_days",
 )
 """The learned blend's input columns, in order."""
 
@@ -155,6 +164,12 @@ def candidate_features(
     user_items = float(len(history.rows))
     user_lines = 0.0 if user_row is None else float(state.train.C[user_row].sum())
     recency = float(history.days_since.min()) if len(history.rows) else MISSING
+    stats = _stats(state)
+    invoices = float(stats.user_invoices[user_row]) if user_row is not None else 0.0
+    span = float(stats.user_first_age[user_row]) if user_row is not None else MISSING
+    repeat_share = float((history.invoices > 1).mean()) if len(history.rows) else MISSING
+    known = rows < len(stats.item_repeat_rate)
+    safe = np.minimum(rows, len(stats.item_repeat_rate) - 1)
     cols = (
         repeat_count,
         days_since,
@@ -162,9 +177,14 @@ def candidate_features(
         np.full(n, user_items),
         np.full(n, user_lines),
         np.full(n, recency),
+        np.full(n, invoices),
+        np.full(n, repeat_share),
+        np.full(n, span / invoices if invoices > 0 else MISSING),
         item_buyers,
         item_trend,
         (rows >= n_train).astype(np.float64),
+        np.where(known, stats.item_repeat_rate[safe], MISSING),
+        np.where(known, stats.item_first_age[safe], 0.0),
     )
     for col in cols:
         out[:, j] = col
@@ -172,6 +192,47 @@ def candidate_features(
     if j != len(BLEND_FEATURES):  # pragma: no cover - a programming error
         raise RecsysError(f"learned blend: {j} columns computed, {len(BLEND_FEATURES)} declared")
     return out
+
+
+@dataclass(frozen=True)
+class _TrainStats:
+    """Per-user and per-item aggregates of the fitted purchases (computed once per state)."""
+
+    user_invoices: np.ndarray
+    user_first_age: np.ndarray
+    item_repeat_rate: np.ndarray
+    item_first_age: np.ndarray
+
+
+_STATS: weakref.WeakKeyDictionary[Any, _TrainStats] = weakref.WeakKeyDictionary()
+_STATS_LOCK = threading.Lock()
+
+
+def _stats(state: OnlineState) -> _TrainStats:
+    """``state``'s ``_TrainStats`` (the fitted purchases never change while it serves)."""
+    train = state.train
+    with _STATS_LOCK:
+        got = _STATS.get(state)
+    if got is not None:
+        return got
+    ev = train.events
+    user_invoices = np.zeros(train.n_users)
+    per_user = ev.groupby("user")["invoice"].nunique()
+    user_invoices[per_user.index.to_numpy()] = per_user.to_numpy()
+    user_first_age = np.zeros(train.n_users)
+    first = ev.groupby("user")["age_days"].max()
+    user_first_age[first.index.to_numpy()] = first.to_numpy()
+    c = train.C.tocsc()
+    buyers = np.diff(c.indptr).astype(np.float64)
+    again = np.asarray((c > 1).sum(axis=0)).ravel().astype(np.float64)
+    item_repeat_rate = np.where(buyers > 0, again / np.maximum(buyers, 1.0), MISSING)
+    item_first_age = np.zeros(train.n_items)
+    age = ev.groupby("item")["age_days"].max()
+    item_first_age[age.index.to_numpy()] = age.to_numpy()
+    got = _TrainStats(user_invoices, user_first_age, item_repeat_rate, item_first_age)
+    with _STATS_LOCK:
+        _STATS[state] = got
+    return got
 
 
 @dataclass
