@@ -248,8 +248,9 @@ def main() -> int:
     print()
     print(
         f"Headline row: {HEADLINE!r}, the Pipeline GET /recommendations runs, deployed as of "
-        "each cut-off (ingest, blend tuned on the month before and registered) and replayed on "
-        "the test users; no two-tower or ranker is registered in the replay."
+        "each cut-off (ingest; the learned blend, EASE's λ and the diversity chosen on the two "
+        "months before it and registered as recs-pipeline) and replayed on the test users; no "
+        "two-tower or recs-ranker is registered in the replay."
     )
     print()
     print(rolling.format_table(HEADLINE))
