@@ -366,8 +366,9 @@ class DynamicBatcher:
                 self._timer.cancel()
                 self._timer = None
             self._free -= 1
+            dispatched = time.monotonic()  # before the thread can start: the hop counts too
             fut = self._loop.run_in_executor(self._executor, self._execute, batch)
-            self._inflight[fut] = time.monotonic()
+            self._inflight[fut] = dispatched
             fut.add_done_callback(functools.partial(self._finish, batch=batch))
 
     def _on_timer(self) -> None:
@@ -381,8 +382,9 @@ class DynamicBatcher:
             if not batch:
                 continue
             self._free -= 1
+            dispatched = time.monotonic()  # before the thread can start: the hop counts too
             fut = self._loop.run_in_executor(self._executor, self._execute, batch)
-            self._inflight[fut] = time.monotonic()
+            self._inflight[fut] = dispatched
             fut.add_done_callback(functools.partial(self._finish, batch=batch))
         self._dispatch()
 
