@@ -77,3 +77,19 @@ def test_synthetic_flag_says_so(
     assert report["real_data"] is False and report["source"].startswith("SYNTHETIC data")
     assert _run(["recs", "evaluate", "--synthetic", "--data", str(tmp_path)]) == 1
     assert "exclude each other" in capsys.readouterr().err
+
+
+def test_rolling_without_the_lab_rows_is_the_served_pipeline_and_the_baselines(
+    small_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(small_file.parent / "cache"))
+    args = ["recs", "evaluate", "--data", str(small_file), "--json", "--text", "tfidf"]
+    args += ["--no-ials", "--rolling", "--cutoffs", "2011-11-09", "--no-lab"]
+    assert _run(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = report["reports"][0]["rows"]
+    kinds = {r["name"]: r["kind"] for r in rows}
+    assert kinds["served pipeline"] == "served"
+    assert set(kinds.values()) == {"served", "baseline"}
+    assert {"RepeatFreq", "EASE (λ tuned)"} <= set(kinds)
+    assert set(report["mean"]["served pipeline"]) == {"all", "new-only"}

@@ -28,6 +28,7 @@ def _evaluate_rolling(
     ials: bool,
     two_tower: bool,
     as_json: bool,
+    lab: bool = True,
 ) -> None:
     import pandas as pd
 
@@ -58,6 +59,8 @@ def _evaluate_rolling(
             cache_dir=cache,
             ials=ials,
             two_tower=two_tower,
+            generators=lab,
+            ranker=lab,
             progress=lambda m: bar.update(task, description=m),
         )
     if as_json:
@@ -128,6 +131,13 @@ def evaluate(
         str,
         typer.Option("--cutoffs", help="Comma-separated cut-off dates for --rolling."),
     ] = ",".join(("2011-09-09", "2011-10-09", "2011-11-09")),
+    lab: Annotated[
+        bool,
+        typer.Option(
+            help="With --rolling: also the offline lab's rows (each generator, union, hybrid, "
+            "LightGBM over the union); --no-lab: the served pipeline and the baselines only."
+        ),
+    ] = True,
 ) -> None:
     """Offline evaluation, protocol OR-T1: Recall/NDCG/HR@20, views `all` and `new-only`.
 
@@ -151,7 +161,7 @@ def evaluate(
     lines = clean_transactions(loaded.frame)
     cache = default_cache_root() / "embeddings"
     if rolling:
-        _evaluate_rolling(lines, cutoffs, text, cache, ials, two_tower, as_json)
+        _evaluate_rolling(lines, cutoffs, text, cache, ials, two_tower, as_json, lab)
         return
     if as_json:
         report = evaluate_offline(
