@@ -208,6 +208,13 @@ _STATS: weakref.WeakKeyDictionary[Any, _TrainStats] = weakref.WeakKeyDictionary(
 _STATS_LOCK = threading.Lock()
 
 
+def prepare(state: OnlineState) -> None:
+    """Compute what ``candidate_features`` reads of ``state`` once, before the first request
+    (the aggregates scan every purchase: seconds at a million users)."""
+    _stats(state)
+    state.history_index()
+
+
 def _stats(state: OnlineState) -> _TrainStats:
     """``state``'s ``_TrainStats`` (the fitted purchases never change while it serves)."""
     train = state.train

@@ -42,6 +42,7 @@ from flywheel.recsys._candidates import RequestContext
 from flywheel.recsys._errors import RecsysError
 from flywheel.recsys._ingest import RECENT_VIEW, USER_CATEGORY_VIEW, USER_VIEW
 from flywheel.recsys._learned import BlendModel, candidate_features
+from flywheel.recsys._learned import prepare as prepare_learned
 from flywheel.recsys._params import PipelineParams
 from flywheel.recsys._rerank import for_sale, mmr
 from flywheel.recsys._sources import (
@@ -262,6 +263,8 @@ class Pipeline:
         self.state.ease(lam)  # fitted here (start-up, refresh), not by the first request
         self.sources["ease"].lam = lam
         models = {view: BlendModel.from_text(text) for view, text in params.rankers.items()}
+        if models:
+            prepare_learned(self.state)  # here (start-up, refresh), not in the first request
         self._served = (params, models)  # swapped as one: a request reads a consistent pair
 
     @property
