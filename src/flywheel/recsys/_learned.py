@@ -20,7 +20,8 @@ model.
   the item's category;
 * user: distinct items bought, (item, invoice) pairs, days since the last purchase, invoices,
   the share of their items bought in more than one invoice, days per invoice since the first;
-* item: distinct buyers (what MostPop and RepeatFreq's tie-break rank by), trending score,
+* item: distinct buyers and trending score, each over the catalogue's best (what MostPop and
+  RepeatFreq's tie-break rank by; shares, so that they keep their meaning as data accrue),
   whether it was added after the fit (no history at all), the share of its buyers who bought
   it in more than one invoice, days since its first sale.
 
@@ -55,7 +56,7 @@ FEATURE_SOURCES: tuple[str, ...] = (
     "similar",
     "two-tower",
 )
-_RAW_SCORED = ("repeat", "co-occurrence", "ease", "content", "trending")
+_RAW_SCORED = ("repeat", "co-occurrence", "ease", "content")
 RANK_MISSING = 1000.0
 MISSING = -1.0
 
@@ -159,8 +160,14 @@ def candidate_features(
     trend = state.trending.scores
     in_pop = rows < len(buyers)
     in_trend = rows < len(trend)
+    # Relative to the catalogue's best: counts grow with the data and the season, a share does
+    # not (the model trains on states fitted a month or two before the one it serves).
+    top_buyers = float(buyers.max()) if len(buyers) else 0.0
+    top_trend = float(trend.max()) if len(trend) else 0.0
     item_buyers = np.where(in_pop, buyers[np.minimum(rows, len(buyers) - 1)], 0.0)
+    item_buyers = item_buyers / top_buyers if top_buyers > 0 else item_buyers
     item_trend = np.where(in_trend, trend[np.minimum(rows, len(trend) - 1)], 0.0)
+    item_trend = item_trend / top_trend if top_trend > 0 else item_trend
     user_items = float(len(history.rows))
     user_lines = 0.0 if user_row is None else float(state.train.C[user_row].sum())
     recency = float(history.days_since.min()) if len(history.rows) else MISSING
