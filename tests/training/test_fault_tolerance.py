@@ -64,7 +64,10 @@ def run_until_done(s: Scheduler, job_ids: list[str], timeout: float = 240) -> No
         if all(s.store.get(j).state.terminal for j in job_ids):
             return
         time.sleep(0.2)
-    raise AssertionError(f"jobs not done in {timeout}s: {[s.store.get(j) for j in job_ids]}")
+    logs = "\n".join(f"== {j}\n{all_logs(s.project, j)[-4000:]}" for j in job_ids)
+    raise AssertionError(
+        f"jobs not done in {timeout}s: {[s.store.get(j) for j in job_ids]}\n{logs}"
+    )
 
 
 def train_spec(name: str, digest_out: Path, data: Path, **kw: object) -> JobSpec:
