@@ -48,7 +48,12 @@ def test_offline_table_on_a_small_synthetic_shop(tiny_lines: pd.DataFrame) -> No
     assert "hybrid vs best baseline on new-only" in report.format_notes()
     assert "served pipeline vs best baseline on all" in report.format_notes()
     served = report.row("served pipeline")
-    assert served.kind == "served" and served.params["all"]["weights"]
+    assert served.kind == "served"
+    for view in ("all", "new-only"):  # the blend tuning chose, named; a linear one with weights
+        chosen = served.params[view]
+        assert chosen["blend"] in ("learned (LambdaRank)", "linear"), chosen
+        assert chosen["blend"] != "linear" or chosen["weights"], chosen
+        assert {"diversity", "ease_lambda"} <= chosen.keys(), chosen
     assert served.metrics["all"].ndcg > pop["all"].ndcg
     json.dumps(report.to_dict())
     assert any("EASE" in s for s in steps)
