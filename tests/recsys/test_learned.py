@@ -67,8 +67,9 @@ def test_tuning_never_serves_a_blend_worse_than_a_source_alone(tuned: PipelinePa
 def test_the_pipeline_orders_candidates_by_the_learned_blend(
     pipeline: Pipeline, tuned: PipelineParams
 ) -> None:
-    if not tuned.rankers:
-        pytest.skip("the learned blend did not win on this shop's validation users")
+    # The seeded shop is deterministic and the learned blend wins there on validation; if a
+    # change makes it lose, this test must say so rather than skip.
+    assert tuned.rankers, "the learned blend did not win on this shop's validation users"
     view = sorted(tuned.rankers)[0]
     new_only = view == "new-only"
     model = BlendModel.from_text(tuned.rankers[view])
